@@ -1,0 +1,799 @@
+//! The CPU reference backend: f32 everywhere, GEMMs through the `gemm` crate, data parallelism
+//! through rayon. It is both the engine on machines without a GPU and the reference every CUDA
+//! kernel is tested against.
+
+use super::{shape_err, Activation, BResult, Backend, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Elementwise work below this many elements runs on one thread (rayon overhead dominates).
+const PAR_MIN: usize = 1 << 15;
+
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend {
+    _private: (),
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend { _private: () }
+    }
+    fn wrap(&self, data: Vec<f32>, shape: Vec<usize>) -> Tensor<Self> {
+        debug_assert_eq!(data.len(), shape.iter().product::<usize>());
+        Tensor::from_parts(shape, Arc::new(data))
+    }
+}
+
+/// Raw pointer that may be shared between rayon tasks writing disjoint regions.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+fn parallelism(work: usize) -> Parallelism {
+    if work >= 1 << 18 && rayon::current_num_threads() > 1 {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `dst[m×n] (row stride dst_rs) = lhs[m×k] · rhs`, where `rhs` is described by strides.
+/// Safety: pointers valid for the described extents; regions written are disjoint per call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    lhs: *const f32,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+    alpha_scale: f32,
+    par: Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs,
+        false,
+        lhs,
+        lhs_cs,
+        lhs_rs,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        0.0,
+        alpha_scale,
+        false,
+        false,
+        false,
+        par,
+    );
+}
+
+#[inline]
+fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+}
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn apply_act(v: &mut [f32], act: Activation) {
+    match act {
+        Activation::None => {}
+        Activation::GeluTanh => v.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
+        Activation::Silu => v.iter_mut().for_each(|x| *x = silu(*x)),
+    }
+}
+
+/// Runs `f` over `chunk`-sized mutable chunks of `v`, in parallel when `v` is large.
+fn par_chunks_mut(v: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let chunk = chunk.max(1);
+    if v.len() >= PAR_MIN {
+        v.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    } else {
+        v.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// Broadcast check: `b`'s shape must equal a suffix of `a`'s (after dropping leading 1s of `b`).
+fn suffix_broadcast(op: &'static str, a: &[usize], b: &[usize]) -> BResult<usize> {
+    let bn: usize = b.iter().product();
+    let trimmed: Vec<usize> = b.iter().copied().skip_while(|&d| d == 1).collect();
+    if trimmed.len() > a.len() || a[a.len() - trimmed.len()..] != trimmed[..] || bn == 0 {
+        return shape_err(op, format!("cannot broadcast {b:?} onto {a:?}"));
+    }
+    Ok(bn)
+}
+
+impl Backend for CpuBackend {
+    type Buffer = Vec<f32>;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return shape_err(
+                "upload",
+                format!("{} values for shape {shape:?}", data.len()),
+            );
+        }
+        Ok(self.wrap(data, shape.to_vec()))
+    }
+
+    fn to_host(&self, t: &Tensor<Self>) -> BResult<Vec<f32>> {
+        Ok(t.buffer().clone())
+    }
+
+    fn permute(&self, x: &Tensor<Self>, perm: &[usize]) -> BResult<Tensor<Self>> {
+        let nd = x.dims();
+        if perm.len() != nd || nd > 6 {
+            return shape_err(
+                "permute",
+                format!("perm {perm:?} for shape {:?}", x.shape()),
+            );
+        }
+        let mut seen = [false; 6];
+        for &p in perm {
+            if p >= nd || seen[p] {
+                return shape_err("permute", format!("invalid perm {perm:?}"));
+            }
+            seen[p] = true;
+        }
+        let src = x.buffer();
+        let ishape = x.shape();
+        let mut istride = vec![1usize; nd];
+        for i in (0..nd.saturating_sub(1)).rev() {
+            istride[i] = istride[i + 1] * ishape[i + 1];
+        }
+        // Pad to 6 dims so the loop nest is fixed.
+        let mut oshape = [1usize; 6];
+        let mut ostr = [0usize; 6];
+        for (i, &p) in perm.iter().enumerate() {
+            oshape[6 - nd + i] = ishape[p];
+            ostr[6 - nd + i] = istride[p];
+        }
+        let out_shape: Vec<usize> = perm.iter().map(|&p| ishape[p]).collect();
+        let n = x.numel();
+        let mut out = vec![0f32; n];
+        let inner = oshape[5];
+        // Each chunk is one run of the innermost output dim.
+        par_chunks_mut(&mut out, inner, |row, dst| {
+            let mut r = row;
+            let mut idx = [0usize; 5];
+            for d in (0..5).rev() {
+                idx[d] = r % oshape[d];
+                r /= oshape[d];
+            }
+            let base: usize = (0..5).map(|d| idx[d] * ostr[d]).sum();
+            let s5 = ostr[5];
+            for (j, o) in dst.iter_mut().enumerate() {
+                *o = src[base + j * s5];
+            }
+        });
+        Ok(self.wrap(out, out_shape))
+    }
+
+    fn narrow(
+        &self,
+        x: &Tensor<Self>,
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> BResult<Tensor<Self>> {
+        if dim >= x.dims() || start + len > x.dim(dim) {
+            return shape_err(
+                "narrow",
+                format!("[{start}, {}) of dim {dim} of {:?}", start + len, x.shape()),
+            );
+        }
+        let outer: usize = x.shape()[..dim].iter().product();
+        let inner: usize = x.shape()[dim + 1..].iter().product();
+        let d = x.dim(dim);
+        let src = x.buffer();
+        let mut out = Vec::with_capacity(outer * len * inner);
+        for o in 0..outer {
+            let s = (o * d + start) * inner;
+            out.extend_from_slice(&src[s..s + len * inner]);
+        }
+        let mut shape = x.shape().to_vec();
+        shape[dim] = len;
+        Ok(self.wrap(out, shape))
+    }
+
+    fn concat(&self, xs: &[&Tensor<Self>], dim: usize) -> BResult<Tensor<Self>> {
+        let Some(first) = xs.first() else {
+            return shape_err("concat", "no tensors");
+        };
+        let nd = first.dims();
+        if dim >= nd {
+            return shape_err("concat", format!("dim {dim} of {:?}", first.shape()));
+        }
+        for x in xs {
+            let ok = x.dims() == nd && (0..nd).all(|i| i == dim || x.dim(i) == first.dim(i));
+            if !ok {
+                return shape_err(
+                    "concat",
+                    format!("{:?} vs {:?} along {dim}", first.shape(), x.shape()),
+                );
+            }
+        }
+        let outer: usize = first.shape()[..dim].iter().product();
+        let inner: usize = first.shape()[dim + 1..].iter().product();
+        let total: usize = xs.iter().map(|x| x.dim(dim)).sum();
+        let mut out = Vec::with_capacity(outer * total * inner);
+        for o in 0..outer {
+            for x in xs {
+                let run = x.dim(dim) * inner;
+                out.extend_from_slice(&x.buffer()[o * run..(o + 1) * run]);
+            }
+        }
+        let mut shape = first.shape().to_vec();
+        shape[dim] = total;
+        Ok(self.wrap(out, shape))
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        b: Option<&Tensor<Self>>,
+        act: Activation,
+    ) -> BResult<Tensor<Self>> {
+        if w.dims() != 2 || x.last_dim() != w.dim(1) {
+            return shape_err(
+                "linear",
+                format!("input {:?} with weight {:?}", x.shape(), w.shape()),
+            );
+        }
+        let (m, k, n) = (x.rows(), w.dim(1), w.dim(0));
+        if let Some(b) = b {
+            if b.numel() != n {
+                return shape_err("linear", format!("bias {:?} for {n} outputs", b.shape()));
+            }
+        }
+        let mut out = vec![0f32; m * n];
+        if m > 0 && n > 0 {
+            // SAFETY: out is m×n, x is m×k row-major, w is n×k row-major (read as its transpose).
+            unsafe {
+                sgemm(
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    n as isize,
+                    x.buffer().as_ptr(),
+                    k as isize,
+                    1,
+                    w.buffer().as_ptr(),
+                    1,
+                    k as isize,
+                    1.0,
+                    parallelism(m * n * k),
+                );
+            }
+        }
+        let bias = b.map(|b| b.buffer().as_slice());
+        par_chunks_mut(&mut out, n.max(1), |_, row| {
+            if let Some(bias) = bias {
+                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+            }
+            apply_act(row, act);
+        });
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap() = n;
+        Ok(self.wrap(out, shape))
+    }
+
+    fn conv2d(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        b: Option<&Tensor<Self>>,
+        stride: usize,
+        padding: usize,
+    ) -> BResult<Tensor<Self>> {
+        if x.dims() != 4 || w.dims() != 4 || x.dim(1) != w.dim(1) || stride == 0 {
+            return shape_err(
+                "conv2d",
+                format!("input {:?} with weight {:?}", x.shape(), w.shape()),
+            );
+        }
+        let (bn, cin, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let (cout, kh, kw) = (w.dim(0), w.dim(2), w.dim(3));
+        if h + 2 * padding < kh || wd + 2 * padding < kw {
+            return shape_err("conv2d", "kernel larger than padded input");
+        }
+        let ho = (h + 2 * padding - kh) / stride + 1;
+        let wo = (wd + 2 * padding - kw) / stride + 1;
+        let kk = cin * kh * kw;
+        let hw = ho * wo;
+        let mut out = vec![0f32; bn * cout * hw];
+        let src = x.buffer();
+        for bi in 0..bn {
+            // im2col: cols[(c, i, j), (oy, ox)]
+            let mut cols = vec![0f32; kk * hw];
+            let img = &src[bi * cin * h * wd..(bi + 1) * cin * h * wd];
+            par_chunks_mut(&mut cols, hw, |r, row| {
+                let c = r / (kh * kw);
+                let i = (r / kw) % kh;
+                let j = r % kw;
+                for oy in 0..ho {
+                    let iy = (oy * stride + i) as isize - padding as isize;
+                    let dst = &mut row[oy * wo..(oy + 1) * wo];
+                    if iy < 0 || iy >= h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let srow = &img[(c * h + iy as usize) * wd..(c * h + iy as usize + 1) * wd];
+                    for (ox, d) in dst.iter_mut().enumerate() {
+                        let ix = (ox * stride + j) as isize - padding as isize;
+                        *d = if ix < 0 || ix >= wd as isize {
+                            0.0
+                        } else {
+                            srow[ix as usize]
+                        };
+                    }
+                }
+            });
+            let dst = &mut out[bi * cout * hw..(bi + 1) * cout * hw];
+            // SAFETY: dst is cout×hw, w is cout×kk, cols is kk×hw, all row-major.
+            unsafe {
+                sgemm(
+                    cout,
+                    hw,
+                    kk,
+                    dst.as_mut_ptr(),
+                    hw as isize,
+                    w.buffer().as_ptr(),
+                    kk as isize,
+                    1,
+                    cols.as_ptr(),
+                    hw as isize,
+                    1,
+                    1.0,
+                    parallelism(cout * hw * kk),
+                );
+            }
+        }
+        if let Some(b) = b {
+            if b.numel() != cout {
+                return shape_err("conv2d", format!("bias {:?} for {cout} outputs", b.shape()));
+            }
+            let bias = b.buffer();
+            par_chunks_mut(&mut out, hw.max(1), |r, plane| {
+                let bv = bias[r % cout];
+                plane.iter_mut().for_each(|v| *v += bv);
+            });
+        }
+        Ok(self.wrap(out, vec![bn, cout, ho, wo]))
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        heads: usize,
+        scale: f32,
+        key_bias: Option<&Tensor<Self>>,
+        head_bias: Option<&Tensor<Self>>,
+        causal: bool,
+    ) -> BResult<Tensor<Self>> {
+        if q.dims() != 3 || k.dims() != 3 || v.shape() != k.shape() || heads == 0 {
+            return shape_err(
+                "attention",
+                format!("q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape()),
+            );
+        }
+        let (b, sq, hd) = (q.dim(0), q.dim(1), q.dim(2));
+        let sk = k.dim(1);
+        if k.dim(0) != b || k.dim(2) != hd || hd % heads != 0 {
+            return shape_err(
+                "attention",
+                format!("q {:?}, k {:?}, heads {heads}", q.shape(), k.shape()),
+            );
+        }
+        let d = hd / heads;
+        if let Some(kb) = key_bias {
+            if kb.numel() != b * sk {
+                return shape_err("attention", format!("key bias {:?}", kb.shape()));
+            }
+        }
+        if let Some(hb) = head_bias {
+            if hb.numel() != heads * sq * sk {
+                return shape_err("attention", format!("head bias {:?}", hb.shape()));
+            }
+        }
+        let mut out = vec![0f32; b * sq * hd];
+        let optr = SendPtr(out.as_mut_ptr());
+        let (qb, kbuf, vb) = (q.buffer(), k.buffer(), v.buffer());
+        // Query tiles bound the score buffer to QT×Sk floats per task (64 MB at Sk = 4096·4).
+        const QT: usize = 256;
+        let qtiles = sq.div_ceil(QT);
+        let tasks: Vec<(usize, usize, usize)> = (0..b)
+            .flat_map(|bi| (0..heads).flat_map(move |h| (0..qtiles).map(move |t| (bi, h, t))))
+            .collect();
+        let run = |&(bi, h, t): &(usize, usize, usize)| {
+            let q0 = t * QT;
+            let nq = QT.min(sq - q0);
+            let mut s = vec![0f32; nq * sk];
+            let qp = qb[(bi * sq + q0) * hd + h * d..].as_ptr();
+            let kp = kbuf[bi * sk * hd + h * d..].as_ptr();
+            let vp = vb[bi * sk * hd + h * d..].as_ptr();
+            // SAFETY: strides describe [nq×d]·[d×sk] inside q and k.
+            unsafe {
+                sgemm(
+                    nq,
+                    sk,
+                    d,
+                    s.as_mut_ptr(),
+                    sk as isize,
+                    qp,
+                    hd as isize,
+                    1,
+                    kp,
+                    1,
+                    hd as isize,
+                    scale,
+                    Parallelism::None,
+                );
+            }
+            let kbias = key_bias.map(|kb| &kb.buffer()[bi * sk..(bi + 1) * sk]);
+            for (i, row) in s.chunks_mut(sk).enumerate() {
+                let qi = q0 + i;
+                if let Some(hb) = head_bias {
+                    let hrow = &hb.buffer()[(h * sq + qi) * sk..(h * sq + qi + 1) * sk];
+                    row.iter_mut().zip(hrow).for_each(|(x, b)| *x += b);
+                }
+                if let Some(kb) = kbias {
+                    row.iter_mut().zip(kb).for_each(|(x, b)| *x += b);
+                }
+                if causal {
+                    row[(qi + 1).min(sk)..].fill(f32::NEG_INFINITY);
+                }
+                let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for x in row.iter_mut() {
+                    *x = (*x - mx).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+            // SAFETY: each task writes its own (batch, head, query-tile) block of `out`.
+            unsafe {
+                let op = optr;
+                sgemm(
+                    nq,
+                    d,
+                    sk,
+                    op.0.add((bi * sq + q0) * hd + h * d),
+                    hd as isize,
+                    s.as_ptr(),
+                    sk as isize,
+                    1,
+                    vp,
+                    hd as isize,
+                    1,
+                    1.0,
+                    Parallelism::None,
+                );
+            }
+        };
+        if tasks.len() > 1 {
+            tasks.par_iter().for_each(run);
+        } else {
+            tasks.iter().for_each(run);
+        }
+        Ok(self.wrap(out, vec![b, sq, hd]))
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Tensor<Self>,
+        weight: Option<&Tensor<Self>>,
+        bias: Option<&Tensor<Self>>,
+        eps: f32,
+    ) -> BResult<Tensor<Self>> {
+        let d = x.last_dim();
+        for p in [weight, bias].into_iter().flatten() {
+            if p.numel() != d {
+                return shape_err("layer_norm", format!("param {:?} for dim {d}", p.shape()));
+            }
+        }
+        let mut out = x.buffer().clone();
+        let (w, b) = (weight.map(|w| w.buffer()), bias.map(|b| b.buffer()));
+        par_chunks_mut(&mut out, d, |_, row| {
+            normalize_row(row, eps);
+            if let Some(w) = w {
+                row.iter_mut().zip(w.iter()).for_each(|(x, w)| *x *= w);
+            }
+            if let Some(b) = b {
+                row.iter_mut().zip(b.iter()).for_each(|(x, b)| *x += b);
+            }
+        });
+        Ok(self.wrap(out, x.shape().to_vec()))
+    }
+
+    fn layer_norm_modulate(
+        &self,
+        x: &Tensor<Self>,
+        shift: &Tensor<Self>,
+        scale: &Tensor<Self>,
+        eps: f32,
+    ) -> BResult<Tensor<Self>> {
+        let d = x.last_dim();
+        let b = x.dim(0);
+        if x.dims() != 3 || shift.numel() != b * d || scale.numel() != b * d {
+            return shape_err(
+                "layer_norm_modulate",
+                format!(
+                    "x {:?}, shift {:?}, scale {:?}",
+                    x.shape(),
+                    shift.shape(),
+                    scale.shape()
+                ),
+            );
+        }
+        let t = x.dim(1);
+        let mut out = x.buffer().clone();
+        let (sh, sc) = (shift.buffer(), scale.buffer());
+        par_chunks_mut(&mut out, d, |r, row| {
+            let bi = r / t;
+            normalize_row(row, eps);
+            let shr = &sh[bi * d..(bi + 1) * d];
+            let scr = &sc[bi * d..(bi + 1) * d];
+            for ((x, s), c) in row.iter_mut().zip(shr).zip(scr) {
+                *x = *x * (1.0 + c) + s;
+            }
+        });
+        Ok(self.wrap(out, x.shape().to_vec()))
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Tensor<Self>,
+        weight: Option<&Tensor<Self>>,
+        eps: f32,
+    ) -> BResult<Tensor<Self>> {
+        let d = x.last_dim();
+        if let Some(w) = weight {
+            if w.numel() != d {
+                return shape_err("rms_norm", format!("weight {:?} for dim {d}", w.shape()));
+            }
+        }
+        let mut out = x.buffer().clone();
+        let w = weight.map(|w| w.buffer());
+        par_chunks_mut(&mut out, d, |_, row| {
+            let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / d as f64;
+            let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
+            match w {
+                Some(w) => row
+                    .iter_mut()
+                    .zip(w.iter())
+                    .for_each(|(x, w)| *x = *x * inv * w),
+                None => row.iter_mut().for_each(|x| *x *= inv),
+            }
+        });
+        Ok(self.wrap(out, x.shape().to_vec()))
+    }
+
+    fn group_norm(
+        &self,
+        x: &Tensor<Self>,
+        groups: usize,
+        weight: &Tensor<Self>,
+        bias: &Tensor<Self>,
+        eps: f32,
+        silu_after: bool,
+    ) -> BResult<Tensor<Self>> {
+        if x.dims() != 4 || groups == 0 || x.dim(1) % groups != 0 {
+            return shape_err(
+                "group_norm",
+                format!("{:?} into {groups} groups", x.shape()),
+            );
+        }
+        let c = x.dim(1);
+        if weight.numel() != c || bias.numel() != c {
+            return shape_err("group_norm", "affine params do not match channels");
+        }
+        let hw = x.dim(2) * x.dim(3);
+        let cg = c / groups;
+        let mut out = x.buffer().clone();
+        let (w, b) = (weight.buffer(), bias.buffer());
+        par_chunks_mut(&mut out, cg * hw, |r, grp| {
+            let g = r % groups;
+            let n = grp.len() as f64;
+            let mean = grp.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = grp.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let inv = 1.0 / (var + eps as f64).sqrt();
+            for (ci, plane) in grp.chunks_mut(hw).enumerate() {
+                let ch = g * cg + ci;
+                let (wc, bc) = (w[ch] as f64, b[ch] as f64);
+                for v in plane.iter_mut() {
+                    let y = ((*v as f64 - mean) * inv * wc + bc) as f32;
+                    *v = if silu_after { silu(y) } else { y };
+                }
+            }
+        });
+        Ok(self.wrap(out, x.shape().to_vec()))
+    }
+
+    fn activation(&self, x: &Tensor<Self>, act: Activation) -> BResult<Tensor<Self>> {
+        let mut out = x.buffer().clone();
+        par_chunks_mut(&mut out, 4096, |_, c| apply_act(c, act));
+        Ok(self.wrap(out, x.shape().to_vec()))
+    }
+
+    fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> BResult<Tensor<Self>> {
+        let bn = suffix_broadcast("add", a.shape(), b.shape())?;
+        let mut out = a.buffer().clone();
+        let bb = b.buffer();
+        par_chunks_mut(&mut out, bn, |_, c| {
+            c.iter_mut().zip(bb.iter()).for_each(|(x, y)| *x += y)
+        });
+        Ok(self.wrap(out, a.shape().to_vec()))
+    }
+
+    fn mul(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> BResult<Tensor<Self>> {
+        let bn = suffix_broadcast("mul", a.shape(), b.shape())?;
+        let mut out = a.buffer().clone();
+        let bb = b.buffer();
+        par_chunks_mut(&mut out, bn, |_, c| {
+            c.iter_mut().zip(bb.iter()).for_each(|(x, y)| *x *= y)
+        });
+        Ok(self.wrap(out, a.shape().to_vec()))
+    }
+
+    fn lincomb(&self, terms: &[(f32, &Tensor<Self>)]) -> BResult<Tensor<Self>> {
+        let Some((_, first)) = terms.first() else {
+            return shape_err("lincomb", "no terms");
+        };
+        if terms.iter().any(|(_, t)| t.shape() != first.shape()) {
+            return shape_err("lincomb", "terms differ in shape");
+        }
+        let n = first.numel();
+        let mut out = vec![0f32; n];
+        par_chunks_mut(&mut out, 4096, |ci, c| {
+            let off = ci * 4096;
+            for (coef, t) in terms {
+                let src = &t.buffer()[off..off + c.len()];
+                c.iter_mut().zip(src).for_each(|(o, s)| *o += coef * s);
+            }
+        });
+        Ok(self.wrap(out, first.shape().to_vec()))
+    }
+
+    fn gate_residual(
+        &self,
+        x: &Tensor<Self>,
+        gate: Option<&Tensor<Self>>,
+        branch: &Tensor<Self>,
+    ) -> BResult<Tensor<Self>> {
+        if x.shape() != branch.shape() || x.dims() != 3 {
+            return shape_err(
+                "gate_residual",
+                format!("x {:?}, branch {:?}", x.shape(), branch.shape()),
+            );
+        }
+        let (b, t, d) = (x.dim(0), x.dim(1), x.dim(2));
+        if let Some(g) = gate {
+            if g.numel() != b * d {
+                return shape_err("gate_residual", format!("gate {:?}", g.shape()));
+            }
+        }
+        let mut out = x.buffer().clone();
+        let br = branch.buffer();
+        let gb = gate.map(|g| g.buffer());
+        par_chunks_mut(&mut out, d, |r, row| {
+            let src = &br[r * d..(r + 1) * d];
+            match gb {
+                Some(g) => {
+                    let gr = &g[(r / t) * d..(r / t + 1) * d];
+                    for ((o, s), gv) in row.iter_mut().zip(src).zip(gr) {
+                        *o += gv * s;
+                    }
+                }
+                None => row.iter_mut().zip(src).for_each(|(o, s)| *o += s),
+            }
+        });
+        Ok(self.wrap(out, x.shape().to_vec()))
+    }
+
+    fn rope(
+        &self,
+        x: &Tensor<Self>,
+        cos: &Tensor<Self>,
+        sin: &Tensor<Self>,
+        heads: usize,
+    ) -> BResult<Tensor<Self>> {
+        if x.dims() != 3 || heads == 0 || x.dim(2) % heads != 0 {
+            return shape_err("rope", format!("x {:?} with {heads} heads", x.shape()));
+        }
+        let (s, hd) = (x.dim(1), x.dim(2));
+        let d = hd / heads;
+        if d % 2 != 0 || cos.numel() != s * d / 2 || sin.numel() != s * d / 2 {
+            return shape_err("rope", format!("tables {:?} for S={s}, D={d}", cos.shape()));
+        }
+        let mut out = x.buffer().clone();
+        let (cb, sb) = (cos.buffer(), sin.buffer());
+        par_chunks_mut(&mut out, hd, |r, row| {
+            let si = r % s;
+            let cr = &cb[si * d / 2..(si + 1) * d / 2];
+            let sr = &sb[si * d / 2..(si + 1) * d / 2];
+            for head in row.chunks_mut(d) {
+                for i in 0..d / 2 {
+                    let (a, b) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = a * cr[i] - b * sr[i];
+                    head[2 * i + 1] = a * sr[i] + b * cr[i];
+                }
+            }
+        });
+        Ok(self.wrap(out, x.shape().to_vec()))
+    }
+
+    fn embedding(&self, table: &Tensor<Self>, ids: &[u32]) -> BResult<Tensor<Self>> {
+        if table.dims() != 2 {
+            return shape_err("embedding", format!("table {:?}", table.shape()));
+        }
+        let (v, d) = (table.dim(0), table.dim(1));
+        let mut out = Vec::with_capacity(ids.len() * d);
+        for &id in ids {
+            let id = id as usize;
+            if id >= v {
+                return shape_err("embedding", format!("token id {id} outside vocabulary {v}"));
+            }
+            out.extend_from_slice(&table.buffer()[id * d..(id + 1) * d]);
+        }
+        Ok(self.wrap(out, vec![ids.len(), d]))
+    }
+
+    fn upsample_nearest2x(&self, x: &Tensor<Self>) -> BResult<Tensor<Self>> {
+        if x.dims() != 4 {
+            return shape_err("upsample_nearest2x", format!("{:?}", x.shape()));
+        }
+        let (n, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let src = x.buffer();
+        let mut out = vec![0f32; n * c * 4 * h * w];
+        par_chunks_mut(&mut out, 2 * w, |r, row| {
+            let plane = r / (2 * h);
+            let y = (r % (2 * h)) / 2;
+            let srow = &src[(plane * h + y) * w..(plane * h + y + 1) * w];
+            for (i, o) in row.iter_mut().enumerate() {
+                *o = srow[i / 2];
+            }
+        });
+        Ok(self.wrap(out, vec![n, c, 2 * h, 2 * w]))
+    }
+}
+
+/// In-place non-affine LayerNorm of one row (biased variance, two-pass for accuracy).
+fn normalize_row(row: &mut [f32], eps: f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    row.iter_mut().for_each(|x| *x = (*x - mean) * inv);
+}
+
+#[cfg(test)]
+mod tests;

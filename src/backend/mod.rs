@@ -1,0 +1,266 @@
+//! The op-level interface every model is written against.
+//!
+//! Models never name a backend implementation: they hold `Tensor<B>` values and call `B`'s ops.
+//! The CPU backend ([`cpu::CpuBackend`]) is the f32 reference; a CUDA backend implements the same
+//! trait with device buffers.
+//!
+//! Design notes (what the interface must carry without a rewrite):
+//! - Tensors are immutable, reference-counted buffers plus a row-major shape. `reshape` is free;
+//!   cached component outputs are held as `Tensor` clones, so "reuse" is a refcount, never a copy.
+//! - Activations travel token-major: `[batch, tokens, heads * head_dim]`. Attention takes that
+//!   layout directly, so no transposes are materialised around it (FLUX and T5 use it too).
+//! - Attention takes an optional per-key additive bias `[B, Sk]` (PixArt's text mask, T5/CLIP
+//!   padding) and an optional per-head bias `[H, Sq, Sk]` (T5 relative positions), and a causal
+//!   flag (CLIP). RoPE and RMSNorm (FLUX's QK norm) are separate ops over the same layout.
+//! - conv2d / group_norm / upsample cover the VAE; `linear` takes an optional fused activation so
+//!   the CUDA backend can use cuBLASLt epilogues.
+//! - `synchronize` exists for timing; stream and CUDA-graph capture belong to the CUDA backend and
+//!   are driven by the pipeline through backend-specific hooks with no-op CPU defaults.
+
+pub mod cpu;
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Errors raised by a backend (device failures, allocation failures, misuse of shapes).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+    #[error("out of device memory: asked for {requested} bytes, {free} bytes free")]
+    OutOfMemory { requested: usize, free: usize },
+    #[error("device error: {0}")]
+    Device(String),
+    #[error("backend `{0}` is not available: {1}")]
+    Unavailable(&'static str, String),
+}
+
+pub type BResult<T> = Result<T, BackendError>;
+
+pub(crate) fn shape_err<T>(op: &'static str, detail: impl Into<String>) -> BResult<T> {
+    Err(BackendError::Shape {
+        op,
+        detail: detail.into(),
+    })
+}
+
+/// Fused activation for `linear` (an epilogue on GPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`
+    GeluTanh,
+    /// `x·sigmoid(x)`
+    Silu,
+}
+
+/// A tensor on backend `B`: a shared buffer and a row-major shape.
+pub struct Tensor<B: Backend> {
+    shape: Vec<usize>,
+    buf: Arc<B::Buffer>,
+}
+
+impl<B: Backend> Clone for Tensor<B> {
+    fn clone(&self) -> Self {
+        Tensor {
+            shape: self.shape.clone(),
+            buf: self.buf.clone(),
+        }
+    }
+}
+
+impl<B: Backend> fmt::Debug for Tensor<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor{:?}", self.shape)
+    }
+}
+
+impl<B: Backend> Tensor<B> {
+    /// Wraps a buffer; the backend guarantees the buffer holds `shape.product()` elements.
+    pub fn from_parts(shape: Vec<usize>, buf: Arc<B::Buffer>) -> Self {
+        Tensor { shape, buf }
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dims(&self) -> usize {
+        self.shape.len()
+    }
+    pub fn dim(&self, i: usize) -> usize {
+        self.shape[i]
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn buffer(&self) -> &B::Buffer {
+        &self.buf
+    }
+    pub fn buffer_arc(&self) -> &Arc<B::Buffer> {
+        &self.buf
+    }
+    /// True when both tensors share one buffer (a cache reuse is exactly this).
+    pub fn same_buffer(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.buf, &other.buf)
+    }
+    /// Metadata-only reshape (tensors are always contiguous).
+    pub fn reshape(&self, shape: &[usize]) -> BResult<Self> {
+        let n: usize = shape.iter().product();
+        if n != self.numel() {
+            return shape_err(
+                "reshape",
+                format!("cannot view {:?} as {:?}", self.shape, shape),
+            );
+        }
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            buf: self.buf.clone(),
+        })
+    }
+    /// Size of the last dimension.
+    pub fn last_dim(&self) -> usize {
+        *self.shape.last().unwrap_or(&1)
+    }
+    /// Product of all but the last dimension.
+    pub fn rows(&self) -> usize {
+        self.numel() / self.last_dim().max(1)
+    }
+}
+
+/// The op interface. All float math is at least f32-accurate; `Buffer` is whatever the backend
+/// stores (host `Vec<f32>`, a device slice in bf16/f16/f32...).
+pub trait Backend: Send + Sync + Sized + 'static {
+    type Buffer: Send + Sync;
+
+    fn name(&self) -> &'static str;
+
+    // ---- memory ----------------------------------------------------------------------------
+    /// Copies host f32 data into a new tensor.
+    fn upload(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>>;
+    /// Uploads a weight; the backend may store it in a narrower dtype.
+    fn upload_weight(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
+        self.upload(data, shape)
+    }
+    /// Copies a tensor back to the host as f32.
+    fn to_host(&self, t: &Tensor<Self>) -> BResult<Vec<f32>>;
+    fn zeros(&self, shape: &[usize]) -> BResult<Tensor<Self>> {
+        self.upload(vec![0.0; shape.iter().product()], shape)
+    }
+    /// Waits for queued work (timing).
+    fn synchronize(&self) -> BResult<()> {
+        Ok(())
+    }
+
+    // ---- layout ----------------------------------------------------------------------------
+    /// Generic permutation (up to 6 dims): `out.shape[i] = x.shape[perm[i]]`.
+    fn permute(&self, x: &Tensor<Self>, perm: &[usize]) -> BResult<Tensor<Self>>;
+    /// Slice `[start, start+len)` along `dim` (a copy).
+    fn narrow(
+        &self,
+        x: &Tensor<Self>,
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> BResult<Tensor<Self>>;
+    /// Concatenation along `dim`.
+    fn concat(&self, xs: &[&Tensor<Self>], dim: usize) -> BResult<Tensor<Self>>;
+
+    // ---- dense -----------------------------------------------------------------------------
+    /// `y = act(x · wᵀ + b)`, `x: [..., K]`, `w: [N, K]` (PyTorch layout), `b: [N]`.
+    fn linear(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        b: Option<&Tensor<Self>>,
+        act: Activation,
+    ) -> BResult<Tensor<Self>>;
+    /// 2-D convolution, NCHW, `w: [Cout, Cin, kh, kw]`, square stride and symmetric padding.
+    fn conv2d(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        b: Option<&Tensor<Self>>,
+        stride: usize,
+        padding: usize,
+    ) -> BResult<Tensor<Self>>;
+    /// Multi-head attention on token-major tensors `q: [B, Sq, H·D]`, `k, v: [B, Sk, H·D]`.
+    /// `key_bias: [B, Sk]` is added to every query's scores (masking); `head_bias: [H, Sq, Sk]`
+    /// is added per head (relative positions); `causal` masks keys after the query.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        heads: usize,
+        scale: f32,
+        key_bias: Option<&Tensor<Self>>,
+        head_bias: Option<&Tensor<Self>>,
+        causal: bool,
+    ) -> BResult<Tensor<Self>>;
+
+    // ---- normalisation ---------------------------------------------------------------------
+    /// LayerNorm over the last dim (biased variance), optional affine.
+    fn layer_norm(
+        &self,
+        x: &Tensor<Self>,
+        weight: Option<&Tensor<Self>>,
+        bias: Option<&Tensor<Self>>,
+        eps: f32,
+    ) -> BResult<Tensor<Self>>;
+    /// Non-affine LayerNorm fused with adaLN modulation:
+    /// `LN(x)·(1 + scale[b]) + shift[b]`, `x: [B, T, D]`, `shift, scale: [B, D]`.
+    fn layer_norm_modulate(
+        &self,
+        x: &Tensor<Self>,
+        shift: &Tensor<Self>,
+        scale: &Tensor<Self>,
+        eps: f32,
+    ) -> BResult<Tensor<Self>>;
+    /// RMSNorm over the last dim: `w · x / sqrt(mean(x²) + eps)`.
+    fn rms_norm(
+        &self,
+        x: &Tensor<Self>,
+        weight: Option<&Tensor<Self>>,
+        eps: f32,
+    ) -> BResult<Tensor<Self>>;
+    /// GroupNorm on NCHW with affine weight/bias, optionally followed by SiLU.
+    fn group_norm(
+        &self,
+        x: &Tensor<Self>,
+        groups: usize,
+        weight: &Tensor<Self>,
+        bias: &Tensor<Self>,
+        eps: f32,
+        silu: bool,
+    ) -> BResult<Tensor<Self>>;
+
+    // ---- elementwise -----------------------------------------------------------------------
+    fn activation(&self, x: &Tensor<Self>, act: Activation) -> BResult<Tensor<Self>>;
+    /// `a + b` with `b` broadcast over leading dims when its shape is a suffix of `a`'s.
+    fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> BResult<Tensor<Self>>;
+    /// `a * b`, same broadcasting as `add`.
+    fn mul(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> BResult<Tensor<Self>>;
+    /// Linear combination `Σ cᵢ·xᵢ` of same-shaped tensors (sampler updates, CFG).
+    fn lincomb(&self, terms: &[(f32, &Tensor<Self>)]) -> BResult<Tensor<Self>>;
+    /// The cache-blend op: `x + gate[b] ⊙ branch`, `x, branch: [B, T, D]`, `gate: [B, D]`
+    /// (`None` = gate of ones). `branch` is a fresh or a cached buffer; it is only read.
+    fn gate_residual(
+        &self,
+        x: &Tensor<Self>,
+        gate: Option<&Tensor<Self>>,
+        branch: &Tensor<Self>,
+    ) -> BResult<Tensor<Self>>;
+    /// Rotary embedding on `[B, S, H·D]` with `cos, sin: [S, D/2]`, interleaved pairs
+    /// (`(x[2i], x[2i+1])` rotated by angle i), as FLUX uses.
+    fn rope(
+        &self,
+        x: &Tensor<Self>,
+        cos: &Tensor<Self>,
+        sin: &Tensor<Self>,
+        heads: usize,
+    ) -> BResult<Tensor<Self>>;
+    /// Row gather `table[ids]`, `table: [V, D]` → `[ids.len(), D]`.
+    fn embedding(&self, table: &Tensor<Self>, ids: &[u32]) -> BResult<Tensor<Self>>;
+    /// Nearest-neighbour ×2 upsampling on NCHW.
+    fn upsample_nearest2x(&self, x: &Tensor<Self>) -> BResult<Tensor<Self>>;
+}

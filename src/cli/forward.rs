@@ -1,0 +1,82 @@
+use super::DeviceOpts;
+use crate::backend::Backend;
+use crate::models::pixart::ForwardInputs;
+use crate::weights::{read_inputs, write_outputs, HostTensor};
+use anyhow::{bail, Context};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct ForwardArgs {
+    /// Model folder (pipeline root or transformer folder); the embedded demo model when absent.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Inputs: hidden_states, encoder_hidden_states, timestep, and optionally
+    /// encoder_attention_mask, resolution, aspect_ratio.
+    #[arg(long)]
+    pub inputs: PathBuf,
+    /// Output file; receives `sample`.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceOpts,
+}
+
+pub fn run(a: ForwardArgs) -> anyhow::Result<()> {
+    let be = a.device.cpu_backend()?;
+    let model = match &a.model {
+        Some(m) => crate::pipeline::load_pixart(&be, m)?,
+        None => crate::pipeline::load_demo(&be)?,
+    };
+    let inputs = read_inputs(&a.inputs)?;
+    let get = |name: &str| -> anyhow::Result<&HostTensor> {
+        inputs
+            .get(name)
+            .with_context(|| format!("{}: missing input tensor `{name}`", a.inputs.display()))
+    };
+    let x = get("hidden_states")?;
+    let y = get("encoder_hidden_states")?;
+    let t = get("timestep")?;
+    let mask = inputs.get("encoder_attention_mask");
+    if x.shape.len() != 4 {
+        bail!(
+            "{}: hidden_states must be [B, C, H, W], got {:?}",
+            a.inputs.display(),
+            x.shape
+        );
+    }
+    let n = x.shape[0];
+    if let Some(m) = mask {
+        if m.shape != [n, y.shape.get(1).copied().unwrap_or(0)] {
+            bail!(
+                "{}: encoder_attention_mask must be [{n}, L] matching encoder_hidden_states {:?}, got {:?}",
+                a.inputs.display(),
+                y.shape,
+                m.shape
+            );
+        }
+    }
+    if t.data.len() != n {
+        bail!(
+            "{}: timestep must be [{n}], got {:?}",
+            a.inputs.display(),
+            t.shape
+        );
+    }
+    let out = model.forward(
+        &be,
+        &ForwardInputs {
+            hidden_states: (&x.shape, &x.data),
+            encoder_hidden_states: (&y.shape, &y.data),
+            encoder_attention_mask: mask.map(|m| m.data.as_slice()),
+            timestep: &t.data,
+            resolution: inputs.get("resolution").map(|r| r.data.as_slice()),
+            aspect_ratio: inputs.get("aspect_ratio").map(|r| r.data.as_slice()),
+        },
+    )?;
+    let sample = HostTensor {
+        shape: out.shape().to_vec(),
+        data: be.to_host(&out)?,
+    };
+    write_outputs(&a.out, &[("sample", &sample)])?;
+    Ok(())
+}

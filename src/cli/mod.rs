@@ -1,0 +1,80 @@
+//! The command line: argument parsing and the commands. No model math lives here.
+
+mod forward;
+mod weights_cmd;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ecad-native",
+    version,
+    about = "Native diffusion-transformer engine with ECAD feature caching (PixArt-α/Σ)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// One transformer evaluation: inputs and outputs as named tensors in safetensors files.
+    Forward(forward::ForwardArgs),
+    /// Checkpoint utilities.
+    Weights {
+        #[command(subcommand)]
+        command: weights_cmd::WeightsCommand,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+/// Options shared by every command that runs a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceOpts {
+    /// Where to run: the CPU, a CUDA GPU, or CUDA when usable else the CPU.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
+    /// Arithmetic precision. f32 is true float32 (no TF32 shortcuts).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+}
+
+impl DeviceOpts {
+    /// Resolves the device. The CPU backend computes in f32 only.
+    pub fn cpu_backend(&self) -> anyhow::Result<crate::backend::cpu::CpuBackend> {
+        match self.device {
+            DeviceArg::Cuda => {
+                anyhow::bail!("--device cuda: this build has no CUDA backend; use --device cpu")
+            }
+            DeviceArg::Auto | DeviceArg::Cpu => {}
+        }
+        if self.dtype != DtypeArg::F32 {
+            anyhow::bail!(
+                "--dtype {:?} is not supported on the CPU backend, which computes in f32; use --dtype f32",
+                self.dtype
+            );
+        }
+        Ok(crate::backend::cpu::CpuBackend::new())
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Forward(a) => forward::run(a),
+        Command::Weights { command } => weights_cmd::run(command),
+    }
+}

@@ -1,0 +1,123 @@
+//! Assembling checkpoints into runnable models: model-folder layouts, loading with validation,
+//! the weights check, and the embedded demo model.
+
+use crate::backend::Backend;
+use crate::models::pixart::{PixArtConfig, PixArtTransformer};
+use crate::models::{MResult, RandomSource};
+use crate::weights::config::JsonConfig;
+use crate::weights::manifest::{check_store, manifests, CheckReport, Manifest};
+use crate::weights::{WResult, WeightStore, WeightsError};
+use std::path::{Path, PathBuf};
+
+/// Where the parts of a diffusers model live.
+#[derive(Clone, Debug)]
+pub struct ModelDir {
+    /// The pipeline root (model_index.json, scheduler/, ...) when the path is one.
+    pub root: Option<PathBuf>,
+    /// The transformer folder (config.json + weights).
+    pub transformer: PathBuf,
+}
+
+impl ModelDir {
+    /// Accepts a pipeline root or a transformer folder.
+    pub fn resolve(path: &Path) -> WResult<Self> {
+        if !path.is_dir() {
+            return Err(WeightsError::Layout {
+                path: path.to_path_buf(),
+                detail: "model directory not found".into(),
+            });
+        }
+        if path.join("transformer").join("config.json").is_file() {
+            return Ok(ModelDir {
+                root: Some(path.to_path_buf()),
+                transformer: path.join("transformer"),
+            });
+        }
+        if path.join("config.json").is_file() {
+            return Ok(ModelDir {
+                root: None,
+                transformer: path.to_path_buf(),
+            });
+        }
+        Err(WeightsError::Layout {
+            path: path.to_path_buf(),
+            detail:
+                "neither a diffusers pipeline root (transformer/config.json) nor a transformer \
+                     folder (config.json): missing config.json"
+                    .into(),
+        })
+    }
+
+    pub fn transformer_config(&self) -> WResult<JsonConfig> {
+        JsonConfig::read(&self.transformer.join("config.json"))
+    }
+
+    pub fn transformer_weights(&self) -> WResult<WeightStore> {
+        WeightStore::open_dir(&self.transformer, "diffusion_pytorch_model")
+    }
+}
+
+/// Finds the shipped manifest describing the same architecture as `config`.
+pub fn match_manifest(config: &PixArtConfig) -> Option<Manifest> {
+    manifests().into_iter().find(|m| {
+        let mc = JsonConfig {
+            path: PathBuf::from(&m.name),
+            map: m.config.clone(),
+        };
+        PixArtConfig::from_json(&mc).ok().as_ref() == Some(config)
+    })
+}
+
+/// `weights check`: validates a model folder against its manifest (a known checkpoint) or
+/// against the tensors its config.json implies.
+pub fn check_model_dir(path: &Path) -> WResult<CheckReport> {
+    let dir = ModelDir::resolve(path)?;
+    let config = PixArtConfig::from_json(&dir.transformer_config()?)?;
+    let store = dir.transformer_weights()?;
+    let matched = match_manifest(&config);
+    let expected = match &matched {
+        Some(m) => m.tensors.clone(),
+        None => config.expected_tensors(),
+    };
+    let mut report = check_store(&store, &expected)?;
+    report.matched = matched.map(|m| m.name);
+    Ok(report)
+}
+
+/// Loads a PixArt transformer from a model folder, validating every tensor first so that a bad
+/// checkpoint is reported by name before any work starts.
+pub fn load_pixart<B: Backend>(be: &B, path: &Path) -> MResult<PixArtTransformer<B>> {
+    let dir = ModelDir::resolve(path)?;
+    let config = PixArtConfig::from_json(&dir.transformer_config()?)?;
+    let store = dir.transformer_weights()?;
+    check_store(&store, &config.expected_tensors())?;
+    PixArtTransformer::load(be, config, &store)
+}
+
+/// The embedded demo transformer: PixArt's structure (28 blocks, so ECAD's real 28-block
+/// schedules run on it) at toy width, with seeded random weights. Its outputs are noise.
+pub fn demo_config() -> PixArtConfig {
+    PixArtConfig {
+        num_attention_heads: 2,
+        attention_head_dim: 24,
+        in_channels: 4,
+        out_channels: 8,
+        num_layers: 28,
+        cross_attention_dim: 48,
+        attention_bias: true,
+        sample_size: 32,
+        patch_size: 2,
+        norm_eps: 1e-6,
+        interpolation_scale: 1.0,
+        use_additional_conditions: false,
+        caption_channels: Some(64),
+        ff_inner_dim: 192,
+    }
+}
+
+/// Seed of the demo model's weights.
+pub const DEMO_SEED: u64 = 0xEC4D;
+
+pub fn load_demo<B: Backend>(be: &B) -> MResult<PixArtTransformer<B>> {
+    PixArtTransformer::load(be, demo_config(), &RandomSource { seed: DEMO_SEED })
+}

@@ -1,0 +1,122 @@
+//! Manifests of known checkpoints (weights-manifest/*.json, embedded at build time) and the
+//! validation behind `ecad-native weights check`.
+
+use super::{WResult, WeightStore, WeightsError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One known checkpoint: its transformer config.json values and every tensor's name and shape.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub name: String,
+    pub repo: String,
+    /// The transformer config.json as released (keys that matter for the architecture).
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// `[name, shape]` in checkpoint order.
+    pub tensors: Vec<(String, Vec<usize>)>,
+}
+
+/// The manifests shipped in weights-manifest/.
+pub const MANIFEST_SOURCES: &[(&str, &str)] = &[
+    (
+        "PixArt-XL-2-256x256",
+        include_str!("../../weights-manifest/PixArt-XL-2-256x256.json"),
+    ),
+    (
+        "PixArt-XL-2-512x512",
+        include_str!("../../weights-manifest/PixArt-XL-2-512x512.json"),
+    ),
+    (
+        "PixArt-XL-2-1024-MS",
+        include_str!("../../weights-manifest/PixArt-XL-2-1024-MS.json"),
+    ),
+    (
+        "PixArt-Sigma-XL-2-256x256",
+        include_str!("../../weights-manifest/PixArt-Sigma-XL-2-256x256.json"),
+    ),
+    (
+        "PixArt-Sigma-XL-2-512-MS",
+        include_str!("../../weights-manifest/PixArt-Sigma-XL-2-512-MS.json"),
+    ),
+    (
+        "PixArt-Sigma-XL-2-1024-MS",
+        include_str!("../../weights-manifest/PixArt-Sigma-XL-2-1024-MS.json"),
+    ),
+    (
+        "PixArt-Sigma-XL-2-2K-MS",
+        include_str!("../../weights-manifest/PixArt-Sigma-XL-2-2K-MS.json"),
+    ),
+];
+
+pub fn manifests() -> Vec<Manifest> {
+    MANIFEST_SOURCES
+        .iter()
+        .map(|(n, s)| {
+            serde_json::from_str(s)
+                .unwrap_or_else(|e| panic!("embedded manifest {n} is invalid: {e}"))
+        })
+        .collect()
+}
+
+/// Outcome of a successful check.
+#[derive(Clone, Debug)]
+pub struct CheckReport {
+    /// The known checkpoint the folder matched, if any.
+    pub matched: Option<String>,
+    pub tensors: usize,
+    pub parameters: u64,
+    pub dtypes: BTreeMap<String, usize>,
+}
+
+/// Validates a tensor store against an expected list: every expected tensor present with its
+/// shape and a float dtype, and no unexpected tensor.
+pub fn check_store(store: &WeightStore, expected: &[(String, Vec<usize>)]) -> WResult<CheckReport> {
+    let mut dtypes = BTreeMap::new();
+    let mut params = 0u64;
+    for (name, shape) in expected {
+        let info = store
+            .info(name)
+            .ok_or_else(|| WeightsError::MissingTensor {
+                dir: store.dir().to_path_buf(),
+                name: name.clone(),
+                expected: format!(" (expected shape {shape:?})"),
+            })?;
+        let path = store.file_of(name).unwrap_or(store.dir()).to_path_buf();
+        if &info.shape != shape {
+            return Err(WeightsError::ShapeMismatch {
+                path,
+                name: name.clone(),
+                expected: shape.clone(),
+                actual: info.shape.clone(),
+            });
+        }
+        use safetensors::Dtype;
+        if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            return Err(WeightsError::BadDtype {
+                path,
+                name: name.clone(),
+                dtype: format!("{:?}", info.dtype),
+                allowed: "F32, F16, BF16",
+            });
+        }
+        *dtypes.entry(format!("{:?}", info.dtype)).or_insert(0) += 1;
+        params += shape.iter().product::<usize>() as u64;
+    }
+    let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    if let Some(extra) = store.names().find(|n| !known.contains(n.as_str())) {
+        return Err(WeightsError::ExtraTensor {
+            dir: store.dir().to_path_buf(),
+            name: extra.clone(),
+            shape: store
+                .info(extra)
+                .map(|i| i.shape.clone())
+                .unwrap_or_default(),
+        });
+    }
+    Ok(CheckReport {
+        matched: None,
+        tensors: expected.len(),
+        parameters: params,
+        dtypes,
+    })
+}

@@ -1,0 +1,350 @@
+//! Reading checkpoints: safetensors files by mmap (single or sharded through an index json),
+//! dtype conversion to f32, diffusers config.json parsing and the weights manifests.
+
+pub mod config;
+pub mod manifest;
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong reading a user's files. Each variant names the file and, where
+/// relevant, the tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file ({detail})")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{path}: invalid JSON: {detail}")]
+    Json { path: PathBuf, detail: String },
+    #[error("{path}: {detail}")]
+    Config { path: PathBuf, detail: String },
+    #[error("{dir}: missing tensor `{name}`{expected}")]
+    MissingTensor {
+        dir: PathBuf,
+        name: String,
+        expected: String,
+    },
+    #[error("{path}: tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    #[error("{path}: tensor `{name}` has dtype {dtype}, expected one of {allowed}")]
+    BadDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+        allowed: &'static str,
+    },
+    #[error("{dir}: unexpected tensor `{name}` (shape {shape:?}) not used by this model")]
+    ExtraTensor {
+        dir: PathBuf,
+        name: String,
+        shape: Vec<usize>,
+    },
+    #[error("{path}: {detail}")]
+    Layout { path: PathBuf, detail: String },
+}
+
+pub type WResult<T> = Result<T, WeightsError>;
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WeightsError + '_ {
+    move |source| WeightsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One mmapped safetensors file. The header is parsed once; tensor data stays in the mapping.
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+/// Metadata of one tensor in a [`WeightStore`].
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+    shard: usize,
+}
+
+/// A set of safetensors files seen as one name → tensor map.
+pub struct WeightStore {
+    dir: PathBuf,
+    shards: Vec<Shard>,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+impl WeightStore {
+    /// Opens the weights of a diffusers model folder: `{stem}.safetensors`, or the shards listed
+    /// in `{stem}.safetensors.index.json`.
+    pub fn open_dir(dir: &Path, stem: &str) -> WResult<Self> {
+        let single = dir.join(format!("{stem}.safetensors"));
+        let index = dir.join(format!("{stem}.safetensors.index.json"));
+        if single.is_file() {
+            return Self::open_files(dir, &[single]);
+        }
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| WeightsError::Json {
+                    path: index.clone(),
+                    detail: e.to_string(),
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| WeightsError::Config {
+                    path: index.clone(),
+                    detail: "no `weight_map` object".into(),
+                })?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect();
+            files.sort();
+            files.dedup();
+            let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+            let store = Self::open_files(dir, &paths)?;
+            for name in map.keys() {
+                if !store.tensors.contains_key(name) {
+                    return Err(WeightsError::MissingTensor {
+                        dir: dir.to_path_buf(),
+                        name: name.clone(),
+                        expected: format!(" (listed in {})", index.display()),
+                    });
+                }
+            }
+            return Ok(store);
+        }
+        Err(WeightsError::Layout {
+            path: dir.to_path_buf(),
+            detail: format!(
+                "no weights found: expected {stem}.safetensors or {stem}.safetensors.index.json"
+            ),
+        })
+    }
+
+    /// Opens explicit safetensors files (used by tests and by `open_dir`).
+    pub fn open_files(dir: &Path, paths: &[PathBuf]) -> WResult<Self> {
+        let mut shards = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for (si, path) in paths.iter().enumerate() {
+            let file = File::open(path).map_err(io_err(path))?;
+            // SAFETY: the file is opened read-only; concurrent external truncation of a
+            // checkpoint while it is in use is outside what this engine defends against.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| WeightsError::Corrupt {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+            for (name, view) in st.tensors() {
+                if tensors.contains_key(&name) {
+                    return Err(WeightsError::Layout {
+                        path: path.clone(),
+                        detail: format!("tensor `{name}` appears in more than one shard"),
+                    });
+                }
+                tensors.insert(
+                    name,
+                    TensorInfo {
+                        shape: view.shape().to_vec(),
+                        dtype: view.dtype(),
+                        shard: si,
+                    },
+                );
+            }
+            drop(st);
+            shards.push(Shard {
+                path: path.clone(),
+                mmap,
+            });
+        }
+        Ok(WeightStore {
+            dir: dir.to_path_buf(),
+            shards,
+            tensors,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+    /// Path of the file holding `name`.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.tensors
+            .get(name)
+            .map(|i| self.shards[i.shard].path.as_path())
+    }
+
+    /// Reads a weight as f32, checking its shape. Accepts F32, F16 and BF16 on disk.
+    pub fn get_f32(&self, name: &str, expected: &[usize]) -> WResult<Vec<f32>> {
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| WeightsError::MissingTensor {
+                dir: self.dir.clone(),
+                name: name.to_string(),
+                expected: format!(" (expected shape {expected:?})"),
+            })?;
+        let shard = &self.shards[info.shard];
+        if info.shape != expected {
+            return Err(WeightsError::ShapeMismatch {
+                path: shard.path.clone(),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                actual: info.shape.clone(),
+            });
+        }
+        let st = SafeTensors::deserialize(&shard.mmap).map_err(|e| WeightsError::Corrupt {
+            path: shard.path.clone(),
+            detail: e.to_string(),
+        })?;
+        let view = st.tensor(name).map_err(|e| WeightsError::Corrupt {
+            path: shard.path.clone(),
+            detail: e.to_string(),
+        })?;
+        bytes_to_f32(view.dtype(), view.data(), false).ok_or_else(|| WeightsError::BadDtype {
+            path: shard.path.clone(),
+            name: name.to_string(),
+            dtype: format!("{:?}", view.dtype()),
+            allowed: "F32, F16, BF16",
+        })
+    }
+}
+
+/// Converts little-endian tensor bytes to f32. With `allow_ints`, I64/I32 (timesteps, masks,
+/// ids) and F64 are accepted too. Returns None for unsupported dtypes.
+pub fn bytes_to_f32(dtype: Dtype, data: &[u8], allow_ints: bool) -> Option<Vec<f32>> {
+    fn chunks<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+        data.chunks_exact(N).map(|c| c.try_into().unwrap())
+    }
+    Some(match dtype {
+        Dtype::F32 => chunks::<4>(data).map(f32::from_le_bytes).collect(),
+        Dtype::F16 => chunks::<2>(data)
+            .map(|b| half::f16::from_le_bytes(b).to_f32())
+            .collect(),
+        Dtype::BF16 => chunks::<2>(data)
+            .map(|b| half::bf16::from_le_bytes(b).to_f32())
+            .collect(),
+        Dtype::F64 if allow_ints => chunks::<8>(data)
+            .map(|b| f64::from_le_bytes(b) as f32)
+            .collect(),
+        Dtype::I64 if allow_ints => chunks::<8>(data)
+            .map(|b| i64::from_le_bytes(b) as f32)
+            .collect(),
+        Dtype::I32 if allow_ints => chunks::<4>(data)
+            .map(|b| i32::from_le_bytes(b) as f32)
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// A named host tensor read from an inputs file.
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Reads every tensor of a safetensors inputs file into f32 host tensors (floats of any width,
+/// and I64/I32 for timesteps, masks and ids).
+pub fn read_inputs(path: &Path) -> WResult<BTreeMap<String, HostTensor>> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| WeightsError::Corrupt {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let data = bytes_to_f32(view.dtype(), view.data(), true).ok_or_else(|| {
+            WeightsError::BadDtype {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                dtype: format!("{:?}", view.dtype()),
+                allowed: "F32, F64, F16, BF16, I64, I32",
+            }
+        })?;
+        out.insert(
+            name,
+            HostTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Writes f32 tensors to `path` atomically (temp file in the same folder, then rename), so a
+/// failure never leaves a partial file at the output path.
+pub fn write_outputs(path: &Path, tensors: &[(&str, &HostTensor)]) -> WResult<()> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let view = safetensors::tensor::TensorView::new(
+                Dtype::F32,
+                t.shape.clone(),
+                bytemuck::cast_slice(&t.data),
+            )
+            .map_err(|e| WeightsError::Corrupt {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+            Ok((n.to_string(), view))
+        })
+        .collect::<WResult<_>>()?;
+    let bytes = safetensors::tensor::serialize(views, None).map_err(|e| WeightsError::Corrupt {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    atomic_write(path, &bytes)
+}
+
+/// Write-then-rename in the destination folder.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> WResult<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.unwrap_or_else(|| "out".into()),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        WeightsError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })
+}
