@@ -5,6 +5,10 @@
 //! [`NoCache`], which always computes; a schedule-driven store returns the stored buffer for a
 //! reused component, without running the closure (zero work, zero copies).
 
+pub mod heuristics;
+pub mod macs;
+pub mod schedule;
+
 use crate::backend::{BResult, Backend, Tensor};
 
 /// Decides, per call, whether component `comp` of block `block` is computed now or reused.
