@@ -11,4 +11,5 @@ pub mod cache;
 pub mod cli;
 pub mod models;
 pub mod pipeline;
+pub mod sampler;
 pub mod weights;

@@ -8,6 +8,7 @@
 pub mod heuristics;
 pub mod macs;
 pub mod schedule;
+pub mod store;
 
 use crate::backend::{BResult, Backend, Tensor};
 

@@ -1,6 +1,9 @@
 //! The command line: argument parsing and the commands. No model math lives here.
 
+mod denoise;
 mod forward;
+pub mod progress;
+mod schedule_cmd;
 mod weights_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -20,6 +23,14 @@ pub struct Cli {
 pub enum Command {
     /// One transformer evaluation: inputs and outputs as named tensors in safetensors files.
     Forward(forward::ForwardArgs),
+    /// The whole sampling loop, from initial noise to final latents, optionally with an ECAD
+    /// cache schedule.
+    Denoise(denoise::DenoiseArgs),
+    /// Schedule utilities (cost models).
+    Schedule {
+        #[command(subcommand)]
+        command: schedule_cmd::ScheduleCommand,
+    },
     /// Checkpoint utilities.
     Weights {
         #[command(subcommand)]
@@ -62,9 +73,12 @@ impl DeviceOpts {
             DeviceArg::Auto | DeviceArg::Cpu => {}
         }
         if self.dtype != DtypeArg::F32 {
+            let name = match self.dtype {
+                DtypeArg::Bf16 => "bf16",
+                _ => "f16",
+            };
             anyhow::bail!(
-                "--dtype {:?} is not supported on the CPU backend, which computes in f32; use --dtype f32",
-                self.dtype
+                "--dtype {name} is not supported on the CPU backend, which computes in f32; use --dtype f32"
             );
         }
         Ok(crate::backend::cpu::CpuBackend::new())
@@ -75,6 +89,8 @@ impl DeviceOpts {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Forward(a) => forward::run(a),
+        Command::Denoise(a) => denoise::run(a),
+        Command::Schedule { command } => schedule_cmd::run(command),
         Command::Weights { command } => weights_cmd::run(command),
     }
 }

@@ -1,6 +1,8 @@
 //! Assembling checkpoints into runnable models: model-folder layouts, loading with validation,
 //! the weights check, and the embedded demo model.
 
+pub mod denoise;
+
 use crate::backend::Backend;
 use crate::models::pixart::{PixArtConfig, PixArtTransformer};
 use crate::models::{MResult, RandomSource};
@@ -50,6 +52,17 @@ impl ModelDir {
 
     pub fn transformer_config(&self) -> WResult<JsonConfig> {
         JsonConfig::read(&self.transformer.join("config.json"))
+    }
+
+    /// The scheduler config of a pipeline root (`scheduler/scheduler_config.json`).
+    pub fn scheduler_config(&self) -> WResult<crate::sampler::DpmSolverConfig> {
+        let root = self.root.as_ref().ok_or_else(|| WeightsError::Layout {
+            path: self.transformer.clone(),
+            detail: "a transformer folder has no scheduler: pass the pipeline root (the folder holding transformer/ and scheduler/)".into(),
+        })?;
+        crate::sampler::DpmSolverConfig::from_file(
+            &root.join("scheduler").join("scheduler_config.json"),
+        )
     }
 
     pub fn transformer_weights(&self) -> WResult<WeightStore> {

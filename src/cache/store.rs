@@ -1,0 +1,158 @@
+//! The schedule-driven component cache: one slot per (block, component), ECAD's semantics.
+//!
+//! - A true bit recomputes the component's raw output and stores it; a false bit returns the
+//!   stored tensor (the most recently computed value) without running the computation: the
+//!   block's gate-and-residual op then reads that buffer directly, so reuse costs no copy.
+//! - Step 0 always computes, whatever its bits say (ECAD recomputes when its cache is empty).
+//! - The whole CFG batch is one entry.
+//! - T-GATE blocks (`compute_attn_tgate`, gate step m): attn2 follows its bit up to step m−1;
+//!   at m−1 the stored value is the mean of the uncond and cond halves; from m on the stored
+//!   mean is returned whatever the bit says.
+
+use super::schedule::{Component, CustomFunction, Schedule};
+use super::ComponentCache;
+use crate::backend::{BResult, Backend, BackendError, Tensor};
+use crate::models::pixart::{ATTN1, ATTN2, FF};
+
+/// Per-run counters of what the cache did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Component evaluations actually computed.
+    pub computed: usize,
+    /// Component evaluations served from the cache.
+    pub reused: usize,
+    /// Largest total size of the stored buffers during the run, in bytes (f32 elements × 4).
+    pub peak_bytes: usize,
+}
+
+pub struct ScheduleCache<'s, B: Backend> {
+    backend: &'s B,
+    schedule: &'s Schedule,
+    step: usize,
+    batch: usize,
+    slots: Vec<Option<Tensor<B>>>,
+    stats: CacheStats,
+}
+
+const PIXART: [Component; 3] = [Component::Attn1, Component::Attn2, Component::Ff];
+
+impl<'s, B: Backend> ScheduleCache<'s, B> {
+    pub fn new(backend: &'s B, schedule: &'s Schedule) -> Self {
+        ScheduleCache {
+            backend,
+            schedule,
+            step: 0,
+            batch: 0,
+            slots: vec![None; schedule.num_blocks() * 3],
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// Sets the step about to run and the transformer batch it runs with.
+    pub fn begin_step(&mut self, step: usize, batch: usize) {
+        self.step = step;
+        self.batch = batch;
+    }
+
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    fn stored_bytes(&self) -> usize {
+        self.slots.iter().flatten().map(|t| t.numel() * 4).sum()
+    }
+
+    fn store(&mut self, slot: usize, t: Tensor<B>) {
+        self.slots[slot] = Some(t);
+        self.stats.peak_bytes = self.stats.peak_bytes.max(self.stored_bytes());
+    }
+
+    fn reuse(&mut self, block: usize, comp: usize, slot: usize) -> BResult<Tensor<B>> {
+        let t = self.slots[slot]
+            .clone()
+            .ok_or_else(|| BackendError::Shape {
+                op: "cache",
+                detail: format!("block {block} {}: nothing cached", PIXART[comp].name()),
+            })?;
+        if t.dim(0) != self.batch {
+            return Err(BackendError::Shape {
+                op: "cache",
+                detail: format!(
+                    "step {:03} block {block} `{}` reuses an output of batch {} in a batch-{} step \
+                     (the T-GATE pipeline drops CFG at its gate step): the schedule must recompute it there",
+                    self.step,
+                    PIXART[comp].name(),
+                    t.dim(0),
+                    self.batch
+                ),
+            });
+        }
+        self.stats.reused += 1;
+        Ok(t)
+    }
+
+    /// ECAD's default rule (`compute_attn_cached` / `compute_ff_cached`).
+    fn cached(
+        &mut self,
+        block: usize,
+        comp: usize,
+        compute: &mut dyn FnMut() -> BResult<Tensor<B>>,
+    ) -> BResult<Tensor<B>> {
+        let slot = block * 3 + comp;
+        let bit = self.schedule.recompute(self.step, block, PIXART[comp]);
+        if self.step == 0 || bit || self.slots[slot].is_none() {
+            let t = compute()?;
+            self.stats.computed += 1;
+            self.store(slot, t.clone());
+            Ok(t)
+        } else {
+            self.reuse(block, comp, slot)
+        }
+    }
+}
+
+impl<B: Backend> ComponentCache<B> for ScheduleCache<'_, B> {
+    fn component(
+        &mut self,
+        block: usize,
+        comp: usize,
+        compute: &mut dyn FnMut() -> BResult<Tensor<B>>,
+    ) -> BResult<Tensor<B>> {
+        debug_assert!(comp == ATTN1 || comp == ATTN2 || comp == FF);
+        let tgate = match self.schedule.custom_compute_attn(self.step, block) {
+            Some(CustomFunction::AttnTgate { gate_step }) if comp == ATTN2 => Some(gate_step),
+            _ => None,
+        };
+        let Some(m) = tgate else {
+            return self.cached(block, comp, compute);
+        };
+        let slot = block * 3 + comp;
+        if self.step >= m {
+            let t = self.slots[slot]
+                .clone()
+                .ok_or_else(|| BackendError::Shape {
+                    op: "cache",
+                    detail: format!("T-GATE block {block}: attn2 was not cached at the gate step"),
+                })?;
+            self.stats.reused += 1;
+            return Ok(t);
+        }
+        let out = self.cached(block, comp, compute)?;
+        if self.step + 1 == m {
+            // Store the mean of the CFG halves; this step still uses the full output.
+            let n = out.dim(0);
+            if n % 2 != 0 {
+                return Err(BackendError::Shape {
+                    op: "cache",
+                    detail: "T-GATE averages the CFG halves: it needs guidance > 1".into(),
+                });
+            }
+            let be = self.backend;
+            let u = be.narrow(&out, 0, 0, n / 2)?;
+            let c = be.narrow(&out, 0, n / 2, n / 2)?;
+            let mean = be.lincomb(&[(0.5, &u), (0.5, &c)])?;
+            self.store(slot, mean);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,78 @@
+use crate::cache::macs::{ecad_macs, true_macs, ModelDims, PixArtDims, TrueCostOptions};
+use crate::cache::schedule::Schedule;
+use crate::pipeline::ModelDir;
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCommand {
+    /// Cost of a schedule: ECAD's MAC count (default) or this engine's true cost.
+    Macs {
+        #[arg(long)]
+        schedule: PathBuf,
+        /// Model folder; only the transformer config.json is read.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        height: u64,
+        #[arg(long)]
+        width: u64,
+        /// Report this engine's true cost instead (attention products included, text work
+        /// counted once per run).
+        #[arg(long)]
+        true_cost: bool,
+        /// Text tokens for --true-cost (α 120, Σ 300).
+        #[arg(long, default_value_t = 120)]
+        text_len: u64,
+        /// Sequences per transformer call for --true-cost (2 = one prompt with CFG).
+        #[arg(long, default_value_t = 2)]
+        batch: u64,
+    },
+}
+
+pub fn pixart_dims(c: &crate::models::pixart::PixArtConfig) -> ModelDims {
+    ModelDims::PixArt(PixArtDims {
+        num_layers: c.num_layers as u64,
+        num_attention_heads: c.num_attention_heads as u64,
+        attention_head_dim: c.attention_head_dim as u64,
+        in_channels: c.in_channels as u64,
+        out_channels: c.out_channels as u64,
+        patch_size: c.patch_size as u64,
+        caption_channels: c.caption_channels.map(|v| v as u64),
+        cross_attention_dim: c.cross_attention_dim as u64,
+        use_additional_conditions: c.use_additional_conditions,
+    })
+}
+
+pub fn run(cmd: ScheduleCommand) -> anyhow::Result<()> {
+    match cmd {
+        ScheduleCommand::Macs {
+            schedule,
+            model,
+            height,
+            width,
+            true_cost,
+            text_len,
+            batch,
+        } => {
+            let s = Schedule::from_path(&schedule)?;
+            let dir = ModelDir::resolve(&model)?;
+            let cfg = crate::models::pixart::PixArtConfig::from_json(&dir.transformer_config()?)?;
+            let dims = pixart_dims(&cfg);
+            let json = if true_cost {
+                let r = true_macs(
+                    &s,
+                    &dims,
+                    height,
+                    width,
+                    TrueCostOptions { batch, text_len },
+                )?;
+                serde_json::to_string(&r)?
+            } else {
+                serde_json::to_string(&ecad_macs(&s, &dims, height, width)?)?
+            };
+            println!("{json}");
+            Ok(())
+        }
+    }
+}
