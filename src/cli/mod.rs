@@ -1,5 +1,6 @@
 //! The command line: argument parsing and the commands. No model math lives here.
 
+mod bench;
 mod denoise;
 mod forward;
 pub mod progress;
@@ -26,6 +27,8 @@ pub enum Command {
     /// The whole sampling loop, from initial noise to final latents, optionally with an ECAD
     /// cache schedule.
     Denoise(denoise::DenoiseArgs),
+    /// Latency, MACs, cache memory and fidelity of uncached vs scheduled runs.
+    Bench(bench::BenchArgs),
     /// Schedule utilities (cost models).
     Schedule {
         #[command(subcommand)]
@@ -90,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Forward(a) => forward::run(a),
         Command::Denoise(a) => denoise::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Schedule { command } => schedule_cmd::run(command),
         Command::Weights { command } => weights_cmd::run(command),
     }

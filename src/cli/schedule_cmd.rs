@@ -1,5 +1,6 @@
-use crate::cache::macs::{ecad_macs, true_macs, ModelDims, PixArtDims, TrueCostOptions};
+use crate::cache::macs::{ecad_macs, true_macs, TrueCostOptions};
 use crate::cache::schedule::Schedule;
+use crate::pipeline::bench::pixart_dims;
 use crate::pipeline::ModelDir;
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -28,20 +29,6 @@ pub enum ScheduleCommand {
         #[arg(long, default_value_t = 2)]
         batch: u64,
     },
-}
-
-pub fn pixart_dims(c: &crate::models::pixart::PixArtConfig) -> ModelDims {
-    ModelDims::PixArt(PixArtDims {
-        num_layers: c.num_layers as u64,
-        num_attention_heads: c.num_attention_heads as u64,
-        attention_head_dim: c.attention_head_dim as u64,
-        in_channels: c.in_channels as u64,
-        out_channels: c.out_channels as u64,
-        patch_size: c.patch_size as u64,
-        caption_channels: c.caption_channels.map(|v| v as u64),
-        cross_attention_dim: c.cross_attention_dim as u64,
-        use_additional_conditions: c.use_additional_conditions,
-    })
 }
 
 pub fn run(cmd: ScheduleCommand) -> anyhow::Result<()> {

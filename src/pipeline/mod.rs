@@ -1,6 +1,7 @@
 //! Assembling checkpoints into runnable models: model-folder layouts, loading with validation,
 //! the weights check, and the embedded demo model.
 
+pub mod bench;
 pub mod denoise;
 
 use crate::backend::Backend;

@@ -2,6 +2,8 @@
 //! through rayon. It is both the engine on machines without a GPU and the reference every CUDA
 //! kernel is tested against.
 
+mod vmath;
+
 use super::{shape_err, Activation, BResult, Backend, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -9,6 +11,61 @@ use std::sync::Arc;
 
 /// Elementwise work below this many elements runs on one thread (rayon overhead dominates).
 const PAR_MIN: usize = 1 << 15;
+
+/// Optional per-op timing (`ECAD_PROFILE=1`): totals are printed by [`profile_report`].
+mod profile {
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    static TOTALS: Mutex<BTreeMap<&'static str, (u64, Duration)>> = Mutex::new(BTreeMap::new());
+
+    pub fn enabled() -> bool {
+        *ENABLED.get_or_init(|| std::env::var_os("ECAD_PROFILE").is_some())
+    }
+
+    pub struct Guard(Option<(&'static str, Instant)>);
+
+    pub fn op(name: &'static str) -> Guard {
+        Guard(enabled().then(|| (name, Instant::now())))
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some((name, t0)) = self.0.take() {
+                let mut m = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+                let e = m.entry(name).or_default();
+                e.0 += 1;
+                e.1 += t0.elapsed();
+            }
+        }
+    }
+
+    pub fn report() -> Option<String> {
+        if !enabled() {
+            return None;
+        }
+        let m = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+        let total: f64 = m.values().map(|v| v.1.as_secs_f64()).sum();
+        let mut rows: Vec<_> = m.iter().collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1 .1));
+        let mut out = format!("cpu op profile (total {:.1} ms):\n", total * 1e3);
+        for (k, (n, d)) in rows {
+            out += &format!(
+                "  {k:<22} {n:>8} calls {:>10.1} ms {:>5.1}%\n",
+                d.as_secs_f64() * 1e3,
+                100.0 * d.as_secs_f64() / total.max(1e-12)
+            );
+        }
+        Some(out)
+    }
+}
+
+/// The per-op timing table when `ECAD_PROFILE` is set, else None.
+pub fn profile_report() -> Option<String> {
+    profile::report()
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct CpuBackend {
@@ -55,6 +112,7 @@ unsafe fn sgemm(
     rhs_rs: isize,
     rhs_cs: isize,
     alpha_scale: f32,
+    accumulate: bool,
     par: Parallelism,
 ) {
     gemm::gemm(
@@ -64,26 +122,20 @@ unsafe fn sgemm(
         dst,
         1,
         dst_rs,
-        false,
+        accumulate,
         lhs,
         lhs_cs,
         lhs_rs,
         rhs,
         rhs_cs,
         rhs_rs,
-        0.0,
+        if accumulate { 1.0 } else { 0.0 },
         alpha_scale,
         false,
         false,
         false,
         par,
     );
-}
-
-#[inline]
-fn gelu_tanh(x: f32) -> f32 {
-    const C: f32 = 0.797_884_6; // sqrt(2/pi)
-    0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
 }
 
 #[inline]
@@ -94,8 +146,8 @@ fn silu(x: f32) -> f32 {
 fn apply_act(v: &mut [f32], act: Activation) {
     match act {
         Activation::None => {}
-        Activation::GeluTanh => v.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
-        Activation::Silu => v.iter_mut().for_each(|x| *x = silu(*x)),
+        Activation::GeluTanh => vmath::gelu_tanh(v),
+        Activation::Silu => vmath::silu(v),
     }
 }
 
@@ -144,6 +196,7 @@ impl Backend for CpuBackend {
     }
 
     fn permute(&self, x: &Tensor<Self>, perm: &[usize]) -> BResult<Tensor<Self>> {
+        let _p = profile::op("permute");
         let nd = x.dims();
         if perm.len() != nd || nd > 6 {
             return shape_err(
@@ -199,6 +252,7 @@ impl Backend for CpuBackend {
         start: usize,
         len: usize,
     ) -> BResult<Tensor<Self>> {
+        let _p = profile::op("narrow");
         if dim >= x.dims() || start + len > x.dim(dim) {
             return shape_err(
                 "narrow",
@@ -220,6 +274,7 @@ impl Backend for CpuBackend {
     }
 
     fn concat(&self, xs: &[&Tensor<Self>], dim: usize) -> BResult<Tensor<Self>> {
+        let _p = profile::op("concat");
         let Some(first) = xs.first() else {
             return shape_err("concat", "no tensors");
         };
@@ -258,6 +313,7 @@ impl Backend for CpuBackend {
         b: Option<&Tensor<Self>>,
         act: Activation,
     ) -> BResult<Tensor<Self>> {
+        let _p = profile::op("linear");
         if w.dims() != 2 || x.last_dim() != w.dim(1) {
             return shape_err(
                 "linear",
@@ -270,8 +326,20 @@ impl Backend for CpuBackend {
                 return shape_err("linear", format!("bias {:?} for {n} outputs", b.shape()));
             }
         }
-        let mut out = vec![0f32; m * n];
-        if m > 0 && n > 0 {
+        // The bias is written first and the GEMM accumulates onto it (no extra pass).
+        let bias_first = b.is_some();
+        let mut out = match b {
+            Some(b) => {
+                let bias = b.buffer();
+                let mut o = Vec::with_capacity(m * n);
+                for _ in 0..m {
+                    o.extend_from_slice(bias);
+                }
+                o
+            }
+            None => vec![0f32; m * n],
+        };
+        if m > 0 && n > 0 && k > 0 {
             // SAFETY: out is m×n, x is m×k row-major, w is n×k row-major (read as its transpose).
             unsafe {
                 sgemm(
@@ -287,17 +355,17 @@ impl Backend for CpuBackend {
                     1,
                     k as isize,
                     1.0,
+                    bias_first,
                     parallelism(m * n * k),
                 );
             }
         }
-        let bias = b.map(|b| b.buffer().as_slice());
-        par_chunks_mut(&mut out, n.max(1), |_, row| {
-            if let Some(bias) = bias {
-                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-            }
-            apply_act(row, act);
-        });
+        if act != Activation::None {
+            let rows_per_chunk = (4096 / n.max(1)).max(1);
+            par_chunks_mut(&mut out, rows_per_chunk * n.max(1), |_, c| {
+                apply_act(c, act)
+            });
+        }
         let mut shape = x.shape().to_vec();
         *shape.last_mut().unwrap() = n;
         Ok(self.wrap(out, shape))
@@ -311,6 +379,7 @@ impl Backend for CpuBackend {
         stride: usize,
         padding: usize,
     ) -> BResult<Tensor<Self>> {
+        let _p = profile::op("conv2d");
         if x.dims() != 4 || w.dims() != 4 || x.dim(1) != w.dim(1) || stride == 0 {
             return shape_err(
                 "conv2d",
@@ -370,6 +439,7 @@ impl Backend for CpuBackend {
                     hw as isize,
                     1,
                     1.0,
+                    false,
                     parallelism(cout * hw * kk),
                 );
             }
@@ -398,6 +468,7 @@ impl Backend for CpuBackend {
         head_bias: Option<&Tensor<Self>>,
         causal: bool,
     ) -> BResult<Tensor<Self>> {
+        let _p = profile::op("attention");
         if q.dims() != 3 || k.dims() != 3 || v.shape() != k.shape() || heads == 0 {
             return shape_err(
                 "attention",
@@ -454,6 +525,7 @@ impl Backend for CpuBackend {
                     1,
                     hd as isize,
                     scale,
+                    false,
                     Parallelism::None,
                 );
             }
@@ -471,12 +543,8 @@ impl Backend for CpuBackend {
                     row[(qi + 1).min(sk)..].fill(f32::NEG_INFINITY);
                 }
                 let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for x in row.iter_mut() {
-                    *x = (*x - mx).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
+                vmath::exp_shifted(row, mx);
+                let inv = 1.0 / row.iter().sum::<f32>();
                 row.iter_mut().for_each(|x| *x *= inv);
             }
             // SAFETY: each task writes its own (batch, head, query-tile) block of `out`.
@@ -495,6 +563,7 @@ impl Backend for CpuBackend {
                     hd as isize,
                     1,
                     1.0,
+                    false,
                     Parallelism::None,
                 );
             }
@@ -514,6 +583,7 @@ impl Backend for CpuBackend {
         bias: Option<&Tensor<Self>>,
         eps: f32,
     ) -> BResult<Tensor<Self>> {
+        let _p = profile::op("layer_norm");
         let d = x.last_dim();
         for p in [weight, bias].into_iter().flatten() {
             if p.numel() != d {
@@ -541,6 +611,7 @@ impl Backend for CpuBackend {
         scale: &Tensor<Self>,
         eps: f32,
     ) -> BResult<Tensor<Self>> {
+        let _p = profile::op("layer_norm_modulate");
         let d = x.last_dim();
         let b = x.dim(0);
         if x.dims() != 3 || shift.numel() != b * d || scale.numel() != b * d {
@@ -575,6 +646,7 @@ impl Backend for CpuBackend {
         weight: Option<&Tensor<Self>>,
         eps: f32,
     ) -> BResult<Tensor<Self>> {
+        let _p = profile::op("rms_norm");
         let d = x.last_dim();
         if let Some(w) = weight {
             if w.numel() != d {
@@ -606,6 +678,7 @@ impl Backend for CpuBackend {
         eps: f32,
         silu_after: bool,
     ) -> BResult<Tensor<Self>> {
+        let _p = profile::op("group_norm");
         if x.dims() != 4 || groups == 0 || x.dim(1) % groups != 0 {
             return shape_err(
                 "group_norm",
@@ -639,12 +712,14 @@ impl Backend for CpuBackend {
     }
 
     fn activation(&self, x: &Tensor<Self>, act: Activation) -> BResult<Tensor<Self>> {
+        let _p = profile::op("activation");
         let mut out = x.buffer().clone();
         par_chunks_mut(&mut out, 4096, |_, c| apply_act(c, act));
         Ok(self.wrap(out, x.shape().to_vec()))
     }
 
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> BResult<Tensor<Self>> {
+        let _p = profile::op("add");
         let bn = suffix_broadcast("add", a.shape(), b.shape())?;
         let mut out = a.buffer().clone();
         let bb = b.buffer();
@@ -655,6 +730,7 @@ impl Backend for CpuBackend {
     }
 
     fn mul(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> BResult<Tensor<Self>> {
+        let _p = profile::op("mul");
         let bn = suffix_broadcast("mul", a.shape(), b.shape())?;
         let mut out = a.buffer().clone();
         let bb = b.buffer();
@@ -665,6 +741,7 @@ impl Backend for CpuBackend {
     }
 
     fn lincomb(&self, terms: &[(f32, &Tensor<Self>)]) -> BResult<Tensor<Self>> {
+        let _p = profile::op("lincomb");
         let Some((_, first)) = terms.first() else {
             return shape_err("lincomb", "no terms");
         };
@@ -689,6 +766,7 @@ impl Backend for CpuBackend {
         gate: Option<&Tensor<Self>>,
         branch: &Tensor<Self>,
     ) -> BResult<Tensor<Self>> {
+        let _p = profile::op("gate_residual");
         if x.shape() != branch.shape() || x.dims() != 3 {
             return shape_err(
                 "gate_residual",
@@ -726,6 +804,7 @@ impl Backend for CpuBackend {
         sin: &Tensor<Self>,
         heads: usize,
     ) -> BResult<Tensor<Self>> {
+        let _p = profile::op("rope");
         if x.dims() != 3 || heads == 0 || x.dim(2) % heads != 0 {
             return shape_err("rope", format!("x {:?} with {heads} heads", x.shape()));
         }
@@ -752,6 +831,7 @@ impl Backend for CpuBackend {
     }
 
     fn embedding(&self, table: &Tensor<Self>, ids: &[u32]) -> BResult<Tensor<Self>> {
+        let _p = profile::op("embedding");
         if table.dims() != 2 {
             return shape_err("embedding", format!("table {:?}", table.shape()));
         }
@@ -768,6 +848,7 @@ impl Backend for CpuBackend {
     }
 
     fn upsample_nearest2x(&self, x: &Tensor<Self>) -> BResult<Tensor<Self>> {
+        let _p = profile::op("upsample_nearest2x");
         if x.dims() != 4 {
             return shape_err("upsample_nearest2x", format!("{:?}", x.shape()));
         }

@@ -343,6 +343,35 @@ impl<B: Backend> PixArtTransformer<B> {
         mask: Option<&[f32]>,
     ) -> MResult<TextContext<B>> {
         let (n, l) = (encoder_hidden_states.dim(0), encoder_hidden_states.dim(1));
+        if let Some(m) = mask {
+            if m.len() != n * l {
+                return Err(input_err(format!(
+                    "encoder_attention_mask has {} values, expected [{n}, {l}]",
+                    m.len()
+                )));
+            }
+        }
+        // Exact shortcut: text positions after the last kept token of every row are masked
+        // keys for all queries (weight exp(−10000 + …) = 0 in f32), so they are dropped before
+        // the caption projection and the K/V GEMMs.
+        let keep = match mask {
+            Some(m) => (0..l)
+                .rev()
+                .find(|&j| (0..n).any(|b| m[b * l + j] != 0.0))
+                .map_or(1, |j| j + 1),
+            None => l,
+        };
+        let (y_in, mask_kept): (Tensor<B>, Option<Vec<f32>>) = if keep < l {
+            let m = mask.map(|m| {
+                (0..n)
+                    .flat_map(|b| m[b * l..b * l + keep].to_vec())
+                    .collect()
+            });
+            (be.narrow(encoder_hidden_states, 1, 0, keep)?, m)
+        } else {
+            (encoder_hidden_states.clone(), mask.map(<[f32]>::to_vec))
+        };
+        let (encoder_hidden_states, l, mask) = (&y_in, keep, mask_kept.as_deref());
         let y = match &self.caption_projection {
             Some(cp) => {
                 let h = cp
@@ -361,12 +390,6 @@ impl<B: Backend> PixArtTransformer<B> {
         }
         let key_bias = match mask {
             Some(m) => {
-                if m.len() != n * l {
-                    return Err(input_err(format!(
-                        "encoder_attention_mask has {} values, expected [{n}, {l}]",
-                        m.len()
-                    )));
-                }
                 let bias: Vec<f32> = m.iter().map(|&v| (1.0 - v) * -10000.0).collect();
                 Some(be.upload(bias, &[n, l])?)
             }

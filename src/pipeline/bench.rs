@@ -1,0 +1,324 @@
+//! `bench`: uncached vs scheduled denoising (or single forwards), timed as medians after
+//! warm-up, with ECAD's MAC model and fidelity to the uncached result side by side.
+
+use super::denoise::{denoise, DenoiseInputs, DenoiseOptions};
+use crate::backend::Backend;
+use crate::cache::macs::{ecad_macs, ModelDims, PixArtDims};
+use crate::cache::schedule::Schedule;
+use crate::models::pixart::{PixArtConfig, PixArtTransformer};
+use crate::models::{randn, MResult};
+use crate::sampler::DpmSolverConfig;
+use crate::weights::HostTensor;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Seeded random inputs of the shape a real run has: `prompts` prompts, a text of `text_len`
+/// tokens of which a varying prefix is valid, and a "" negative (one valid token).
+pub struct BenchInputs {
+    pub latents: HostTensor,
+    pub prompt_embeds: HostTensor,
+    pub prompt_attention_mask: HostTensor,
+    pub negative_prompt_embeds: HostTensor,
+    pub negative_prompt_attention_mask: HostTensor,
+}
+
+impl BenchInputs {
+    pub fn random(
+        cfg: &PixArtConfig,
+        prompts: usize,
+        latent_hw: (usize, usize),
+        text_len: usize,
+        seed: u64,
+    ) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (h, w) = latent_hw;
+        let c = cfg.text_dim();
+        let lat = randn(&mut rng, prompts * cfg.in_channels * h * w);
+        let pe = randn(&mut rng, prompts * text_len * c);
+        let ne = randn(&mut rng, prompts * text_len * c);
+        let mut pm = vec![0f32; prompts * text_len];
+        let mut nm = vec![0f32; prompts * text_len];
+        for p in 0..prompts {
+            let valid = (text_len / 3 + 7 * p).clamp(1, text_len);
+            pm[p * text_len..p * text_len + valid].fill(1.0);
+            nm[p * text_len] = 1.0;
+        }
+        BenchInputs {
+            latents: HostTensor {
+                shape: vec![prompts, cfg.in_channels, h, w],
+                data: lat,
+            },
+            prompt_embeds: HostTensor {
+                shape: vec![prompts, text_len, c],
+                data: pe,
+            },
+            prompt_attention_mask: HostTensor {
+                shape: vec![prompts, text_len],
+                data: pm,
+            },
+            negative_prompt_embeds: HostTensor {
+                shape: vec![prompts, text_len, c],
+                data: ne,
+            },
+            negative_prompt_attention_mask: HostTensor {
+                shape: vec![prompts, text_len],
+                data: nm,
+            },
+        }
+    }
+
+    pub fn as_denoise(&self) -> DenoiseInputs<'_> {
+        DenoiseInputs {
+            latents: &self.latents,
+            prompt_embeds: &self.prompt_embeds,
+            prompt_attention_mask: Some(&self.prompt_attention_mask),
+            negative_prompt_embeds: Some(&self.negative_prompt_embeds),
+            negative_prompt_attention_mask: Some(&self.negative_prompt_attention_mask),
+            resolution: None,
+            aspect_ratio: None,
+        }
+    }
+}
+
+/// One row of the bench table.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub schedule: String,
+    /// ECAD's MAC count (batch 2, text 120) for the whole run at this resolution.
+    pub macs: u64,
+    pub mac_speedup: f64,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub latency_speedup: f64,
+    /// latency speedup / MAC speedup: how much of the MAC saving turns into time.
+    pub efficiency: f64,
+    /// Peak bytes held by the component cache.
+    pub cache_bytes: usize,
+    pub computed_components: usize,
+    pub reused_components: usize,
+    /// ‖x − x_ref‖₂ / ‖x_ref‖₂ of the final latents against the uncached run.
+    pub rel_error: f64,
+    /// 20·log10(range(x_ref) / RMSE), range = max − min of the uncached latents.
+    pub psnr_db: f64,
+    pub timings_ms: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub device: String,
+    pub threads: usize,
+    pub steps: usize,
+    pub guidance: f32,
+    pub prompts: usize,
+    pub latent: [usize; 2],
+    pub text_len: usize,
+    pub warmup: usize,
+    pub reps: usize,
+    pub rows: Vec<BenchRow>,
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+pub fn psnr(x: &[f32], reference: &[f32]) -> f64 {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    let mut se = 0f64;
+    for (a, b) in x.iter().zip(reference) {
+        let b = *b as f64;
+        lo = lo.min(b);
+        hi = hi.max(b);
+        se += (*a as f64 - b).powi(2);
+    }
+    let mse = se / reference.len().max(1) as f64;
+    if mse == 0.0 {
+        return f64::INFINITY;
+    }
+    20.0 * ((hi - lo) / mse.sqrt()).log10()
+}
+
+pub fn pixart_dims(c: &PixArtConfig) -> ModelDims {
+    ModelDims::PixArt(PixArtDims {
+        num_layers: c.num_layers as u64,
+        num_attention_heads: c.num_attention_heads as u64,
+        attention_head_dim: c.attention_head_dim as u64,
+        in_channels: c.in_channels as u64,
+        out_channels: c.out_channels as u64,
+        patch_size: c.patch_size as u64,
+        caption_channels: c.caption_channels.map(|v| v as u64),
+        cross_attention_dim: c.cross_attention_dim as u64,
+        use_additional_conditions: c.use_additional_conditions,
+    })
+}
+
+pub struct BenchSpec<'a> {
+    pub model_name: String,
+    pub steps: usize,
+    pub guidance: f32,
+    pub warmup: usize,
+    pub reps: usize,
+    pub schedules: &'a [Schedule],
+    pub inputs: &'a BenchInputs,
+}
+
+/// Runs the uncached baseline and every schedule. `tick` is called after each timed or
+/// warm-up run (progress display).
+pub fn run_bench<B: Backend>(
+    be: &B,
+    model: &PixArtTransformer<B>,
+    scheduler: &DpmSolverConfig,
+    spec: &BenchSpec<'_>,
+    tick: &mut dyn FnMut(),
+) -> MResult<BenchReport> {
+    let cfg = &model.config;
+    let inp = spec.inputs.as_denoise();
+    let (h, w) = (inp.latents.shape[2], inp.latents.shape[3]);
+    let dims = pixart_dims(cfg);
+    let default = crate::cache::heuristics::default_schedule(
+        crate::cache::schedule::ModelFamily::PixArt,
+        spec.steps,
+        cfg.num_layers,
+        0,
+    )
+    .map_err(|e| crate::models::ModelError::Input(e.to_string()))?;
+    let mut all: Vec<(String, Option<&Schedule>)> = vec![("uncached".into(), None)];
+    for s in spec.schedules {
+        all.push((s.name.clone(), Some(s)));
+    }
+    let mut rows: Vec<BenchRow> = Vec::new();
+    let mut reference: Vec<f32> = Vec::new();
+    for (name, sched) in &all {
+        let opts = DenoiseOptions {
+            steps: spec.steps,
+            guidance: spec.guidance,
+            schedule: *sched,
+        };
+        let mut times = Vec::new();
+        let mut last = None;
+        for r in 0..spec.warmup + spec.reps {
+            be.synchronize()?;
+            let t0 = Instant::now();
+            let (lat, rep) = denoise(be, model, scheduler, &inp, &opts, &mut |_, _| {})?;
+            be.synchronize()?;
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            if r >= spec.warmup {
+                times.push(ms);
+            }
+            last = Some((lat, rep));
+            tick();
+        }
+        let (lat, rep) = last.expect("at least one run");
+        let x = be.to_host(&lat)?;
+        if sched.is_none() {
+            reference = x.clone();
+        }
+        let macs = ecad_macs(
+            sched.unwrap_or(&default),
+            &dims,
+            (h * 8) as u64,
+            (w * 8) as u64,
+        )
+        .map_err(|e| crate::models::ModelError::Input(e.to_string()))?
+        .total_macs;
+        let med = median(&times);
+        let (base_macs, base_ms) = rows
+            .first()
+            .map(|r: &BenchRow| (r.macs, r.median_ms))
+            .unwrap_or((macs, med));
+        let mac_speedup = base_macs as f64 / macs as f64;
+        let latency_speedup = base_ms / med;
+        rows.push(BenchRow {
+            schedule: name.clone(),
+            macs,
+            mac_speedup,
+            median_ms: med,
+            min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
+            latency_speedup,
+            efficiency: latency_speedup / mac_speedup,
+            cache_bytes: rep.cache.peak_bytes,
+            computed_components: rep.cache.computed,
+            reused_components: rep.cache.reused,
+            rel_error: crate::models::rel_l2(&x, &reference),
+            psnr_db: psnr(&x, &reference),
+            timings_ms: times,
+        });
+    }
+    Ok(BenchReport {
+        model: spec.model_name.clone(),
+        device: be.name().to_string(),
+        threads: rayon::current_num_threads(),
+        steps: spec.steps,
+        guidance: spec.guidance,
+        prompts: inp.latents.shape[0],
+        latent: [h, w],
+        text_len: inp.prompt_embeds.shape[1],
+        warmup: spec.warmup,
+        reps: spec.reps,
+        rows,
+    })
+}
+
+/// Times single transformer forwards (batch 2·prompts with CFG, as one denoising step runs).
+pub fn bench_forward<B: Backend>(
+    be: &B,
+    model: &PixArtTransformer<B>,
+    inputs: &BenchInputs,
+    warmup: usize,
+    reps: usize,
+    tick: &mut dyn FnMut(),
+) -> MResult<Vec<f64>> {
+    let b = inputs.latents.shape[0];
+    let lat = &inputs.latents;
+    let mut x = lat.data.clone();
+    x.extend_from_slice(&lat.data);
+    let mut shape = lat.shape.clone();
+    shape[0] = 2 * b;
+    let xt = be.upload(x, &shape)?;
+    let mut y = inputs.negative_prompt_embeds.data.clone();
+    y.extend_from_slice(&inputs.prompt_embeds.data);
+    let mut ys = inputs.prompt_embeds.shape.clone();
+    ys[0] = 2 * b;
+    let mut m = inputs.negative_prompt_attention_mask.data.clone();
+    m.extend_from_slice(&inputs.prompt_attention_mask.data);
+    let yt = be.upload(y, &ys)?;
+    let mut times = Vec::new();
+    for r in 0..warmup + reps {
+        be.synchronize()?;
+        let t0 = Instant::now();
+        // The whole forward, text projection included, as `forward` computes it.
+        let text = model.prepare_text(be, &yt, Some(&m))?;
+        let cond = if model.config.use_additional_conditions {
+            let (h, w) = (lat.shape[2] as f32 * 8.0, lat.shape[3] as f32 * 8.0);
+            let res: Vec<f32> = (0..2 * b).flat_map(|_| [h, w]).collect();
+            model.condition(
+                be,
+                &vec![500.0; 2 * b],
+                Some(&res),
+                Some(&vec![h / w; 2 * b]),
+            )?
+        } else {
+            model.condition(be, &vec![500.0; 2 * b], None, None)?
+        };
+        let out = model.forward_prepared(be, &xt, &cond, &text, &mut crate::cache::NoCache)?;
+        be.synchronize()?;
+        drop(out);
+        if r >= warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        tick();
+    }
+    Ok(times)
+}
