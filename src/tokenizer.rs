@@ -1,0 +1,482 @@
+//! Prompt tokenization for the T5 text encoder, as the PixArt pipelines do it.
+//!
+//! The encoding itself is Hugging Face's `tokenizers` (the library behind transformers'
+//! `T5Tokenizer`). PixArt checkpoints ship `tokenizer/spiece.model` (a SentencePiece model) and no
+//! `tokenizer.json`, so a tokenizer folder is read as follows:
+//!
+//! 1. `tokenizer.json` present: used as is (any truncation/padding it configures is ignored).
+//! 2. Otherwise `spiece.model` is converted once, the way transformers 5 builds `T5Tokenizer`
+//!    from it: the SentencePiece protobuf is parsed here (a few fields, no protobuf dependency),
+//!    giving a Unigram model over the pieces and their scores (unk id from the trainer spec), the
+//!    model's precompiled NFKC charsmap as normalizer, `WhitespaceSplit` + `Metaspace("▁",
+//!    prepend always)` as pre-tokenizer, and the added special tokens `<pad>`, `</s>`, `<unk>`,
+//!    SentencePiece control/user pieces and `<extra_id_{99..0}>` (ids after the pieces, so
+//!    `<extra_id_0>` is the last id, as in T5). The result is cached as JSON in the cache folder
+//!    (see [`cache_dir`]) under a name derived from the hash of `spiece.model`, and later runs
+//!    load the cache. A cache that cannot be written is not an error.
+//!
+//! PixArt's preprocessing (`clean_caption=False`): `text.lower().strip()` with Python's
+//! semantics; then `ids = encode(text)[:L-1] + [</s>]`, padded with `<pad>` = 0 to `L`, and the
+//! mask covers the real tokens and the EOS (`""` → `[1, 0, …]`, one valid token).
+
+use std::path::{Path, PathBuf};
+use tokenizers::models::unigram::Unigram;
+use tokenizers::normalizers::Precompiled;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
+use tokenizers::{AddedToken, Tokenizer};
+
+/// T5's fixed special ids.
+pub const PAD_ID: u32 = 0;
+pub const EOS_ID: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+    #[error("{path}: no tokenizer found: expected tokenizer.json or spiece.model")]
+    Missing { path: PathBuf },
+    #[error("tokenizing {text:?}: {detail}")]
+    Encode { text: String, detail: String },
+}
+
+pub type TResult<T> = Result<T, TokenizerError>;
+
+fn invalid(path: &Path, detail: impl Into<String>) -> TokenizerError {
+    TokenizerError::Invalid {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// One tokenized prompt, padded to the sequence length.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenizedPrompt {
+    /// `L` ids: real ids, EOS, then pads.
+    pub ids: Vec<u32>,
+    /// `L` values, 1 for the real ids and the EOS.
+    pub mask: Vec<f32>,
+    /// Number of valid positions (real ids + EOS).
+    pub valid: usize,
+    /// How many ids were cut by truncation (0 when the prompt fits).
+    pub truncated: usize,
+}
+
+/// The T5 tokenizer with PixArt's preprocessing.
+pub struct T5Tokenizer {
+    inner: Tokenizer,
+}
+
+/// Python's `str.isspace` (Unicode White_Space plus the ASCII separators U+001C–U+001F).
+fn py_isspace(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// PixArt's `_text_preprocessing` with `clean_caption=False`: `text.lower().strip()`.
+pub fn pixart_preprocess(text: &str) -> String {
+    text.to_lowercase().trim_matches(py_isspace).to_string()
+}
+
+impl T5Tokenizer {
+    /// Reads a tokenizer folder (`tokenizer.json`, else `spiece.model` converted and cached).
+    pub fn from_dir(dir: &Path) -> TResult<Self> {
+        let json = dir.join("tokenizer.json");
+        if json.is_file() {
+            return Self::from_json_file(&json);
+        }
+        let spm = dir.join("spiece.model");
+        if spm.is_file() {
+            let bytes = std::fs::read(&spm).map_err(|e| TokenizerError::Io {
+                path: spm.clone(),
+                source: e,
+            })?;
+            let extra = extra_ids_of(dir)?;
+            return Self::from_spiece_cached(&spm, &bytes, extra);
+        }
+        Err(TokenizerError::Missing {
+            path: dir.to_path_buf(),
+        })
+    }
+
+    pub fn from_json_file(path: &Path) -> TResult<Self> {
+        let bytes = std::fs::read(path).map_err(|e| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Self::from_json_bytes(path, &bytes)
+    }
+
+    fn from_json_bytes(path: &Path, bytes: &[u8]) -> TResult<Self> {
+        let mut inner = Tokenizer::from_bytes(bytes)
+            .map_err(|e| invalid(path, format!("tokenizer.json: {e}")))?;
+        inner
+            .with_truncation(None)
+            .map_err(|e| invalid(path, e.to_string()))?;
+        inner.with_padding(None);
+        Ok(T5Tokenizer { inner })
+    }
+
+    /// Converts a SentencePiece model, using (and filling) the JSON cache.
+    fn from_spiece_cached(path: &Path, bytes: &[u8], extra_ids: usize) -> TResult<Self> {
+        let cached = cache_dir().map(|d| {
+            d.join("tokenizers").join(format!(
+                "t5-v1-{:016x}-x{extra_ids}.json",
+                fnv1a(bytes) ^ bytes.len() as u64
+            ))
+        });
+        if let Some(c) = &cached {
+            if let Ok(b) = std::fs::read(c) {
+                if let Ok(t) = Self::from_json_bytes(c, &b) {
+                    return Ok(t);
+                }
+            }
+        }
+        let t = Self::from_spiece_bytes(path, bytes, extra_ids)?;
+        if let Some(c) = &cached {
+            // Best effort: a read-only or missing cache folder only costs a conversion next time.
+            let _ = t.save_json(c);
+        }
+        Ok(t)
+    }
+
+    /// Builds the tokenizer from the bytes of a `spiece.model` (no cache).
+    pub fn from_spiece_bytes(path: &Path, bytes: &[u8], extra_ids: usize) -> TResult<Self> {
+        let sp = SpModel::parse(bytes).map_err(|e| invalid(path, format!("spiece.model: {e}")))?;
+        if sp.model_type != 1 {
+            return Err(invalid(
+                path,
+                format!(
+                    "spiece.model: model type {} is not supported (T5 uses a Unigram model, type 1)",
+                    sp.model_type
+                ),
+            ));
+        }
+        let n = sp.pieces.len();
+        if sp.unk_id >= n {
+            return Err(invalid(
+                path,
+                format!("spiece.model: unk id {} outside {n} pieces", sp.unk_id),
+            ));
+        }
+        let vocab: Vec<(String, f64)> = sp
+            .pieces
+            .iter()
+            .map(|p| (p.piece.clone(), p.score as f64))
+            .collect();
+        let model = Unigram::from(vocab, Some(sp.unk_id), sp.byte_fallback)
+            .map_err(|e| invalid(path, format!("spiece.model: {e}")))?;
+        let mut inner = Tokenizer::new(model);
+        if !sp.precompiled_charsmap.is_empty() {
+            let pc = Precompiled::from(&sp.precompiled_charsmap)
+                .map_err(|e| invalid(path, format!("spiece.model charsmap: {e}")))?;
+            inner.with_normalizer(Some(pc));
+        }
+        inner.with_pre_tokenizer(Some(Sequence::new(vec![
+            WhitespaceSplit.into(),
+            Metaspace::new('▁', PrependScheme::Always, true).into(),
+        ])));
+        inner.with_decoder(Some(Metaspace::new('▁', PrependScheme::Always, true)));
+        // Added tokens in transformers' order: SentencePiece control (special) and user-defined
+        // pieces, the three named specials, then the sentinels, last id = <extra_id_0>.
+        let mut added: Vec<AddedToken> = sp
+            .pieces
+            .iter()
+            .filter(|p| p.kind == 3 || p.kind == 4)
+            .map(|p| AddedToken::from(p.piece.clone(), p.kind == 3))
+            .collect();
+        for s in ["<pad>", "</s>", "<unk>"] {
+            if sp.pieces.iter().any(|p| p.piece == s) {
+                added.push(AddedToken::from(s, true));
+            }
+        }
+        inner.add_special_tokens(&added);
+        let extras: Vec<AddedToken> = (0..extra_ids)
+            .rev()
+            .map(|i| AddedToken::from(format!("<extra_id_{i}>"), true))
+            .collect();
+        inner.add_special_tokens(&extras);
+        for (id, s) in [(PAD_ID, "<pad>"), (EOS_ID, "</s>")] {
+            if inner.token_to_id(s) != Some(id) {
+                return Err(invalid(
+                    path,
+                    format!("spiece.model: `{s}` must have id {id} (T5 layout)"),
+                ));
+            }
+        }
+        Ok(T5Tokenizer { inner })
+    }
+
+    /// Writes the tokenizer as `tokenizer.json` to `path` (atomically).
+    pub fn save_json(&self, path: &Path) -> TResult<()> {
+        let io = |e: std::io::Error| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(io)?;
+        }
+        let text = self
+            .inner
+            .to_string(false)
+            .map_err(|e| invalid(path, e.to_string()))?;
+        crate::weights::atomic_write(path, text.as_bytes())
+            .map_err(|e| invalid(path, e.to_string()))
+    }
+
+    /// Vocabulary size including added tokens (must not exceed the encoder's embedding rows).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The ids of `text` without special tokens and without truncation.
+    pub fn encode_raw(&self, text: &str) -> TResult<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode {
+                text: text.to_string(),
+                detail: e.to_string(),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decodes ids back to text (for the truncation warning).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, true).unwrap_or_default()
+    }
+
+    /// `tokenizer(text, padding="max_length", max_length=L, truncation=True)` on already
+    /// preprocessed text.
+    pub fn encode_padded(&self, text: &str, max_len: usize) -> TResult<TokenizedPrompt> {
+        let raw = self.encode_raw(text)?;
+        let keep = raw.len().min(max_len.saturating_sub(1));
+        let mut ids = raw[..keep].to_vec();
+        ids.push(EOS_ID);
+        let valid = ids.len();
+        ids.resize(max_len.max(valid), PAD_ID);
+        let mut mask = vec![0f32; ids.len()];
+        mask[..valid].iter_mut().for_each(|m| *m = 1.0);
+        Ok(TokenizedPrompt {
+            ids,
+            mask,
+            valid,
+            truncated: raw.len() - keep,
+        })
+    }
+
+    /// PixArt's full text path: preprocess, then [`Self::encode_padded`].
+    pub fn encode_prompt(&self, prompt: &str, max_len: usize) -> TResult<TokenizedPrompt> {
+        self.encode_padded(&pixart_preprocess(prompt), max_len)
+    }
+}
+
+/// `extra_ids` from `tokenizer_config.json` (T5 default 100).
+fn extra_ids_of(dir: &Path) -> TResult<usize> {
+    let p = dir.join("tokenizer_config.json");
+    if !p.is_file() {
+        return Ok(100);
+    }
+    let text = std::fs::read_to_string(&p).map_err(|e| TokenizerError::Io {
+        path: p.clone(),
+        source: e,
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| invalid(&p, format!("invalid JSON: {e}")))?;
+    Ok(v.get("extra_ids")
+        .and_then(|x| x.as_u64())
+        .map_or(100, |x| x as usize))
+}
+
+/// The cache folder: `$ECAD_NATIVE_CACHE`, else `$XDG_CACHE_HOME/ecad-native`, else
+/// `~/.cache/ecad-native`; None when none can be determined.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("ECAD_NATIVE_CACHE").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("ecad-native"));
+    }
+    std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
+        .map(|h| PathBuf::from(h).join(".cache").join("ecad-native"))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+// ---- a minimal reader of sentencepiece_model.proto ---------------------------------------------
+
+/// One `ModelProto.SentencePiece`.
+#[derive(Clone, Debug)]
+struct SpPiece {
+    piece: String,
+    score: f32,
+    /// NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED 4, UNUSED 5, BYTE 6.
+    kind: u64,
+}
+
+/// The fields of `ModelProto` the conversion needs.
+#[derive(Debug)]
+struct SpModel {
+    pieces: Vec<SpPiece>,
+    /// TrainerSpec.model_type: UNIGRAM 1, BPE 2, WORD 3, CHAR 4.
+    model_type: u64,
+    unk_id: usize,
+    byte_fallback: bool,
+    precompiled_charsmap: Vec<u8>,
+}
+
+/// Protobuf wire-format reader over one message.
+struct Wire<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+enum Field<'a> {
+    Varint(u64),
+    Fixed32(u32),
+    Fixed64,
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Wire<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Wire { buf, pos: 0 }
+    }
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.buf.get(self.pos).ok_or("truncated varint")?;
+            self.pos += 1;
+            v |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint too long".into())
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        let end = end.ok_or("truncated field")?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    /// Next `(field number, value)`, or None at the end.
+    fn next(&mut self) -> Result<Option<(u64, Field<'a>)>, String> {
+        if self.pos >= self.buf.len() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let f = match key & 7 {
+            0 => Field::Varint(self.varint()?),
+            1 => {
+                self.take(8)?;
+                Field::Fixed64
+            }
+            2 => {
+                let n = self.varint()? as usize;
+                Field::Bytes(self.take(n)?)
+            }
+            5 => Field::Fixed32(u32::from_le_bytes(self.take(4)?.try_into().unwrap())),
+            w => return Err(format!("unsupported wire type {w}")),
+        };
+        Ok(Some((key >> 3, f)))
+    }
+}
+
+impl SpModel {
+    fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let mut m = SpModel {
+            pieces: Vec::new(),
+            model_type: 1,
+            unk_id: 0,
+            byte_fallback: false,
+            precompiled_charsmap: Vec::new(),
+        };
+        let mut w = Wire::new(bytes);
+        while let Some((num, f)) = w.next()? {
+            match (num, f) {
+                (1, Field::Bytes(b)) => m.pieces.push(parse_piece(b)?),
+                (2, Field::Bytes(b)) => {
+                    let mut t = Wire::new(b);
+                    while let Some((n, f)) = t.next()? {
+                        match (n, f) {
+                            (3, Field::Varint(v)) => m.model_type = v,
+                            (35, Field::Varint(v)) => m.byte_fallback = v != 0,
+                            (40, Field::Varint(v)) => m.unk_id = v as usize,
+                            _ => {}
+                        }
+                    }
+                }
+                (3, Field::Bytes(b)) => {
+                    let mut t = Wire::new(b);
+                    while let Some((n, f)) = t.next()? {
+                        if let (2, Field::Bytes(c)) = (n, f) {
+                            m.precompiled_charsmap = c.to_vec();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if m.pieces.is_empty() {
+            return Err("no pieces (not a SentencePiece model?)".into());
+        }
+        Ok(m)
+    }
+}
+
+fn parse_piece(b: &[u8]) -> Result<SpPiece, String> {
+    let mut p = SpPiece {
+        piece: String::new(),
+        score: 0.0,
+        kind: 1,
+    };
+    let mut w = Wire::new(b);
+    while let Some((n, f)) = w.next()? {
+        match (n, f) {
+            (1, Field::Bytes(s)) => {
+                p.piece = String::from_utf8(s.to_vec()).map_err(|_| "piece is not UTF-8")?
+            }
+            (2, Field::Fixed32(v)) => p.score = f32::from_bits(v),
+            (3, Field::Varint(v)) => p.kind = v,
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_lower_strip() {
+        assert_eq!(pixart_preprocess("  A Cat\t\n"), "a cat");
+        assert_eq!(pixart_preprocess("\u{1c}x\u{1f}"), "x");
+        assert_eq!(pixart_preprocess("ΣΊΣΥΦΟΣ"), "σίσυφος");
+        assert_eq!(pixart_preprocess("İ"), "i\u{307}");
+        assert_eq!(pixart_preprocess("   "), "");
+    }
+
+    #[test]
+    fn wire_reader_rejects_garbage() {
+        assert!(SpModel::parse(b"").is_err());
+        assert!(SpModel::parse(&[0x0a, 0x05, 0x0a]).is_err());
+        assert!(SpModel::parse(&[0xff; 12]).is_err());
+    }
+}
