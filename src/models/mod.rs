@@ -3,6 +3,8 @@
 
 pub mod embeddings;
 pub mod pixart;
+pub mod t5;
+pub mod vae;
 
 use crate::backend::{Activation, BResult, Backend, Tensor};
 use crate::weights::{WResult, WeightStore, WeightsError};

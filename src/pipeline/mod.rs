@@ -135,3 +135,18 @@ pub const DEMO_SEED: u64 = 0xEC4D;
 pub fn load_demo<B: Backend>(be: &B) -> MResult<PixArtTransformer<B>> {
     PixArtTransformer::load(be, demo_config(), &RandomSource { seed: DEMO_SEED })
 }
+
+/// Loads a T5 encoder from a `text_encoder/` folder (config.json + model.safetensors or shards
+/// listed in model.safetensors.index.json; F32/F16/BF16).
+pub fn load_t5<B: Backend>(be: &B, dir: &Path) -> MResult<crate::models::t5::T5Encoder<B>> {
+    let config = crate::models::t5::T5Config::from_file(&dir.join("config.json"))?;
+    let store = WeightStore::open_dir(dir, "model")?;
+    crate::models::t5::T5Encoder::load(be, config, &store)
+}
+
+/// Loads the VAE decoder from a `vae/` folder (config.json + diffusion_pytorch_model.safetensors).
+pub fn load_vae<B: Backend>(be: &B, dir: &Path) -> MResult<crate::models::vae::VaeDecoder<B>> {
+    let config = crate::models::vae::VaeConfig::from_file(&dir.join("config.json"))?;
+    let store = WeightStore::open_dir(dir, "diffusion_pytorch_model")?;
+    crate::models::vae::VaeDecoder::load(be, config, &store)
+}

@@ -240,7 +240,7 @@ impl WeightStore {
 }
 
 /// Converts little-endian tensor bytes to f32. With `allow_ints`, I64/I32 (timesteps, masks,
-/// ids) and F64 are accepted too. Returns None for unsupported dtypes.
+/// ids), U8 (images) and F64 are accepted too. Returns None for unsupported dtypes.
 pub fn bytes_to_f32(dtype: Dtype, data: &[u8], allow_ints: bool) -> Option<Vec<f32>> {
     fn chunks<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
         data.chunks_exact(N).map(|c| c.try_into().unwrap())
@@ -262,6 +262,7 @@ pub fn bytes_to_f32(dtype: Dtype, data: &[u8], allow_ints: bool) -> Option<Vec<f
         Dtype::I32 if allow_ints => chunks::<4>(data)
             .map(|b| i32::from_le_bytes(b) as f32)
             .collect(),
+        Dtype::U8 if allow_ints => data.iter().map(|&b| b as f32).collect(),
         _ => return None,
     })
 }
@@ -288,7 +289,7 @@ pub fn read_inputs(path: &Path) -> WResult<BTreeMap<String, HostTensor>> {
                 path: path.to_path_buf(),
                 name: name.clone(),
                 dtype: format!("{:?}", view.dtype()),
-                allowed: "F32, F64, F16, BF16, I64, I32",
+                allowed: "F32, F64, F16, BF16, I64, I32, U8",
             }
         })?;
         out.insert(
