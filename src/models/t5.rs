@@ -49,9 +49,11 @@ impl T5Config {
                 Activation::GeluTanh
             }
             "gated-silu" | "gated-swish" => Activation::Silu,
-            other => return Err(c.invalid(format!(
+            other => {
+                return Err(c.invalid(format!(
                 "feed_forward_proj `{other}` is not supported (PixArt's T5 v1.1 uses gated-gelu)"
-            ))),
+            )))
+            }
         };
         let cfg = T5Config {
             vocab_size: c.req_usize("vocab_size")?,

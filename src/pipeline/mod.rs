@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod denoise;
+pub mod generate;
+pub mod image;
 
 use crate::backend::Backend;
 use crate::models::pixart::{PixArtConfig, PixArtTransformer};
