@@ -82,6 +82,16 @@ impl CpuBackend {
     }
 }
 
+/// Largest im2col buffer of `conv2d`, in floats (64 MB); tests lower it to exercise banding.
+#[cfg(not(test))]
+fn col_budget() -> usize {
+    1 << 24
+}
+#[cfg(test)]
+fn col_budget() -> usize {
+    tests::COL_BUDGET.with(|c| c.get())
+}
+
 /// Raw pointer that may be shared between rayon tasks writing disjoint regions.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -397,51 +407,60 @@ impl Backend for CpuBackend {
         let hw = ho * wo;
         let mut out = vec![0f32; bn * cout * hw];
         let src = x.buffer();
+        // im2col in bands of output rows: the column buffer stays under COL_BUDGET floats
+        // (a 3×3 conv with 256 input channels at 1024² would otherwise need 9.6 GB).
+        let band = (col_budget() / (kk * wo).max(1)).clamp(1, ho.max(1));
+        let mut cols = vec![0f32; kk * band * wo];
         for bi in 0..bn {
-            // im2col: cols[(c, i, j), (oy, ox)]
-            let mut cols = vec![0f32; kk * hw];
             let img = &src[bi * cin * h * wd..(bi + 1) * cin * h * wd];
-            par_chunks_mut(&mut cols, hw, |r, row| {
-                let c = r / (kh * kw);
-                let i = (r / kw) % kh;
-                let j = r % kw;
-                for oy in 0..ho {
-                    let iy = (oy * stride + i) as isize - padding as isize;
-                    let dst = &mut row[oy * wo..(oy + 1) * wo];
-                    if iy < 0 || iy >= h as isize {
-                        dst.fill(0.0);
-                        continue;
+            for oy0 in (0..ho).step_by(band) {
+                let rows = band.min(ho - oy0);
+                let bw = rows * wo;
+                // im2col: cols[(c, i, j), (oy − oy0, ox)]
+                let cols = &mut cols[..kk * bw];
+                par_chunks_mut(cols, bw, |r, row| {
+                    let c = r / (kh * kw);
+                    let i = (r / kw) % kh;
+                    let j = r % kw;
+                    for (ry, dst) in row.chunks_mut(wo).enumerate() {
+                        let oy = oy0 + ry;
+                        let iy = (oy * stride + i) as isize - padding as isize;
+                        if iy < 0 || iy >= h as isize {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let srow = &img[(c * h + iy as usize) * wd..(c * h + iy as usize + 1) * wd];
+                        for (ox, d) in dst.iter_mut().enumerate() {
+                            let ix = (ox * stride + j) as isize - padding as isize;
+                            *d = if ix < 0 || ix >= wd as isize {
+                                0.0
+                            } else {
+                                srow[ix as usize]
+                            };
+                        }
                     }
-                    let srow = &img[(c * h + iy as usize) * wd..(c * h + iy as usize + 1) * wd];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * stride + j) as isize - padding as isize;
-                        *d = if ix < 0 || ix >= wd as isize {
-                            0.0
-                        } else {
-                            srow[ix as usize]
-                        };
-                    }
+                });
+                let dst = &mut out[bi * cout * hw + oy0 * wo..];
+                // SAFETY: dst rows (stride hw) hold bw columns for each of cout channels inside
+                // this image's output; w is cout×kk and cols kk×bw, both row-major.
+                unsafe {
+                    sgemm(
+                        cout,
+                        bw,
+                        kk,
+                        dst.as_mut_ptr(),
+                        hw as isize,
+                        w.buffer().as_ptr(),
+                        kk as isize,
+                        1,
+                        cols.as_ptr(),
+                        bw as isize,
+                        1,
+                        1.0,
+                        false,
+                        parallelism(cout * bw * kk),
+                    );
                 }
-            });
-            let dst = &mut out[bi * cout * hw..(bi + 1) * cout * hw];
-            // SAFETY: dst is cout×hw, w is cout×kk, cols is kk×hw, all row-major.
-            unsafe {
-                sgemm(
-                    cout,
-                    hw,
-                    kk,
-                    dst.as_mut_ptr(),
-                    hw as isize,
-                    w.buffer().as_ptr(),
-                    kk as isize,
-                    1,
-                    cols.as_ptr(),
-                    hw as isize,
-                    1,
-                    1.0,
-                    false,
-                    parallelism(cout * hw * kk),
-                );
             }
         }
         if let Some(b) = b {
