@@ -3,6 +3,7 @@
 mod bench;
 mod denoise;
 mod forward;
+mod generate;
 pub mod progress;
 mod schedule_cmd;
 mod weights_cmd;
@@ -27,6 +28,9 @@ pub enum Command {
     /// The whole sampling loop, from initial noise to final latents, optionally with an ECAD
     /// cache schedule.
     Denoise(denoise::DenoiseArgs),
+    /// Prompt(s) to PNG image(s): tokenizer, T5, the sampling loop (optionally with an ECAD
+    /// schedule) and the VAE. Without --model, a demo pipeline whose images are noise.
+    Generate(generate::GenerateArgs),
     /// Latency, MACs, cache memory and fidelity of uncached vs scheduled runs.
     Bench(bench::BenchArgs),
     /// Schedule utilities (cost models).
@@ -93,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Forward(a) => forward::run(a),
         Command::Denoise(a) => denoise::run(a),
+        Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Schedule { command } => schedule_cmd::run(command),
         Command::Weights { command } => weights_cmd::run(command),

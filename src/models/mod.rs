@@ -18,6 +18,8 @@ pub enum ModelError {
     Weights(#[from] WeightsError),
     #[error(transparent)]
     Backend(#[from] crate::backend::BackendError),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error("invalid input: {0}")]
     Input(String),
 }
