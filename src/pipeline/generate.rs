@@ -318,7 +318,54 @@ impl<B: Backend> GeneratePipeline<B> {
         timings: &mut Timings,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> MResult<Vec<RgbImage>> {
-        let b = req.seeds.len();
+        let images = self.generate_float(be, req, None, texts, timings, on_step)?;
+        let (h, w) = (req.size.height, req.size.width);
+        Ok(images
+            .iter()
+            .map(|img| RgbImage {
+                width: w,
+                height: h,
+                rgb: to_rgb8(img, h, w),
+            })
+            .collect())
+    }
+
+    /// The initial latents of a request: one seeded noise tensor per seed, `[B, C, h, w]`.
+    pub fn initial_latents(&self, req: &GenerateRequest<'_>) -> HostTensor {
+        let f = self.vae_scale_factor();
+        let (lh, lw) = (req.size.gen_height / f, req.size.gen_width / f);
+        let c = self.transformer.config.in_channels;
+        HostTensor {
+            shape: vec![req.seeds.len(), c, lh, lw],
+            data: req
+                .seeds
+                .iter()
+                .flat_map(|&s| initial_noise(s, c, lh, lw))
+                .collect(),
+        }
+    }
+
+    /// [`Self::generate`] up to the decoded, resized images before postprocess (each
+    /// `[3, height, width]`, range ≈ [−1, 1]); `latents` replaces the seeded noise when given
+    /// (parity tests use the reference's latents).
+    pub fn generate_float(
+        &self,
+        be: &B,
+        req: &GenerateRequest<'_>,
+        latents: Option<&HostTensor>,
+        texts: &mut HashMap<String, EncodedText>,
+        timings: &mut Timings,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> MResult<Vec<Vec<f32>>> {
+        let own;
+        let latents = match latents {
+            Some(l) => l,
+            None => {
+                own = self.initial_latents(req);
+                &own
+            }
+        };
+        let b = latents.shape.first().copied().unwrap_or(0);
         if b == 0 {
             return Err(input("no images requested"));
         }
@@ -343,17 +390,6 @@ impl<B: Backend> GeneratePipeline<B> {
         let neg_embeds = rep(&neg.embeds, vec![b, l, d]);
         let neg_mask = rep(&neg.mask, vec![b, l]);
 
-        let f = self.vae_scale_factor();
-        let (lh, lw) = (req.size.gen_height / f, req.size.gen_width / f);
-        let c = self.transformer.config.in_channels;
-        let latents = HostTensor {
-            shape: vec![b, c, lh, lw],
-            data: req
-                .seeds
-                .iter()
-                .flat_map(|&s| initial_noise(s, c, lh, lw))
-                .collect(),
-        };
         let t1 = Instant::now();
         let use_cfg = req.guidance > 1.0;
         let (out, _report) = super::denoise::denoise(
@@ -361,7 +397,7 @@ impl<B: Backend> GeneratePipeline<B> {
             &self.transformer,
             &self.scheduler,
             &super::denoise::DenoiseInputs {
-                latents: &latents,
+                latents,
                 prompt_embeds: &prompt_embeds,
                 prompt_attention_mask: Some(&prompt_mask),
                 negative_prompt_embeds: use_cfg.then_some(&neg_embeds),
@@ -387,12 +423,7 @@ impl<B: Backend> GeneratePipeline<B> {
             let (h, w) = (x.dim(2), x.dim(3));
             let host = be.to_host(&x)?;
             let (oh, ow) = (req.size.height, req.size.width);
-            let img = resize_and_crop(&host, [1, x.dim(1), h, w], oh, ow);
-            images.push(RgbImage {
-                width: ow,
-                height: oh,
-                rgb: to_rgb8(&img, oh, ow),
-            });
+            images.push(resize_and_crop(&host, [1, x.dim(1), h, w], oh, ow));
         }
         timings.decode += t2.elapsed();
         Ok(images)

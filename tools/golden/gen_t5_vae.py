@@ -19,6 +19,11 @@ Writes, under <out>/:
   vae/expected.safetensors   sample (f32), sample_f64, image_u8 (diffusers postprocess of `sample`, U8 NHWC),
                              resize_in / resize_out (bilinear resize + center crop, PixArtImageProcessor)
   vae/meta.json              drift
+  generate/root/             tiny random PixArtSigmaPipeline root (save_pretrained; tokenizer/ without spiece.model:
+                             tests copy tokenizer/spiece.model in), T5 BF16, VAE F16 decoder only
+  generate/inputs.safetensors  latents [1, 4, 24, 40]
+  generate/expected.safetensors image (output_type "pt", f32), image_f64, image_u8 [1, 40, 64, 3]
+  generate/meta.json         prompt, settings, drift
 
 Why a trained vocabulary and not T5's real spiece.model: no package on the registries this project can use
 ships T5's 32k vocabulary (the transformers wheel has no test fixtures; checked the installed environment and a
@@ -40,6 +45,8 @@ import os
 import random
 import shutil
 import sys
+
+sys.dont_write_bytecode = True  # importing the forward generator must not leave __pycache__ behind
 
 import numpy as np
 import torch
@@ -398,6 +405,138 @@ def gen_vae(out_root: str) -> dict:
     return dict(case="vae", rel=drift, std=std, bytes=dir_size(d))
 
 
+# --------------------------------------------------------------------------------------------------
+# End to end: a tiny PixArt-Sigma pipeline root and diffusers' image for a prompt
+# --------------------------------------------------------------------------------------------------
+PIPE_PROMPT = "A Red cat, digital art"
+PIPE_STEPS = 8
+PIPE_GUIDANCE = 4.5
+PIPE_H, PIPE_W = 40, 64  # requested; binned to 192 x 320 (ratio 0.6) on the 256 table
+
+
+def gen_pipeline(out_root: str) -> dict:
+    import diffusers
+    from diffusers import (AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline,
+                           PixArtTransformer2DModel)
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+    from transformers.models.t5 import modeling_t5
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import gen_pixart_forward as fwd
+
+    top = os.path.join(out_root, "generate")
+    if os.path.exists(top):
+        shutil.rmtree(top)
+    d = os.path.join(top, "root")
+    os.makedirs(d)
+    seed = 4001
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    # Transformer: Sigma-256-like (sample_size 32, interpolation 0.5), 2 blocks, 2 x 8 heads.
+    tr = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, num_layers=2, in_channels=4,
+                                  out_channels=8, sample_size=32, caption_channels=16, cross_attention_dim=16,
+                                  interpolation_scale=0.5, use_additional_conditions=False).eval()
+    fwd.randomize_parameters(tr, gen)
+    with torch.no_grad():
+        tr.pos_embed.proj.weight.mul_(0.005)  # as gen_pixart_denoise.py: keeps the random model bounded
+    # T5 with caption width 16 and the tokenizer's 600 ids.
+    tcfg = T5Config(vocab_size=600, d_model=16, d_kv=8, num_heads=2, d_ff=24, num_layers=2,
+                    num_decoder_layers=2, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+                    is_encoder_decoder=False, use_cache=False)
+    t5 = T5EncoderModel(tcfg).eval()
+    t5.config._attn_implementation = "eager"
+    with torch.no_grad():
+        for name, p in t5.named_parameters():
+            if name.endswith("layer_norm.weight"):
+                v = 1.0 + 0.2 * torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            elif "relative_attention_bias" in name or name == "shared.weight":
+                v = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            else:
+                v = torch.randn(p.shape, generator=gen, dtype=torch.float64) / math.sqrt(p.shape[1])
+            p.copy_(v.to(torch.bfloat16).to(p.dtype))
+    # VAE: SD structure (4 levels, x8) at toy width.
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4,
+                        sample_size=256, scaling_factor=0.13025).eval()
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
+                v = 1.0 + 0.2 * torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            elif p.ndim == 1:
+                v = 0.2 * torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            else:
+                v = torch.randn(p.shape, generator=gen, dtype=torch.float64) / math.sqrt(int(np.prod(p.shape[1:])))
+            p.copy_(v.to(torch.float16).to(p.dtype))
+    sched = DPMSolverMultistepScheduler.from_pretrained(
+        os.path.join(REPO_ROOT, "tests", "fixtures", "denoise", "tiny28", "scheduler"))
+    tokdir = os.path.join(out_root, "tokenizer")
+    tok = T5Tokenizer.from_pretrained(tokdir)  # spiece.model (+ expected.json, ignored)
+    pipe = PixArtSigmaPipeline(tokenizer=tok, text_encoder=t5, vae=vae, transformer=tr, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(d, safe_serialization=True)
+    # Layout as the PixArt repos ship it: tokenizer/spiece.model and no tokenizer.json. The
+    # spiece.model itself is not duplicated here: tests copy tests/fixtures/tokenizer/spiece.model in.
+    for f in os.listdir(os.path.join(d, "tokenizer")):
+        if f not in ("tokenizer_config.json", "special_tokens_map.json"):
+            os.remove(os.path.join(d, "tokenizer", f))
+    # Weights as the checkpoints hold them (BF16 T5, F16 VAE with the decoder only, F32 transformer).
+    for sub, fname, dt, keep in [("text_encoder", "model.safetensors", torch.bfloat16, None),
+                                 ("vae", "diffusion_pytorch_model.safetensors", torch.float16,
+                                  ("decoder.", "post_quant_conv."))]:
+        wp = os.path.join(d, sub, fname)
+        sd = load_file(wp)
+        sd = {k: v.to(dt).contiguous() for k, v in sd.items() if keep is None or k.startswith(keep)}
+        save_file(sd, wp, metadata={"format": "pt"})
+
+    g2 = torch.Generator().manual_seed(seed + 1)
+    lat = torch.randn(1, 4, 24, 40, generator=g2, dtype=torch.float32)
+    kw = dict(prompt=PIPE_PROMPT, negative_prompt="", num_inference_steps=PIPE_STEPS, guidance_scale=PIPE_GUIDANCE,
+              height=PIPE_H, width=PIPE_W, clean_caption=False, use_resolution_binning=True,
+              max_sequence_length=300)
+    with torch.no_grad():
+        img32 = pipe(latents=lat.clone(), output_type="pt", **kw).images
+        u8 = (pipe(latents=lat.clone(), output_type="np", **kw).images * 255).round().astype("uint8")
+        # float64: every model in f64 with the exact-f64 patches (transformer sinusoids and position
+        # table, T5 RMSNorm variance); the scheduler still rounds its sample to f32 (see README).
+        pipe64 = PixArtSigmaPipeline(tokenizer=tok, text_encoder=copy.deepcopy(t5).double(),
+                                     vae=copy.deepcopy(vae).double(), transformer=copy.deepcopy(tr).double(),
+                                     scheduler=DPMSolverMultistepScheduler.from_config(sched.config))
+        pipe64.set_progress_bar_config(disable=True)
+        orig = modeling_t5.T5LayerNorm.forward
+        modeling_t5.T5LayerNorm.forward = t5_layernorm_f64
+        try:
+            with fwd.exact_f64(pipe64.transformer):
+                img64 = pipe64(latents=lat.double(), output_type="pt", **kw).images
+        finally:
+            modeling_t5.T5LayerNorm.forward = orig
+    assert img32.shape == (1, 3, PIPE_H, PIPE_W), img32.shape
+    assert img64.dtype == torch.float64
+    std = float(img32.std())
+    assert 0.02 < std, std
+    save_file({"latents": lat}, os.path.join(top, "inputs.safetensors"))
+    save_file({"image": img32.contiguous(), "image_f64": img64.contiguous(),
+               "image_u8": torch.from_numpy(u8).contiguous()},
+              os.path.join(top, "expected.safetensors"))
+    drift = rel_l2(img32, img64)
+    meta = dict(
+        case="pipeline", prompt=PIPE_PROMPT, negative_prompt="", steps=PIPE_STEPS, guidance=PIPE_GUIDANCE,
+        height=PIPE_H, width=PIPE_W, generated_height=192, generated_width=320, max_sequence_length=300,
+        rel_l2_f32_vs_f64=drift, max_abs_f32_vs_f64=float((img32.double() - img64).abs().max()),
+        image_std=std,
+        description="PixArtSigmaPipeline built from tiny random parts (transformer 2 blocks 2x8 heads, sample_size 32 "
+                    "-> 256 bins; T5 2 layers d_model 16, BF16; VAE 4 levels [8,8,16,16], F16 decoder only; "
+                    "tokenizer = tests/fixtures/tokenizer/spiece.model, copied in by the tests) called with "
+                    "clean_caption=False, binning on (40x64 -> 192x320 -> resized back), the given latents; "
+                    "image = output_type 'pt' (denormalised to [0, 1]), image_u8 = round(np * 255)",
+        generator=dict(torch=torch.__version__, diffusers=diffusers.__version__, seed=seed),
+    )
+    with open(os.path.join(top, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    return dict(case="pipeline", rel=drift, std=std, bytes=dir_size(top))
+
+
 def dir_size(path) -> int:
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
@@ -405,11 +544,11 @@ def dir_size(path) -> int:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(REPO_ROOT, "tests", "fixtures"))
-    ap.add_argument("--only", nargs="*", choices=["tokenizer", "t5", "vae"])
+    ap.add_argument("--only", nargs="*", choices=["tokenizer", "t5", "vae", "pipeline"])
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    sel = args.only or ["tokenizer", "t5", "vae"]
+    sel = args.only or ["tokenizer", "t5", "vae", "pipeline"]
     rows = []
     if "tokenizer" in sel:
         rows.append(gen_tokenizer(args.out))
@@ -417,6 +556,8 @@ def main():
         rows.append(gen_t5(args.out))
     if "vae" in sel:
         rows.append(gen_vae(args.out))
+    if "pipeline" in sel:
+        rows.append(gen_pipeline(args.out))
     for r in rows:
         print(json.dumps(r))
 
