@@ -131,7 +131,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         None => None,
     };
     let be = a.device.cpu_backend()?;
-    let pipe = match &a.model {
+    let mut pipe = match &a.model {
         Some(m) => GeneratePipeline::load(&be, m, a.max_sequence_length)?,
         None => GeneratePipeline::demo(&be, a.max_sequence_length)?,
     };
@@ -170,6 +170,25 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         "noise": "ChaCha8Rng::seed_from_u64(seed) + Box-Muller (ecad-native)",
         "version": env!("CARGO_PKG_VERSION"),
     });
+    // All text first, then the T5 weights are freed before the denoising loops.
+    for p in prompts.iter().chain([&a.negative_prompt]) {
+        pipe.encode_cached(&be, p, &mut texts, &mut timings)?;
+    }
+    for (pi, prompt) in prompts.iter().enumerate() {
+        if let Some(t) = texts
+            .get(prompt.as_str())
+            .filter(|t| t.truncated_tokens > 0)
+        {
+            eprintln!(
+                "warning: prompt {} is longer than {} tokens; {} tokens were truncated: {:?}",
+                pi + 1,
+                pipe.max_sequence_length - 1,
+                t.truncated_tokens,
+                t.truncated_text
+            );
+        }
+    }
+    pipe.release_text_encoder();
     for (pi, prompt) in prompts.iter().enumerate() {
         let seeds: Vec<u64> = (0..a.batch)
             .map(|j| a.seed.wrapping_add((pi * a.batch + j) as u64))
@@ -196,18 +215,6 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             &mut |i, _| bar.set(i),
         )?;
         bar.finish();
-        if let Some(t) = texts
-            .get(prompt.as_str())
-            .filter(|t| t.truncated_tokens > 0)
-        {
-            eprintln!(
-                "warning: prompt {} is longer than {} tokens; {} tokens were truncated: {:?}",
-                pi + 1,
-                pipe.max_sequence_length - 1,
-                t.truncated_tokens,
-                t.truncated_text
-            );
-        }
         for (j, img) in images.into_iter().enumerate() {
             let k = pi * a.batch + j;
             let params = json!({

@@ -42,7 +42,10 @@ pub struct GeneratePipeline<B: Backend> {
     pub transformer: PixArtTransformer<B>,
     pub scheduler: DpmSolverConfig,
     pub tokenizer: T5Tokenizer,
-    pub text_encoder: T5Encoder<B>,
+    /// None after [`Self::release_text_encoder`].
+    pub text_encoder: Option<T5Encoder<B>>,
+    /// The text encoder's output width.
+    pub text_dim: usize,
     pub vae: VaeDecoder<B>,
     /// `max_sequence_length`: 120 (α), 300 (Σ).
     pub max_sequence_length: usize,
@@ -197,7 +200,8 @@ impl<B: Backend> GeneratePipeline<B> {
             transformer,
             scheduler,
             tokenizer,
-            text_encoder,
+            text_dim: text_encoder.config.d_model,
+            text_encoder: Some(text_encoder),
             vae,
             max_sequence_length: match max_len {
                 Some(l) => l,
@@ -232,10 +236,34 @@ impl<B: Backend> GeneratePipeline<B> {
             transformer: load_demo(be)?,
             scheduler: DpmSolverConfig::default(),
             tokenizer,
-            text_encoder,
+            text_dim: text_encoder.config.d_model,
+            text_encoder: Some(text_encoder),
             vae,
             max_sequence_length: max_len.unwrap_or(120),
         })
+    }
+
+    /// Encodes `prompt` into `texts` unless it is there already (timed as text encoder).
+    pub fn encode_cached(
+        &self,
+        be: &B,
+        prompt: &str,
+        texts: &mut HashMap<String, EncodedText>,
+        timings: &mut Timings,
+    ) -> MResult<()> {
+        if !texts.contains_key(prompt) {
+            let t0 = Instant::now();
+            let e = self.encode_text(be, prompt)?;
+            texts.insert(prompt.to_string(), e);
+            timings.text_encoder += t0.elapsed();
+        }
+        Ok(())
+    }
+
+    /// Frees the T5 weights (most of a real pipeline's memory: 4.7 B parameters) once every
+    /// prompt is encoded.
+    pub fn release_text_encoder(&mut self) {
+        self.text_encoder = None;
     }
 
     /// Pixels per latent cell.
@@ -286,8 +314,11 @@ impl<B: Backend> GeneratePipeline<B> {
     pub fn encode_text(&self, be: &B, prompt: &str) -> MResult<EncodedText> {
         let l = self.max_sequence_length;
         let tok = self.tokenizer.encode_prompt(prompt, l)?;
-        let d = self.text_encoder.config.d_model;
-        let y = self.text_encoder.forward(be, &tok.ids, &tok.mask, 1)?;
+        let enc = self.text_encoder.as_ref().ok_or_else(|| {
+            input("the text encoder was released; encode every prompt before releasing it")
+        })?;
+        let d = enc.config.d_model;
+        let y = enc.forward(be, &tok.ids, &tok.mask, 1)?;
         let keep = y.dim(1);
         let mut embeds = be.to_host(&y)?;
         embeds.resize(l * d, 0.0);
@@ -369,16 +400,11 @@ impl<B: Backend> GeneratePipeline<B> {
         if b == 0 {
             return Err(input("no images requested"));
         }
-        let t0 = Instant::now();
         for p in [req.prompt, req.negative_prompt] {
-            if !texts.contains_key(p) {
-                let e = self.encode_text(be, p)?;
-                texts.insert(p.to_string(), e);
-            }
+            self.encode_cached(be, p, texts, timings)?;
         }
-        timings.text_encoder += t0.elapsed();
         let l = self.max_sequence_length;
-        let d = self.text_encoder.config.d_model;
+        let d = self.text_dim;
         let rep = |v: &[f32], shape: Vec<usize>| HostTensor {
             shape,
             data: (0..b).flat_map(|_| v.iter().copied()).collect(),
