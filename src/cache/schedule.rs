@@ -1453,7 +1453,7 @@ mod tests {
         });
         assert_eq!(
             err(&t),
-            "cache_schedule.schedule: has 3 step entries but num_inference_steps is 4"
+            "cache_schedule.schedule: missing step `003` (num_inference_steps is 4)"
         );
         let t = pixart_json(3, 3, |v| {
             v["cache_schedule"]["schedule"]["000"]["3"] =
