@@ -173,16 +173,16 @@ fn denoise_refuses_bad_schedules_and_inputs() {
 
     // Inputs missing a tensor, and a mis-shaped one.
     let all = ecad_native::weights::read_inputs(&inputs).unwrap();
-    let write =
-        |name: &str, edit: &dyn Fn(&mut Vec<(String, ecad_native::weights::HostTensor)>)| {
-            let mut ts: Vec<_> = all.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            edit(&mut ts);
-            let p = tmp.path().join(name);
-            let refs: Vec<(&str, &ecad_native::weights::HostTensor)> =
-                ts.iter().map(|(k, v)| (k.as_str(), v)).collect();
-            ecad_native::weights::write_outputs(&p, &refs).unwrap();
-            p.display().to_string()
-        };
+    type Edit<'a> = &'a dyn Fn(&mut Vec<(String, ecad_native::weights::HostTensor)>);
+    let write = |name: &str, edit: Edit| {
+        let mut ts: Vec<_> = all.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        edit(&mut ts);
+        let p = tmp.path().join(name);
+        let refs: Vec<(&str, &ecad_native::weights::HostTensor)> =
+            ts.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        ecad_native::weights::write_outputs(&p, &refs).unwrap();
+        p.display().to_string()
+    };
     let p = write("no_neg.safetensors", &|ts| {
         ts.retain(|t| t.0 != "negative_prompt_embeds")
     });
