@@ -203,11 +203,8 @@ fn attention_matches_reference_with_masks_and_biases() {
             .collect();
         let kbt = be.upload(kb.clone(), &[b, sk]).unwrap();
         let (hb, hbt) = t(&be, &mut r, &[heads, sq, sk]);
-        let cases: [(
-            Option<&Tensor<CpuBackend>>,
-            Option<&Tensor<CpuBackend>>,
-            bool,
-        ); 4] = [
+        type Bias<'a> = Option<&'a Tensor<CpuBackend>>;
+        let cases: [(Bias, Bias, bool); 4] = [
             (None, None, false),
             (Some(&kbt), None, false),
             (None, Some(&hbt), false),
