@@ -70,9 +70,13 @@ impl DeviceOpts {
     /// Resolves the device. The CPU backend computes in f32 only.
     pub fn cpu_backend(&self) -> anyhow::Result<crate::backend::cpu::CpuBackend> {
         match self.device {
-            DeviceArg::Cuda => {
-                anyhow::bail!("--device cuda: this build has no CUDA backend; use --device cpu")
-            }
+            DeviceArg::Cuda => match crate::backend::cuda::driver_unavailable_reason() {
+                Some(why) => anyhow::bail!("--device cuda: {why}; use --device cpu"),
+                None => anyhow::bail!(
+                    "--device cuda: the CUDA backend is not implemented yet in this build; use --device cpu"
+                ),
+            },
+            // auto falls back to the CPU until the CUDA backend is usable.
             DeviceArg::Auto | DeviceArg::Cpu => {}
         }
         if self.dtype != DtypeArg::F32 {
