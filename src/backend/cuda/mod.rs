@@ -5,6 +5,9 @@
 //! step; until it lands, `--device cuda` reports why it cannot run and `--device auto` uses
 //! the CPU.
 
+mod backend;
+pub use backend::CudaBackend;
+
 /// Kernel sources embedded at build time (compiled at run time with NVRTC, or replaced by
 /// nvcc-built PTX when build.rs finds nvcc).
 pub const KERNEL_SOURCES: &[(&str, &str)] = &[
