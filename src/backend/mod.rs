@@ -18,6 +18,7 @@
 //!   are driven by the pipeline through backend-specific hooks with no-op CPU defaults.
 
 pub mod cpu;
+pub mod cuda;
 
 use std::fmt;
 use std::sync::Arc;

@@ -293,12 +293,14 @@ pub enum ScheduleError {
         source: std::io::Error,
     },
     /// An error inside a file, prefixed with the file's path.
-    #[error("{path}: {source}")]
+    // Not a `source` field: the message already contains the inner error, and a source would
+    // print it twice in error chains.
+    #[error("{path}: {inner}")]
     InFile {
         /// The file.
         path: PathBuf,
         /// What is wrong in it.
-        source: Box<ScheduleError>,
+        inner: Box<ScheduleError>,
     },
     /// The text is not JSON.
     #[error("not JSON: {0}")]
@@ -641,7 +643,7 @@ impl Schedule {
         })?;
         Schedule::from_json_str(&text).map_err(|e| ScheduleError::InFile {
             path: path.to_path_buf(),
-            source: Box::new(e),
+            inner: Box::new(e),
         })
     }
 
@@ -676,7 +678,8 @@ impl Schedule {
         let sched = expect_object(get(KEY_SCHEDULE)?, "cache_schedule.schedule")?;
 
         // Step entries: keys are decimal step indices ("000", ...), as ECAD's int(step).
-        let mut steps: Vec<Option<&Map<String, Value>>> = vec![None; sched.len()];
+        let slots = sched.len().max(num_steps);
+        let mut steps: Vec<Option<&Map<String, Value>>> = vec![None; slots];
         for (k, sv) in sched {
             let at = format!("cache_schedule.schedule step `{k}`");
             let idx: usize = if !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) {
@@ -692,10 +695,10 @@ impl Schedule {
                 return Err(ScheduleError::invalid(
                     &at,
                     format!(
-                        "step {idx} out of range: the schedule has {} step entries, so steps \
-                         must be numbered 000..{:03}",
-                        steps.len(),
-                        steps.len().saturating_sub(1)
+                        "step {idx} out of range: the schedule has {} step entries and \
+                         num_inference_steps {num_steps}, so steps must be numbered 000..{:03}",
+                        sched.len(),
+                        slots.saturating_sub(1)
                     ),
                 ));
             }
@@ -707,7 +710,15 @@ impl Schedule {
             }
             steps[idx] = Some(expect_object(sv, &format!("step {}", step_key(idx)))?);
         }
-        // all Some now: n distinct indices in 0..n
+        if let Some(missing) = steps.iter().position(Option::is_none) {
+            return Err(ScheduleError::invalid(
+                "cache_schedule.schedule",
+                format!(
+                    "missing step `{}` (num_inference_steps is {num_steps})",
+                    step_key(missing)
+                ),
+            ));
+        }
         let steps: Vec<&Map<String, Value>> = steps.into_iter().flatten().collect();
         if steps.len() < num_steps {
             return Err(ScheduleError::invalid(
@@ -1442,7 +1453,7 @@ mod tests {
         });
         assert_eq!(
             err(&t),
-            "cache_schedule.schedule: has 3 step entries but num_inference_steps is 4"
+            "cache_schedule.schedule: missing step `003` (num_inference_steps is 4)"
         );
         let t = pixart_json(3, 3, |v| {
             v["cache_schedule"]["schedule"]["000"]["3"] =

@@ -82,7 +82,13 @@ fn load_schedules(specs: &[String], steps: usize, blocks: usize) -> anyhow::Resu
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let be = a.device.cpu_backend()?;
+    match a.device.device()? {
+        super::Device::Cpu(be) => run_on(&be, a),
+        super::Device::Cuda(be) => run_on(&*be, a),
+    }
+}
+
+fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()> {
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
@@ -90,7 +96,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         (Some(m), _) => {
             let dir = ModelDir::resolve(m)?;
             (
-                crate::pipeline::load_pixart(&be, m)?,
+                crate::pipeline::load_pixart(be, m)?,
                 dir.scheduler_config()?,
                 m.display().to_string(),
             )
@@ -113,7 +119,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             };
             eprintln!("building {name} ...");
             let m = PixArtTransformer::load(
-                &be,
+                be,
                 cfg,
                 &RandomSource {
                     seed: crate::pipeline::DEMO_SEED,
@@ -129,7 +135,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let runs = if a.forward { 1 } else { 1 + schedules.len() } * (a.warmup + a.reps);
     let bar = super::progress::Progress::new("bench", runs);
     if a.forward {
-        let t = bench_forward(&be, &model, &inputs, a.warmup, a.reps, &mut || bar.inc())?;
+        let t = bench_forward(be, &model, &inputs, a.warmup, a.reps, &mut || bar.inc())?;
         bar.finish();
         if let Some(p) = crate::backend::cpu::profile_report() {
             eprint!("{p}");
@@ -153,7 +159,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let report = run_bench(
-        &be,
+        be,
         &model,
         &sched_cfg,
         &BenchSpec {

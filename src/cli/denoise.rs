@@ -34,7 +34,13 @@ pub struct DenoiseArgs {
 }
 
 pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
-    let be = a.device.cpu_backend()?;
+    match a.device.device()? {
+        super::Device::Cpu(be) => run_on(&be, a),
+        super::Device::Cuda(be) => run_on(&*be, a),
+    }
+}
+
+fn run_on<B: Backend>(be: &B, a: DenoiseArgs) -> anyhow::Result<()> {
     let schedule = match &a.schedule {
         Some(p) => Some(Schedule::from_path(p)?),
         None => None,
@@ -43,9 +49,9 @@ pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
         Some(m) => {
             let dir = ModelDir::resolve(m)?;
             let sc = dir.scheduler_config()?;
-            (crate::pipeline::load_pixart(&be, m)?, sc)
+            (crate::pipeline::load_pixart(be, m)?, sc)
         }
-        None => (crate::pipeline::load_demo(&be)?, DpmSolverConfig::default()),
+        None => (crate::pipeline::load_demo(be)?, DpmSolverConfig::default()),
     };
     if let Some(s) = &schedule {
         crate::pipeline::denoise::validate_schedule(
@@ -82,7 +88,7 @@ pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
     };
     let bar = super::progress::Progress::new("denoise", a.steps);
     let (latents, _report) = denoise(
-        &be,
+        be,
         &model,
         &sched_cfg,
         &inp,

@@ -22,10 +22,16 @@ pub struct ForwardArgs {
 }
 
 pub fn run(a: ForwardArgs) -> anyhow::Result<()> {
-    let be = a.device.cpu_backend()?;
+    match a.device.device()? {
+        super::Device::Cpu(be) => run_on(&be, a),
+        super::Device::Cuda(be) => run_on(&*be, a),
+    }
+}
+
+fn run_on<B: Backend>(be: &B, a: ForwardArgs) -> anyhow::Result<()> {
     let model = match &a.model {
-        Some(m) => crate::pipeline::load_pixart(&be, m)?,
-        None => crate::pipeline::load_demo(&be)?,
+        Some(m) => crate::pipeline::load_pixart(be, m)?,
+        None => crate::pipeline::load_demo(be)?,
     };
     let inputs = read_inputs(&a.inputs)?;
     let get = |name: &str| -> anyhow::Result<&HostTensor> {
@@ -63,7 +69,7 @@ pub fn run(a: ForwardArgs) -> anyhow::Result<()> {
         );
     }
     let out = model.forward(
-        &be,
+        be,
         &ForwardInputs {
             hidden_states: (&x.shape, &x.data),
             encoder_hidden_states: (&y.shape, &y.data),

@@ -1,6 +1,7 @@
 //! `generate`: prompt(s) → PNG image(s).
 
 use super::DeviceOpts;
+use crate::backend::Backend;
 use crate::cache::schedule::Schedule;
 use crate::pipeline::generate::{output_paths, GeneratePipeline, GenerateRequest, Timings};
 use crate::pipeline::image::encode_png;
@@ -114,6 +115,13 @@ fn check_out_dir(out: &Path) -> anyhow::Result<()> {
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
+    match a.device.device()? {
+        super::Device::Cpu(be) => run_on(&be, a),
+        super::Device::Cuda(be) => run_on(&*be, a),
+    }
+}
+
+fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
     let t_start = Instant::now();
     if a.batch == 0 {
         bail!("--batch must be at least 1");
@@ -130,10 +138,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         Some(p) => Some(Schedule::from_path(p)?),
         None => None,
     };
-    let be = a.device.cpu_backend()?;
     let mut pipe = match &a.model {
-        Some(m) => GeneratePipeline::load(&be, m, a.max_sequence_length)?,
-        None => GeneratePipeline::demo(&be, a.max_sequence_length)?,
+        Some(m) => GeneratePipeline::load(be, m, a.max_sequence_length)?,
+        None => GeneratePipeline::demo(be, a.max_sequence_length)?,
     };
     if pipe.is_demo {
         eprintln!("note: no --model given: running the embedded demo pipeline (random weights); its images are noise");
@@ -172,7 +179,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     });
     // All text first, then the T5 weights are freed before the denoising loops.
     for p in prompts.iter().chain([&a.negative_prompt]) {
-        pipe.encode_cached(&be, p, &mut texts, &mut timings)?;
+        pipe.encode_cached(be, p, &mut texts, &mut timings)?;
     }
     for (pi, prompt) in prompts.iter().enumerate() {
         if let Some(t) = texts
@@ -200,7 +207,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         };
         let bar = super::progress::Progress::new(&label, a.steps);
         let images = pipe.generate(
-            &be,
+            be,
             &GenerateRequest {
                 prompt,
                 negative_prompt: &a.negative_prompt,

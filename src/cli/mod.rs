@@ -70,25 +70,36 @@ pub struct DeviceOpts {
     pub dtype: DtypeArg,
 }
 
+/// A resolved device with its backend.
+pub enum Device {
+    Cpu(crate::backend::cpu::CpuBackend),
+    Cuda(Box<crate::backend::cuda::CudaBackend>),
+}
+
 impl DeviceOpts {
-    /// Resolves the device. The CPU backend computes in f32 only.
-    pub fn cpu_backend(&self) -> anyhow::Result<crate::backend::cpu::CpuBackend> {
-        match self.device {
-            DeviceArg::Cuda => {
-                anyhow::bail!("--device cuda: this build has no CUDA backend; use --device cpu")
-            }
-            DeviceArg::Auto | DeviceArg::Cpu => {}
-        }
+    /// Resolves `--device` and `--dtype`. Both backends compute in f32 for now; `auto` uses
+    /// the CPU until the CUDA backend has passed its parity run on a GPU (scripts/gpu-check.sh).
+    pub fn device(&self) -> anyhow::Result<Device> {
         if self.dtype != DtypeArg::F32 {
             let name = match self.dtype {
                 DtypeArg::Bf16 => "bf16",
                 _ => "f16",
             };
-            anyhow::bail!(
-                "--dtype {name} is not supported on the CPU backend, which computes in f32; use --dtype f32"
-            );
+            anyhow::bail!("--dtype {name} is not supported yet (both backends compute in f32); use --dtype f32");
         }
-        Ok(crate::backend::cpu::CpuBackend::new())
+        match self.device {
+            DeviceArg::Cuda => {
+                if let Some(why) = crate::backend::cuda::driver_unavailable_reason() {
+                    anyhow::bail!("--device cuda: {why}; use --device cpu");
+                }
+                let be = crate::backend::cuda::CudaBackend::new(0)
+                    .map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?;
+                Ok(Device::Cuda(Box::new(be)))
+            }
+            DeviceArg::Auto | DeviceArg::Cpu => {
+                Ok(Device::Cpu(crate::backend::cpu::CpuBackend::new()))
+            }
+        }
     }
 }
 

@@ -1,8 +1,16 @@
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 
+/// The repository root: ECAD_REPO_ROOT when set (test binaries carried to another machine,
+/// see scripts/gpu-check.sh), else the crate's directory at build time.
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("ECAD_REPO_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf())
+}
+
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    repo_root().join("tests/fixtures")
 }
 
 pub fn shared() -> PathBuf {

@@ -99,7 +99,7 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 fn parallelism(work: usize) -> Parallelism {
-    if work >= 1 << 18 && rayon::current_num_threads() > 1 {
+    if work >= 1 << 24 && rayon::current_num_threads() > 1 {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None

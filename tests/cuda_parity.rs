@@ -1,0 +1,231 @@
+//! CUDA backend against the CPU backend: every op on fresh random inputs, the PixArt forward
+//! on the committed diffusers fixtures, and a cached denoise. Without a CUDA driver each test
+//! prints SKIPPED and why (CI has no GPU); scripts/gpu-check.sh runs them on a GPU machine.
+
+mod common;
+
+use common::*;
+use ecad_native::backend::cpu::CpuBackend;
+use ecad_native::backend::cuda::{driver_unavailable_reason, CudaBackend};
+use ecad_native::backend::{Activation, Backend, Tensor};
+use ecad_native::models::{randn, rel_l2};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn gpu() -> Option<CudaBackend> {
+    if let Some(why) = driver_unavailable_reason() {
+        println!("SKIPPED: {why}");
+        return None;
+    }
+    Some(CudaBackend::new(0).expect("CUDA driver present but the backend failed to start"))
+}
+
+struct Pair<'a> {
+    cpu: &'a CpuBackend,
+    gpu: &'a CudaBackend,
+}
+
+impl Pair<'_> {
+    fn t(&self, r: &mut ChaCha8Rng, shape: &[usize]) -> (Tensor<CpuBackend>, Tensor<CudaBackend>) {
+        let v = randn(r, shape.iter().product());
+        (
+            self.cpu.upload(v.clone(), shape).unwrap(),
+            self.gpu.upload(v, shape).unwrap(),
+        )
+    }
+    fn same(&self, name: &str, c: &Tensor<CpuBackend>, g: &Tensor<CudaBackend>, tol: f64) {
+        assert_eq!(c.shape(), g.shape(), "{name}");
+        let e = rel_l2(&self.gpu.to_host(g).unwrap(), &self.cpu.to_host(c).unwrap());
+        println!("{name:<28} rel L2 {e:.2e}");
+        assert!(e < tol, "{name}: {e:e} ≥ {tol:e}");
+    }
+}
+
+#[test]
+fn every_op_matches_the_cpu_backend() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::new();
+    let p = Pair {
+        cpu: &cpu,
+        gpu: &gpu,
+    };
+    let mut r = ChaCha8Rng::seed_from_u64(7);
+    let (xc, xg) = p.t(&mut r, &[2, 37, 96]);
+    let (wc, wg) = p.t(&mut r, &[80, 96]);
+    let (bc, bg) = p.t(&mut r, &[80]);
+    for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
+        p.same(
+            &format!("linear {act:?}"),
+            &cpu.linear(&xc, &wc, Some(&bc), act).unwrap(),
+            &gpu.linear(&xg, &wg, Some(&bg), act).unwrap(),
+            1e-5,
+        );
+    }
+    for (heads, d) in [(2, 64), (2, 72), (1, 128), (4, 24)] {
+        let (qc, qg) = p.t(&mut r, &[2, 300, heads * d]);
+        let (kc, kg) = p.t(&mut r, &[2, 45, heads * d]);
+        let (vc, vg) = p.t(&mut r, &[2, 45, heads * d]);
+        let kb: Vec<f32> = (0..90)
+            .map(|i| {
+                if i % 45 < 10 + i / 45 * 20 {
+                    0.0
+                } else {
+                    -10000.0
+                }
+            })
+            .collect();
+        let kbc = cpu.upload(kb.clone(), &[2, 45]).unwrap();
+        let kbg = gpu.upload(kb, &[2, 45]).unwrap();
+        let s = 1.0 / (d as f32).sqrt();
+        p.same(
+            &format!("attention h{heads} d{d}"),
+            &cpu.attention(&qc, &kc, &vc, heads, s, Some(&kbc), None, false)
+                .unwrap(),
+            &gpu.attention(&qg, &kg, &vg, heads, s, Some(&kbg), None, false)
+                .unwrap(),
+            1e-5,
+        );
+    }
+    let (qc, qg) = p.t(&mut r, &[1, 50, 64]);
+    let (hc, hg) = p.t(&mut r, &[2, 50, 50]);
+    p.same(
+        "attention causal + head bias",
+        &cpu.attention(&qc, &qc, &qc, 2, 0.125, None, Some(&hc), true)
+            .unwrap(),
+        &gpu.attention(&qg, &qg, &qg, 2, 0.125, None, Some(&hg), true)
+            .unwrap(),
+        1e-5,
+    );
+    let (sc, sg) = p.t(&mut r, &[2, 96]);
+    let (cc, cg) = p.t(&mut r, &[2, 96]);
+    p.same(
+        "layer_norm_modulate",
+        &cpu.layer_norm_modulate(&xc, &sc, &cc, 1e-6).unwrap(),
+        &gpu.layer_norm_modulate(&xg, &sg, &cg, 1e-6).unwrap(),
+        1e-5,
+    );
+    let (lw, lwg) = p.t(&mut r, &[96]);
+    p.same(
+        "layer_norm",
+        &cpu.layer_norm(&xc, Some(&lw), Some(&lw), 1e-6).unwrap(),
+        &gpu.layer_norm(&xg, Some(&lwg), Some(&lwg), 1e-6).unwrap(),
+        1e-5,
+    );
+    p.same(
+        "rms_norm",
+        &cpu.rms_norm(&xc, Some(&lw), 1e-6).unwrap(),
+        &gpu.rms_norm(&xg, Some(&lwg), 1e-6).unwrap(),
+        1e-5,
+    );
+    let (ic, ig) = p.t(&mut r, &[2, 64, 9, 7]);
+    let (gw, gwg) = p.t(&mut r, &[64]);
+    p.same(
+        "group_norm+silu",
+        &cpu.group_norm(&ic, 32, &gw, &gw, 1e-6, true).unwrap(),
+        &gpu.group_norm(&ig, 32, &gwg, &gwg, 1e-6, true).unwrap(),
+        1e-5,
+    );
+    let (cw, cwg) = p.t(&mut r, &[16, 64, 3, 3]);
+    let (cb, cbg) = p.t(&mut r, &[16]);
+    p.same(
+        "conv2d 3x3 pad 1",
+        &cpu.conv2d(&ic, &cw, Some(&cb), 1, 1).unwrap(),
+        &gpu.conv2d(&ig, &cwg, Some(&cbg), 1, 1).unwrap(),
+        1e-5,
+    );
+    p.same(
+        "upsample",
+        &cpu.upsample_nearest2x(&ic).unwrap(),
+        &gpu.upsample_nearest2x(&ig).unwrap(),
+        1e-7,
+    );
+    p.same(
+        "permute",
+        &cpu.permute(&ic, &[0, 2, 3, 1]).unwrap(),
+        &gpu.permute(&ig, &[0, 2, 3, 1]).unwrap(),
+        1e-7,
+    );
+    p.same(
+        "narrow",
+        &cpu.narrow(&xc, 1, 5, 9).unwrap(),
+        &gpu.narrow(&xg, 1, 5, 9).unwrap(),
+        1e-7,
+    );
+    p.same(
+        "concat",
+        &cpu.concat(&[&xc, &xc], 1).unwrap(),
+        &gpu.concat(&[&xg, &xg], 1).unwrap(),
+        1e-7,
+    );
+    let (yc, yg) = p.t(&mut r, &[2, 37, 96]);
+    p.same(
+        "gate_residual",
+        &cpu.gate_residual(&xc, Some(&sc), &yc).unwrap(),
+        &gpu.gate_residual(&xg, Some(&sg), &yg).unwrap(),
+        1e-6,
+    );
+    p.same(
+        "lincomb 4 terms",
+        &cpu.lincomb(&[(0.5, &xc), (2.0, &yc), (-1.0, &xc), (0.25, &yc)])
+            .unwrap(),
+        &gpu.lincomb(&[(0.5, &xg), (2.0, &yg), (-1.0, &xg), (0.25, &yg)])
+            .unwrap(),
+        1e-6,
+    );
+    p.same(
+        "add broadcast",
+        &cpu.add(&xc, &lw).unwrap(),
+        &gpu.add(&xg, &lwg).unwrap(),
+        1e-7,
+    );
+    p.same(
+        "gelu",
+        &cpu.activation(&xc, Activation::GeluTanh).unwrap(),
+        &gpu.activation(&xg, Activation::GeluTanh).unwrap(),
+        1e-6,
+    );
+    let (tc, tg) = p.t(&mut r, &[50, 8]);
+    p.same(
+        "embedding",
+        &cpu.embedding(&tc, &[3, 49, 0]).unwrap(),
+        &gpu.embedding(&tg, &[3, 49, 0]).unwrap(),
+        1e-7,
+    );
+}
+
+#[test]
+fn pixart_forward_on_gpu_matches_diffusers() {
+    let Some(gpu) = gpu() else { return };
+    for case in [
+        "alpha_basic",
+        "alpha_sizecond",
+        "sigma_interp2",
+        "odd_heads",
+    ] {
+        let dir = fixtures().join("pixart").join(case);
+        let m = ecad_native::pipeline::load_pixart(&gpu, &dir.join("transformer")).unwrap();
+        let inp = ecad_native::weights::read_inputs(&dir.join("inputs.safetensors")).unwrap();
+        let exp = ecad_native::weights::read_inputs(&dir.join("expected.safetensors")).unwrap();
+        let x = &inp["hidden_states"];
+        let y = &inp["encoder_hidden_states"];
+        let out = m
+            .forward(
+                &gpu,
+                &ecad_native::models::pixart::ForwardInputs {
+                    hidden_states: (&x.shape, &x.data),
+                    encoder_hidden_states: (&y.shape, &y.data),
+                    encoder_attention_mask: inp
+                        .get("encoder_attention_mask")
+                        .map(|t| t.data.as_slice()),
+                    timestep: &inp["timestep"].data,
+                    resolution: inp.get("resolution").map(|t| t.data.as_slice()),
+                    aspect_ratio: inp.get("aspect_ratio").map(|t| t.data.as_slice()),
+                },
+            )
+            .unwrap();
+        let err = rel_l2(&gpu.to_host(&out).unwrap(), &exp["sample_f64"].data);
+        let drift = meta(&dir)["rel_l2_f32_vs_f64"].as_f64().unwrap();
+        println!("{case}: rel L2 {err:.3e} (reference drift {drift:.3e})");
+        assert!(err < 3.0 * drift, "{case}: {err:e}");
+    }
+}
