@@ -196,3 +196,110 @@ fn resize_and_crop_matches_diffusers() {
         assert!(max < 1e-5, "{key}: max abs {max}");
     }
 }
+
+/// Copies a weights file with renamed tensors (all written as F32; `reshape` may give a tensor
+/// another shape).
+fn rewrite(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    rename: &dyn Fn(&str) -> String,
+    reshape: &dyn Fn(&str, &[usize]) -> Vec<usize>,
+) {
+    use ecad_native::weights::{write_outputs, HostTensor};
+    let t = read_inputs(src).unwrap();
+    let renamed: Vec<(String, HostTensor)> = t
+        .iter()
+        .map(|(k, v)| {
+            let n = rename(k);
+            let shape = reshape(&n, &v.shape);
+            (
+                n,
+                HostTensor {
+                    shape,
+                    data: v.data.clone(),
+                },
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &HostTensor)> = renamed.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    write_outputs(dst, &refs).unwrap();
+}
+
+/// Legacy VAE attention names (`query`/`key`/`value`/`proj_attn`, also as 1×1 conv weights)
+/// and F32 weights give the same decoder output.
+#[test]
+fn vae_accepts_legacy_attention_names() {
+    let be = CpuBackend::new();
+    let dir = fixtures().join("vae");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("vae/config.json"), tmp.path().join("config.json")).unwrap();
+    rewrite(
+        &dir.join("vae/diffusion_pytorch_model.safetensors"),
+        &tmp.path().join("diffusion_pytorch_model.safetensors"),
+        &|k: &str| {
+            k.replace(".to_q.", ".query.")
+                .replace(".to_k.", ".key.")
+                .replace(".to_v.", ".value.")
+                .replace(".to_out.0.", ".proj_attn.")
+        },
+        &|k: &str, s: &[usize]| {
+            if k.contains(".query.weight") || k.contains(".proj_attn.weight") {
+                vec![s[0], s[1], 1, 1]
+            } else {
+                s.to_vec()
+            }
+        },
+    );
+    let inp = read_inputs(&dir.join("inputs.safetensors")).unwrap();
+    let lat = &inp["latents"];
+    let x = be.upload(lat.data.clone(), &lat.shape).unwrap();
+    let a = ecad_native::pipeline::load_vae(&be, &dir.join("vae")).unwrap();
+    let b = ecad_native::pipeline::load_vae(&be, tmp.path()).unwrap();
+    let ya = be.to_host(&a.decode_latents(&be, &x).unwrap()).unwrap();
+    let yb = be.to_host(&b.decode_latents(&be, &x).unwrap()).unwrap();
+    assert_eq!(ya, yb);
+}
+
+/// A single F32 file with the embedding stored as `encoder.embed_tokens.weight` (and extra
+/// decoder tensors that the encoder ignores) gives the same T5 output as the BF16 shards.
+#[test]
+fn t5_accepts_embed_tokens_name_and_a_single_file() {
+    let be = CpuBackend::new();
+    let dir = fixtures().join("t5");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.join("text_encoder/config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
+    // Merge the shards into one file.
+    let mut all = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir.join("text_encoder")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            all.extend(read_inputs(&p).unwrap());
+        }
+    }
+    let mut named: Vec<(String, ecad_native::weights::HostTensor)> = all
+        .into_iter()
+        .map(|(k, v)| (k.replace("shared.weight", "encoder.embed_tokens.weight"), v))
+        .collect();
+    named.push((
+        "decoder.final_layer_norm.weight".into(),
+        ecad_native::weights::HostTensor {
+            shape: vec![32],
+            data: vec![1.0; 32],
+        },
+    ));
+    let refs: Vec<(&str, &ecad_native::weights::HostTensor)> =
+        named.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    ecad_native::weights::write_outputs(&tmp.path().join("model.safetensors"), &refs).unwrap();
+    let a = ecad_native::pipeline::load_t5(&be, &dir.join("text_encoder")).unwrap();
+    let b = ecad_native::pipeline::load_t5(&be, tmp.path()).unwrap();
+    let inp = read_inputs(&dir.join("inputs.safetensors")).unwrap();
+    let ids: Vec<u32> = inp["input_ids"].data.iter().map(|&v| v as u32).collect();
+    let mask = &inp["attention_mask"].data;
+    let ya = be.to_host(&a.forward(&be, &ids, mask, 2).unwrap()).unwrap();
+    let yb = be.to_host(&b.forward(&be, &ids, mask, 2).unwrap()).unwrap();
+    assert_eq!(ya, yb);
+}
