@@ -284,7 +284,7 @@ fn several_prompts_give_numbered_files_and_a_manifest() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let prompts = tmp.path().join("prompts.txt");
-    std::fs::write(&prompts, "a red cat\n\nA BLUE DOG\n").unwrap();
+    std::fs::write(&prompts, "a red cat\n\nA BLUE DOG, ΣΊΣΥΦΟΣ 日本 🐱\n").unwrap();
     let out = tmp.path().join("img.png");
     let sched = shared()
         .join("reference/ecad/schedules/schedules_in_paper/pixart_alpha_256/ours_fast.json");
@@ -322,7 +322,7 @@ fn several_prompts_give_numbered_files_and_a_manifest() {
     assert_eq!(imgs.len(), 4);
     let seeds: Vec<u64> = imgs.iter().map(|i| i["seed"].as_u64().unwrap()).collect();
     assert_eq!(seeds, vec![5, 6, 7, 8]);
-    assert_eq!(imgs[2]["prompt"], "A BLUE DOG");
+    assert_eq!(imgs[2]["prompt"], "A BLUE DOG, ΣΊΣΥΦΟΣ 日本 🐱");
     assert_eq!(imgs[3]["file"], "img-003.png");
     assert_eq!(m["steps"], 20);
     assert_eq!(m["model"], "demo");

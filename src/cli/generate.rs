@@ -240,7 +240,8 @@ fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
                     ),
                     ("parameters", &params.to_string()),
                 ],
-            );
+            )
+            .context("encoding the PNG")?;
             let file = files[k].clone();
             entries.push(json!({
                 "file": file.file_name().map(|f| f.to_string_lossy().to_string()),

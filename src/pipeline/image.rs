@@ -181,24 +181,28 @@ pub fn to_rgb8(chw: &[f32], h: usize, w: usize) -> Vec<u8> {
     out
 }
 
-/// Encodes 8-bit RGB as PNG, with optional tEXt chunks (key, value). Deterministic: the same
-/// pixels and text give the same bytes.
-pub fn encode_png(rgb: &[u8], width: usize, height: usize, text: &[(&str, &str)]) -> Vec<u8> {
+/// Encodes 8-bit RGB as PNG, with optional text chunks (key, value): international text
+/// (iTXt, UTF-8) so that any prompt can be stored. Deterministic: the same pixels and text give
+/// the same bytes.
+pub fn encode_png(
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    text: &[(&str, &str)],
+) -> Result<Vec<u8>, png::EncodingError> {
     let mut bytes = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut bytes, width as u32, height as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         for (k, v) in text {
-            // Keys are fixed ASCII words; a failure here is a programming error.
-            enc.add_text_chunk(k.to_string(), v.to_string())
-                .expect("valid PNG text chunk");
+            enc.add_itxt_chunk(k.to_string(), v.to_string())?;
         }
-        let mut wr = enc.write_header().expect("PNG header to memory");
-        wr.write_image_data(rgb).expect("PNG data to memory");
-        wr.finish().expect("PNG end to memory");
+        let mut wr = enc.write_header()?;
+        wr.write_image_data(rgb)?;
+        wr.finish()?;
     }
-    bytes
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -235,8 +239,8 @@ mod tests {
     #[test]
     fn png_is_deterministic() {
         let rgb: Vec<u8> = (0..(4 * 3 * 3)).map(|i| i as u8).collect();
-        let a = encode_png(&rgb, 4, 3, &[("Software", "ecad-native")]);
-        let b = encode_png(&rgb, 4, 3, &[("Software", "ecad-native")]);
+        let a = encode_png(&rgb, 4, 3, &[("parameters", "ΣΊΣΥΦΟΣ 日本 🐱")]).unwrap();
+        let b = encode_png(&rgb, 4, 3, &[("parameters", "ΣΊΣΥΦΟΣ 日本 🐱")]).unwrap();
         assert_eq!(a, b);
         assert_eq!(&a[..8], b"\x89PNG\r\n\x1a\n");
     }
