@@ -87,6 +87,26 @@ typedef struct EcadDenoiseParams {
   uintptr_t out_latents_len;
 } EcadDenoiseParams;
 
+// Parameters of `ecad_generate`.
+typedef struct EcadGenerateParams {
+  // The prompt (NUL-terminated UTF-8).
+  const char *prompt;
+  // The negative prompt; NULL = "" (as diffusers).
+  const char *negative_prompt;
+  // Image size in pixels, multiples of 8; 0 = the model's default. PixArt's aspect-ratio
+  // binning applies, and the image is resized back to this size.
+  uint32_t width;
+  uint32_t height;
+  // Denoising steps (at least 2) and the CFG scale (CFG runs when > 1).
+  uint32_t steps;
+  float guidance;
+  // Seed of the initial noise (ChaCha8 + Box–Muller; not torch's generator).
+  uint64_t seed;
+  // Output: height × width × 3 bytes, RGB, row-major.
+  uint8_t *out_rgb;
+  uintptr_t out_rgb_len;
+} EcadGenerateParams;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -117,7 +137,8 @@ enum EcadStatus ecad_engine_create(const char *model_dir,
 enum EcadStatus ecad_engine_destroy(struct EcadEngine *e);
 
 // Model dimensions, for sizing buffers: latent channels, caption (text embedding) width,
-// number of transformer blocks and the default latent size. Any out pointer may be NULL.
+// number of transformer blocks, the default latent size, and the text length prompts are
+// encoded to (0 for a transformer-only engine). Any out pointer may be NULL.
 //
 // # Safety
 // Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
@@ -125,7 +146,8 @@ enum EcadStatus ecad_engine_info(const struct EcadEngine *e,
                                  uint32_t *latent_channels,
                                  uint32_t *caption_channels,
                                  uint32_t *num_blocks,
-                                 uint32_t *sample_size);
+                                 uint32_t *sample_size,
+                                 uint32_t *text_len);
 
 // Loads an ECAD schedule from a JSON file.
 //
@@ -164,6 +186,30 @@ enum EcadStatus ecad_schedule_destroy(struct EcadSchedule *s);
 enum EcadStatus ecad_denoise(const struct EcadEngine *e,
                              const struct EcadSchedule *sched,
                              const struct EcadDenoiseParams *params);
+
+// Encodes one prompt with the engine's tokenizer and T5 encoder, as the PixArt pipelines do
+// (lower-cased, truncated to the text length with a warning on stderr, EOS, padding).
+// `out_embeds` receives [text_len, caption_channels] floats and `out_mask` [text_len]
+// (see ecad_engine_info). Needs an engine created from a full pipeline (or the demo).
+//
+// # Safety
+// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
+enum EcadStatus ecad_encode_prompt(const struct EcadEngine *e,
+                                   const char *prompt,
+                                   float *out_embeds,
+                                   uintptr_t out_embeds_len,
+                                   float *out_mask,
+                                   uintptr_t out_mask_len);
+
+// Generates one image from a prompt into a caller-provided RGB8 buffer, with `sched`
+// (NULL = no caching). Needs an engine created from a full pipeline (or the demo, whose
+// images are noise). Nothing is written to `out_rgb` unless the call succeeds.
+//
+// # Safety
+// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
+enum EcadStatus ecad_generate(const struct EcadEngine *e,
+                              const struct EcadSchedule *sched,
+                              const struct EcadGenerateParams *params);
 
 #ifdef __cplusplus
 }  // extern "C"

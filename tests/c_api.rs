@@ -98,6 +98,11 @@ fn c_example_builds_and_runs_from_any_directory() {
     let bytes = std::fs::read(work.join("ecad_latents.f32")).unwrap();
     assert_eq!(bytes.len(), 4 * 4 * 32 * 32, "demo latents 1x4x32x32");
     assert!(bytes.chunks(4).any(|c| c != [0, 0, 0, 0]));
+    // The demo pipeline also generates an image through ecad_generate (256 x 256 RGB).
+    let ppm = std::fs::read(work.join("ecad_image.ppm")).unwrap();
+    let header = b"P6\n256 256\n255\n";
+    assert!(ppm.starts_with(header), "bad PPM header");
+    assert_eq!(ppm.len(), header.len() + 256 * 256 * 3);
 }
 
 #[test]

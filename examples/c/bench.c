@@ -32,7 +32,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     uint32_t ch, cap, blocks, ss;
-    ecad_engine_info(e, &ch, &cap, &blocks, &ss);
+    ecad_engine_info(e, &ch, &cap, &blocks, &ss, NULL);
     EcadSchedule *sc = NULL;
     ecad_schedule_heuristic(e, "fora:3", 20, &sc);
     const uint32_t L = 120;

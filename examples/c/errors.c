@@ -38,9 +38,25 @@ int main(void) {
 
     /* A real engine, then wrong sizes and a bad schedule. */
     EXPECT(ecad_engine_create(NULL, "cpu", &e), ECAD_OK);
-    uint32_t ch = 0, cap = 0, blocks = 0, ss = 0;
-    EXPECT(ecad_engine_info(e, &ch, &cap, &blocks, &ss), ECAD_OK);
-    EXPECT(ecad_engine_info(e, NULL, NULL, NULL, NULL), ECAD_OK);
+    uint32_t ch = 0, cap = 0, blocks = 0, ss = 0, tl = 0;
+    EXPECT(ecad_engine_info(e, &ch, &cap, &blocks, &ss, &tl), ECAD_OK);
+    EXPECT(ecad_engine_info(e, NULL, NULL, NULL, NULL, NULL), ECAD_OK);
+
+    /* Prompt encoding and generate: NULLs, wrong sizes, bad UTF-8, bad image sizes. */
+    float small[8];
+    EXPECT(ecad_encode_prompt(e, NULL, small, 8, small, 8), ECAD_NULL_POINTER);
+    EXPECT(ecad_encode_prompt(e, "a cat", small, 8, small, 8), ECAD_BUFFER_SIZE);
+    EXPECT(ecad_encode_prompt(e, bad_utf8, small, 8, small, 8), ECAD_INVALID_UTF8);
+    EcadGenerateParams g;
+    memset(&g, 0, sizeof g);
+    EXPECT(ecad_generate(e, NULL, NULL), ECAD_NULL_POINTER);
+    EXPECT(ecad_generate(e, NULL, &g), ECAD_NULL_POINTER); /* no prompt */
+    unsigned char rgb[12];
+    g.prompt = "a cat"; g.steps = 2; g.guidance = 1.0f; g.out_rgb = rgb; g.out_rgb_len = sizeof rgb;
+    g.width = 100; g.height = 64; /* not a multiple of 8 */
+    EXPECT(ecad_generate(e, NULL, &g), ECAD_INVALID_ARGUMENT);
+    g.width = 64;
+    EXPECT(ecad_generate(e, NULL, &g), ECAD_BUFFER_SIZE);
     EXPECT(ecad_schedule_heuristic(e, "nonsense:7", 20, &sc), ECAD_SCHEDULE_ERROR);
     EXPECT(ecad_schedule_heuristic(e, "fora:3", 10, &sc), ECAD_OK);
 
@@ -73,7 +89,8 @@ int main(void) {
     EXPECT(ecad_schedule_destroy((EcadSchedule *)e), ECAD_INVALID_HANDLE);
     EXPECT(ecad_engine_destroy(e), ECAD_OK);
     EXPECT(ecad_engine_destroy(e), ECAD_INVALID_HANDLE);
-    EXPECT(ecad_engine_info(e, &ch, NULL, NULL, NULL), ECAD_INVALID_HANDLE);
+    EXPECT(ecad_engine_info(e, &ch, NULL, NULL, NULL, NULL), ECAD_INVALID_HANDLE);
+    EXPECT(ecad_generate(e, NULL, &g), ECAD_INVALID_HANDLE);
     EXPECT(ecad_denoise(e, NULL, &p), ECAD_INVALID_HANDLE);
     EXPECT(ecad_engine_destroy(NULL), ECAD_INVALID_HANDLE);
 

@@ -12,6 +12,7 @@ use crate::cache::heuristics::heuristic_by_name;
 use crate::cache::schedule::{ModelFamily, Schedule};
 use crate::models::pixart::PixArtTransformer;
 use crate::pipeline::denoise::{denoise, DenoiseInputs, DenoiseOptions};
+use crate::pipeline::generate::{GeneratePipeline, GenerateRequest, Timings};
 use crate::sampler::DpmSolverConfig;
 use crate::weights::HostTensor;
 use std::cell::RefCell;
@@ -52,8 +53,38 @@ use EcadStatus::*;
 /// An engine: one loaded model on one device. Opaque to C.
 pub struct EcadEngine {
     backend: CpuBackend,
-    model: PixArtTransformer<CpuBackend>,
-    scheduler: DpmSolverConfig,
+    parts: Parts,
+}
+
+/// A whole pipeline (text encoder, transformer, VAE) or a transformer alone (denoise only).
+enum Parts {
+    Pipeline(Box<GeneratePipeline<CpuBackend>>),
+    Transformer(Box<PixArtTransformer<CpuBackend>>, DpmSolverConfig),
+}
+
+impl EcadEngine {
+    fn model(&self) -> &PixArtTransformer<CpuBackend> {
+        match &self.parts {
+            Parts::Pipeline(p) => &p.transformer,
+            Parts::Transformer(t, _) => t,
+        }
+    }
+    fn scheduler(&self) -> &DpmSolverConfig {
+        match &self.parts {
+            Parts::Pipeline(p) => &p.scheduler,
+            Parts::Transformer(_, s) => s,
+        }
+    }
+    fn pipeline(&self) -> Result<&GeneratePipeline<CpuBackend>, (EcadStatus, String)> {
+        match &self.parts {
+            Parts::Pipeline(p) => Ok(p),
+            Parts::Transformer(..) => err(
+                EcadInvalidArgument,
+                "this engine holds a transformer only (the model folder has no text_encoder/, \
+                 tokenizer/ or vae/): ecad_denoise works, prompts and images need the full pipeline",
+            ),
+        }
+    }
 }
 
 /// A parsed cache schedule. Opaque to C.
@@ -259,28 +290,35 @@ pub unsafe extern "C" fn ecad_engine_create(
             }
         }
         let backend = CpuBackend::new();
-        let (model, scheduler) = match dir {
+        let model_err = |e: crate::models::ModelError| (EcadModelError, e.to_string());
+        let parts = match dir {
             Some(d) => {
-                let md = crate::pipeline::ModelDir::resolve(Path::new(d))
+                let path = Path::new(d);
+                let md = crate::pipeline::ModelDir::resolve(path)
                     .map_err(|e| (EcadModelError, e.to_string()))?;
-                let sc = md
-                    .scheduler_config()
-                    .map_err(|e| (EcadModelError, e.to_string()))?;
-                let m = crate::pipeline::load_pixart(&backend, Path::new(d))
-                    .map_err(|e| (EcadModelError, e.to_string()))?;
-                (m, sc)
+                let root = md.root.clone();
+                let full = root.as_ref().is_some_and(|r| {
+                    ["text_encoder", "tokenizer", "vae"]
+                        .iter()
+                        .all(|p| r.join(p).is_dir())
+                });
+                if full {
+                    Parts::Pipeline(Box::new(
+                        GeneratePipeline::load(&backend, path, None).map_err(model_err)?,
+                    ))
+                } else {
+                    let sc = md
+                        .scheduler_config()
+                        .map_err(|e| (EcadModelError, e.to_string()))?;
+                    let m = crate::pipeline::load_pixart(&backend, path).map_err(model_err)?;
+                    Parts::Transformer(Box::new(m), sc)
+                }
             }
-            None => (
-                crate::pipeline::load_demo(&backend)
-                    .map_err(|e| (EcadModelError, e.to_string()))?,
-                DpmSolverConfig::default(),
-            ),
+            None => Parts::Pipeline(Box::new(
+                GeneratePipeline::demo(&backend, None).map_err(model_err)?,
+            )),
         };
-        let p = Box::into_raw(Box::new(EcadEngine {
-            backend,
-            model,
-            scheduler,
-        }));
+        let p = Box::into_raw(Box::new(EcadEngine { backend, parts }));
         register(p as usize, ENGINE);
         // SAFETY: out checked non-NULL above.
         unsafe { *out = p };
@@ -308,7 +346,8 @@ pub unsafe extern "C" fn ecad_engine_destroy(e: *mut EcadEngine) -> EcadStatus {
 }
 
 /// Model dimensions, for sizing buffers: latent channels, caption (text embedding) width,
-/// number of transformer blocks and the default latent size. Any out pointer may be NULL.
+/// number of transformer blocks, the default latent size, and the text length prompts are
+/// encoded to (0 for a transformer-only engine). Any out pointer may be NULL.
 ///
 /// # Safety
 /// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
@@ -319,14 +358,18 @@ pub unsafe extern "C" fn ecad_engine_info(
     caption_channels: *mut u32,
     num_blocks: *mut u32,
     sample_size: *mut u32,
+    text_len: *mut u32,
 ) -> EcadStatus {
     guard(|| {
-        let c = &engine(e)?.model.config;
+        let eng = engine(e)?;
+        let c = &eng.model().config;
+        let tl = eng.pipeline().map(|p| p.max_sequence_length).unwrap_or(0);
         for (p, v) in [
             (latent_channels, c.in_channels),
             (caption_channels, c.text_dim()),
             (num_blocks, c.num_layers),
             (sample_size, c.sample_size),
+            (text_len, tl),
         ] {
             if !p.is_null() {
                 // SAFETY: non-NULL out pointers are writable u32s (documented).
@@ -399,7 +442,7 @@ pub unsafe extern "C" fn ecad_schedule_heuristic(
         if out.is_null() {
             return err(EcadNullPointer, "out is NULL");
         }
-        let blocks = engine(e)?.model.config.num_layers;
+        let blocks = engine(e)?.model().config.num_layers;
         let n = unsafe { req_str(name, "name") }?;
         let s = heuristic_by_name(n, ModelFamily::PixArt, steps as usize, blocks, 0)
             .map_err(|e| (EcadScheduleError, e.to_string()))?;
@@ -450,7 +493,7 @@ pub unsafe extern "C" fn ecad_denoise(
         }
         // SAFETY: non-NULL params point to a caller-owned struct (documented).
         let p = unsafe { &*params };
-        let cfg = &eng.model.config;
+        let cfg = &eng.model().config;
         let (b, h, w, l) = (
             p.batch as usize,
             p.latent_height as usize,
@@ -532,8 +575,8 @@ pub unsafe extern "C" fn ecad_denoise(
         };
         let (out, _) = denoise(
             &eng.backend,
-            &eng.model,
-            &eng.scheduler,
+            eng.model(),
+            eng.scheduler(),
             &inp,
             &opts,
             &mut |_, _| {},
@@ -554,6 +597,158 @@ pub unsafe extern "C" fn ecad_denoise(
             .map_err(|e| (EcadInternalError, e.to_string()))?;
         // SAFETY: out_latents holds lat_n floats (checked above).
         unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), p.out_latents, lat_n) };
+        Ok(())
+    })
+}
+
+/// Encodes one prompt with the engine's tokenizer and T5 encoder, as the PixArt pipelines do
+/// (lower-cased, truncated to the text length with a warning on stderr, EOS, padding).
+/// `out_embeds` receives [text_len, caption_channels] floats and `out_mask` [text_len]
+/// (see ecad_engine_info). Needs an engine created from a full pipeline (or the demo).
+///
+/// # Safety
+/// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn ecad_encode_prompt(
+    e: *const EcadEngine,
+    prompt: *const c_char,
+    out_embeds: *mut f32,
+    out_embeds_len: usize,
+    out_mask: *mut f32,
+    out_mask_len: usize,
+) -> EcadStatus {
+    guard(|| {
+        let eng = engine(e)?;
+        let pipe = eng.pipeline()?;
+        let text = unsafe { req_str(prompt, "prompt") }?;
+        let l = pipe.max_sequence_length;
+        let want = l * pipe.text_dim;
+        if out_embeds.is_null() || out_mask.is_null() {
+            return err(EcadNullPointer, "out_embeds or out_mask is NULL");
+        }
+        if out_embeds_len != want || out_mask_len != l {
+            return err(
+                EcadBufferSize,
+                format!(
+                    "out_embeds holds {out_embeds_len} and out_mask {out_mask_len} floats; the call needs {want} and {l}"
+                ),
+            );
+        }
+        let enc = pipe
+            .encode_text(&eng.backend, text)
+            .map_err(|e| (EcadInvalidArgument, e.to_string()))?;
+        if enc.truncated_tokens > 0 {
+            eprintln!(
+                "warning: the prompt was truncated to {l} tokens; dropped: {}",
+                enc.truncated_text
+            );
+        }
+        // SAFETY: sizes checked above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(enc.embeds.as_ptr(), out_embeds, want);
+            std::ptr::copy_nonoverlapping(enc.mask.as_ptr(), out_mask, l);
+        }
+        Ok(())
+    })
+}
+
+/// Parameters of `ecad_generate`.
+#[repr(C)]
+pub struct EcadGenerateParams {
+    /// The prompt (NUL-terminated UTF-8).
+    pub prompt: *const c_char,
+    /// The negative prompt; NULL = "" (as diffusers).
+    pub negative_prompt: *const c_char,
+    /// Image size in pixels, multiples of 8; 0 = the model's default. PixArt's aspect-ratio
+    /// binning applies, and the image is resized back to this size.
+    pub width: u32,
+    pub height: u32,
+    /// Denoising steps (at least 2) and the CFG scale (CFG runs when > 1).
+    pub steps: u32,
+    pub guidance: f32,
+    /// Seed of the initial noise (ChaCha8 + Box–Muller; not torch's generator).
+    pub seed: u64,
+    /// Output: height × width × 3 bytes, RGB, row-major.
+    pub out_rgb: *mut u8,
+    pub out_rgb_len: usize,
+}
+
+/// Generates one image from a prompt into a caller-provided RGB8 buffer, with `sched`
+/// (NULL = no caching). Needs an engine created from a full pipeline (or the demo, whose
+/// images are noise). Nothing is written to `out_rgb` unless the call succeeds.
+///
+/// # Safety
+/// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn ecad_generate(
+    e: *const EcadEngine,
+    sched: *const EcadSchedule,
+    params: *const EcadGenerateParams,
+) -> EcadStatus {
+    guard(|| {
+        let eng = engine(e)?;
+        let pipe = eng.pipeline()?;
+        let sch = if sched.is_null() {
+            None
+        } else {
+            Some(&schedule(sched)?.schedule)
+        };
+        if params.is_null() {
+            return err(EcadNullPointer, "params is NULL");
+        }
+        // SAFETY: non-NULL params point to a caller-owned struct (documented).
+        let p = unsafe { &*params };
+        let prompt = unsafe { req_str(p.prompt, "prompt") }?;
+        let negative = unsafe { opt_str(p.negative_prompt, "negative_prompt") }?.unwrap_or("");
+        let nz = |v: u32| (v > 0).then_some(v as usize);
+        let size = pipe
+            .plan_size(nz(p.height), nz(p.width), true)
+            .map_err(|e| (EcadInvalidArgument, e.to_string()))?;
+        let want = size.height * size.width * 3;
+        if p.out_rgb.is_null() {
+            return err(EcadNullPointer, "out_rgb is NULL");
+        }
+        if p.out_rgb_len != want {
+            return err(
+                EcadBufferSize,
+                format!(
+                    "out_rgb holds {} bytes; a {}x{} RGB image needs {want}",
+                    p.out_rgb_len, size.width, size.height
+                ),
+            );
+        }
+        if let Some(s) = sch {
+            crate::pipeline::denoise::validate_schedule(
+                s,
+                p.steps as usize,
+                pipe.transformer.config.num_layers,
+                p.guidance,
+            )
+            .map_err(|e| (EcadScheduleError, e.to_string()))?;
+        }
+        let seeds = [p.seed];
+        let req = GenerateRequest {
+            prompt,
+            negative_prompt: negative,
+            seeds: &seeds,
+            steps: p.steps as usize,
+            guidance: p.guidance,
+            size,
+            schedule: sch,
+        };
+        let mut texts = std::collections::HashMap::new();
+        let mut timings = Timings::default();
+        let images = pipe
+            .generate(&eng.backend, &req, &mut texts, &mut timings, &mut |_, _| {})
+            .map_err(|e| (EcadInvalidArgument, e.to_string()))?;
+        let img = images
+            .first()
+            .ok_or_else(|| (EcadInternalError, "no image produced".to_string()))?;
+        if img.rgb.len() != want {
+            return err(EcadInternalError, "image size mismatch");
+        }
+        // SAFETY: out_rgb holds `want` bytes (checked above).
+        unsafe { std::ptr::copy_nonoverlapping(img.rgb.as_ptr(), p.out_rgb, want) };
         Ok(())
     })
 }
