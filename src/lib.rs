@@ -12,4 +12,5 @@ pub mod cli;
 pub mod models;
 pub mod pipeline;
 pub mod sampler;
+pub mod search;
 pub mod weights;
