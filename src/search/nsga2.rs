@@ -205,7 +205,7 @@ pub fn crowding_distance(f: &[[f64; 2]]) -> Vec<f64> {
     }
     let m = 2;
     let mut cd = vec![0f64; n];
-    for j in 0..m {
+    for j in [0usize, 1] {
         // stable argsort (numpy mergesort)
         let mut idx: Vec<usize> = (0..n).collect();
         idx.sort_by(|&a, &b| f[a][j].total_cmp(&f[b][j]));
@@ -355,10 +355,9 @@ pub fn cross_at(p0: &[bool], p1: &[bool], cuts: &[usize]) -> (Genome, Genome) {
     let (mut c0, mut c1) = (p0.to_vec(), p1.to_vec());
     let mut j = 0;
     while j + 1 < cuts.len() {
-        for k in cuts[j]..cuts[j + 1] {
-            c0[k] = p1[k];
-            c1[k] = p0[k];
-        }
+        let (a, b) = (cuts[j], cuts[j + 1]);
+        c0[a..b].copy_from_slice(&p1[a..b]);
+        c1[a..b].copy_from_slice(&p0[a..b]);
         j += 2;
     }
     (c0, c1)
@@ -861,8 +860,8 @@ mod tests {
             let s = survive(pop, n_survive, &mut rng);
             let worst = s.iter().map(|i| rank[i.id as usize]).max().unwrap();
             let kept: std::collections::HashSet<u64> = s.iter().map(|i| i.id).collect();
-            for i in 0..n {
-                if rank[i] < worst {
+            for (i, &r) in rank.iter().enumerate() {
+                if r < worst {
                     assert!(kept.contains(&(i as u64)));
                 }
             }
