@@ -519,6 +519,45 @@ fn bad_arguments_and_checkpoints_are_refused() {
     // corrupt: truncated
     std::fs::write(&ck, &good[..good.len() / 2]).unwrap();
     fails(&resume, &["corrupt"]);
+    // a failing external scorer stops the search with one line naming the candidate
+    let out2 = tmp.path().join("ext_fail");
+    let o2 = out2.to_str().unwrap();
+    fails(
+        &[
+            "search",
+            "--out",
+            o2,
+            "--population",
+            "2",
+            "--generations",
+            "1",
+            "--steps",
+            "2",
+            "--prompts",
+            "1",
+            "--quality",
+            "external:false",
+        ],
+        &["external scorer on cand_00000", "exited"],
+    );
+    fails(
+        &[
+            "search",
+            "--out",
+            o2,
+            "--population",
+            "2",
+            "--generations",
+            "1",
+            "--steps",
+            "2",
+            "--prompts",
+            "1",
+            "--quality",
+            "external:echo not-json",
+        ],
+        &["external scorer", "did not print JSON"],
+    );
     // intact: resuming a finished search succeeds
     std::fs::write(&ck, &good).unwrap();
     let ok = Command::new(bin()).args(&resume).output().unwrap();

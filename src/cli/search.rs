@@ -338,6 +338,19 @@ fn run_inner(a: SearchArgs) -> anyhow::Result<()> {
         front.len(),
         a.out.display()
     );
+    let mut total = crate::search::evaluate::WorkReport::default();
+    for r in &st.sharing {
+        total.add(&r.work);
+    }
+    println!(
+        "prefix sharing over {} evaluation round(s): {} of {} transformer steps computed ({:.1}% saved, {:.1}% of MACs), {:.2} evaluations/s",
+        st.sharing.len(),
+        total.computed_steps,
+        total.naive_steps,
+        100.0 * total.steps_saved(),
+        100.0 * total.macs_saved(),
+        if total.seconds > 0.0 { total.candidates as f64 / total.seconds } else { 0.0 }
+    );
     if a.bench_sharing {
         let r = bench_sharing(&mut ev, &st, &mut events)?;
         let t = &r["total"];

@@ -380,7 +380,11 @@ impl<B: Backend> Search<'_, '_, B> {
             }
         }
         events(Event::Start {
-            label: format!("gen {gen}/{}", self.generations),
+            label: if gen == 0 {
+                "reference".to_string()
+            } else {
+                format!("gen {gen}/{}", self.generations)
+            },
             total: new.len() * self.ev.num_chunks(),
         });
         let (evals, work) = self
