@@ -294,7 +294,7 @@ impl<B: Backend> Search<'_, '_, B> {
     }
 
     /// Runs (or resumes) the search to `generations` generations. Returns the final state.
-    pub fn run(&mut self, events: &mut dyn FnMut(Event)) -> SResult<SearchState> {
+    pub fn run(&mut self, events: &mut (dyn FnMut(Event) + Send)) -> SResult<SearchState> {
         if self.generations == 0 {
             return Err(SearchError::Settings(
                 "--generations must be at least 1".into(),
@@ -369,7 +369,7 @@ impl<B: Backend> Search<'_, '_, B> {
         known: &mut Known,
         genomes: &[Genome],
         gen: usize,
-        events: &mut dyn FnMut(Event),
+        events: &mut (dyn FnMut(Event) + Send),
     ) -> SResult<(Vec<Individual>, WorkReport, usize)> {
         let mut new: Vec<Genome> = Vec::new();
         let mut ids = Vec::new();
@@ -421,7 +421,7 @@ impl<B: Backend> Search<'_, '_, B> {
         Ok((out, work, new.len()))
     }
 
-    fn initial(&mut self, events: &mut dyn FnMut(Event)) -> SResult<SearchState> {
+    fn initial(&mut self, events: &mut (dyn FnMut(Event) + Send)) -> SResult<SearchState> {
         let bps = self.ev.bits_per_step();
         let mut st = SearchState {
             settings: self.settings.clone(),
@@ -499,7 +499,7 @@ impl<B: Backend> Search<'_, '_, B> {
         evaluated: usize,
         offspring: usize,
         work: WorkReport,
-        events: &mut dyn FnMut(Event),
+        events: &mut (dyn FnMut(Event) + Send),
     ) -> SResult<()> {
         let front = front_indices(&st.archive, st.generation);
         let q = self.ev.quality_metric().clone();
@@ -788,7 +788,7 @@ pub fn load_checkpoint(
 pub fn bench_sharing<B: Backend>(
     ev: &mut Evaluator<'_, B>,
     st: &SearchState,
-    events: &mut dyn FnMut(Event),
+    events: &mut (dyn FnMut(Event) + Send),
 ) -> SResult<Value> {
     let mut by_gen: std::collections::BTreeMap<usize, Vec<&ArchiveEntry>> = Default::default();
     for e in &st.archive {

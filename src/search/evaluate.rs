@@ -24,8 +24,10 @@ use crate::pipeline::bench::{pixart_dims, psnr};
 use crate::pipeline::denoise::{DenoiseInputs, DenoiseOptions, PreparedDenoise};
 use crate::sampler::DpmSolverConfig;
 use crate::weights::{write_outputs, HostTensor};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// PSNR above this is reported as this (identical latents would be +∞).
@@ -205,13 +207,19 @@ struct Walk<'w, 'a, B: Backend> {
     bits_per_step: usize,
     steps: usize,
     sync: bool,
+    parallel: bool,
     be: &'w B,
-    cache: Option<&'w mut PrefixCache<B>>,
-    stack: Vec<Option<Node<B>>>,
-    report: &'w mut WorkReport,
+    cache: Option<&'w Mutex<PrefixCache<B>>>,
+    report: &'w Mutex<WorkReport>,
+    leaf: &'w Leaf<'w, B>,
 }
 
-type Leaf<'l, B> = dyn FnMut(&[usize], &Node<B>) -> SResult<()> + 'l;
+type Leaf<'l, B> = dyn Fn(&[usize], &Node<B>) -> SResult<()> + Sync + 'l;
+type Stack<B> = Vec<Option<Node<B>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl<B: Backend> Walk<'_, '_, B> {
     fn key(&self, cand: usize, depth: usize) -> PrefixKey {
@@ -227,43 +235,62 @@ impl<B: Backend> Walk<'_, '_, B> {
     }
 
     /// Visits the trie node at `depth` (steps done) holding `group` (candidates sorted by
-    /// genome, all equal on steps `0..depth`); `stack[0..=depth]` is this path.
-    fn visit(&mut self, group: &[usize], depth: usize, leaf: &mut Leaf<'_, B>) -> SResult<()> {
+    /// genome, all equal on steps `0..depth`); `stack[0..=depth]` is this path (`None`: not
+    /// computed yet). Children are visited one after the other, or in parallel (each with its
+    /// own copy of the path) when the walk is parallel.
+    fn visit(&self, stack: &mut Stack<B>, group: &[usize], depth: usize) -> SResult<()> {
         if depth == self.steps {
-            self.materialise(depth, group[0])?;
-            let node = self.stack[depth].as_ref().expect("materialised");
-            return leaf(group, node);
+            self.materialise(stack, depth, group[0])?;
+            let node = stack[depth].as_ref().expect("materialised");
+            return (self.leaf)(group, node);
         }
+        let mut parts: Vec<&[usize]> = Vec::new();
         let mut i = 0;
         while i < group.len() {
             let mut j = i + 1;
             while j < group.len() && self.row(group[j], depth) == self.row(group[i], depth) {
                 j += 1;
             }
-            let sub = &group[i..j];
-            let key = self.key(sub[0], depth + 1);
-            let hit = match self.cache.as_mut() {
-                Some(c) if depth + 1 < self.steps => c.get(&key),
-                _ => None,
-            };
-            if hit.is_some() {
-                self.report.cache_hits += 1;
-            }
-            self.stack[depth + 1] = hit;
-            self.visit(sub, depth + 1, leaf)?;
+            parts.push(&group[i..j]);
             i = j;
         }
-        Ok(())
+        let hits: Vec<Option<Node<B>>> = parts
+            .iter()
+            .map(|p| match self.cache {
+                Some(c) if depth + 1 < self.steps => lock(c).get(&self.key(p[0], depth + 1)),
+                _ => None,
+            })
+            .collect();
+        lock(self.report).cache_hits += hits.iter().filter(|h| h.is_some()).count() as u64;
+        if self.parallel && parts.len() > 1 {
+            // compute the shared parent once, before the branches fork
+            if hits.iter().any(|h| h.is_none()) {
+                self.materialise(stack, depth, group[0])?;
+            }
+            let base: Stack<B> = stack[..=depth].to_vec();
+            parts.into_par_iter().zip(hits).try_for_each(|(part, hit)| {
+                let mut st = base.clone();
+                st.resize(self.steps + 1, None);
+                st[depth + 1] = hit;
+                self.visit(&mut st, part, depth + 1)
+            })
+        } else {
+            for (part, hit) in parts.into_iter().zip(hits) {
+                stack[depth + 1] = hit;
+                self.visit(stack, part, depth + 1)?;
+            }
+            Ok(())
+        }
     }
 
     /// Makes `stack[depth]` available, stepping from the deepest saved ancestor on the path.
-    fn materialise(&mut self, depth: usize, cand: usize) -> SResult<()> {
+    fn materialise(&self, stack: &mut Stack<B>, depth: usize, cand: usize) -> SResult<()> {
         let mut j = depth;
-        while self.stack[j].is_none() {
+        while stack[j].is_none() {
             j -= 1;
         }
         for d in j..depth {
-            let mut node = self.stack[d].clone().expect("saved ancestor");
+            let mut node = stack[d].clone().expect("saved ancestor");
             let t0 = Instant::now();
             self.chunk
                 .prepared
@@ -274,15 +301,18 @@ impl<B: Backend> Walk<'_, '_, B> {
                     .map_err(crate::models::ModelError::from)?;
             }
             node.seconds += t0.elapsed().as_secs_f64();
-            self.report.computed_steps += 1;
-            self.report.computed_macs += self.step_macs[cand][d] as f64;
+            {
+                let mut r = lock(self.report);
+                r.computed_steps += 1;
+                r.computed_macs += self.step_macs[cand][d] as f64;
+            }
             if d + 1 < self.steps {
-                let key = self.key(cand, d + 1);
-                if let Some(c) = self.cache.as_mut() {
-                    c.insert(key, node.clone());
+                if let Some(c) = self.cache {
+                    let key = self.key(cand, d + 1);
+                    lock(c).insert(key, node.clone());
                 }
             }
-            self.stack[d + 1] = Some(node);
+            stack[d + 1] = Some(node);
         }
         Ok(())
     }
@@ -294,7 +324,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         be: &'a B,
         model: &'a PixArtTransformer<B>,
         cfg: EvalConfig,
-        tick: &mut dyn FnMut(),
+        tick: &mut (dyn FnMut() + Send),
     ) -> SResult<Self> {
         let mc = &model.config;
         let blocks = model.transformer_blocks.len();
@@ -446,14 +476,15 @@ impl<'a, B: Backend> Evaluator<'a, B> {
     }
 
     /// Walks the candidates over every chunk; `leaf(candidate, (first sample, len), latents
-    /// per sample, path seconds)` receives each candidate's final latents per chunk.
+    /// per sample, path seconds)` receives each candidate's final latents per chunk (from any
+    /// thread, one call at a time, chunks in order).
     #[allow(clippy::type_complexity)]
     fn run(
         &mut self,
         genomes: &[Genome],
         sharing: bool,
-        leaf: &mut dyn FnMut(usize, (usize, usize), Vec<Vec<f32>>, f64) -> SResult<()>,
-        tick: &mut dyn FnMut(),
+        leaf: &mut (dyn FnMut(usize, (usize, usize), Vec<Vec<f32>>, f64) -> SResult<()> + Send),
+        tick: &mut (dyn FnMut() + Send),
     ) -> SResult<WorkReport> {
         let t0 = Instant::now();
         let schedules: Vec<Schedule> = genomes
@@ -467,44 +498,57 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         let step_macs: Vec<Vec<u64>> = macs.iter().map(|m| m.1.clone()).collect();
         let mut order: Vec<usize> = (0..genomes.len()).collect();
         order.sort_by(|&a, &b| genomes[a].cmp(&genomes[b]).then(a.cmp(&b)));
-        let distinct = order
-            .iter()
-            .enumerate()
-            .filter(|(k, &i)| *k == 0 || genomes[order[k - 1]] != genomes[i])
-            .count();
-        let mut report = WorkReport {
-            candidates: distinct,
+        // runs of equal genomes
+        let mut groups: Vec<&[usize]> = Vec::new();
+        let mut s = 0;
+        for k in 1..=order.len() {
+            if k == order.len() || genomes[order[k]] != genomes[order[s]] {
+                groups.push(&order[s..k]);
+                s = k;
+            }
+        }
+        let report = Mutex::new(WorkReport {
+            candidates: groups.len(),
             ..Default::default()
-        };
+        });
         let be = self.be;
         let sync = self.cfg.cost == CostMetric::Latency;
+        // Sibling subtrees run in parallel, except when timing steps (latency objective).
+        let parallel = !sync && rayon::current_num_threads() > 1;
         let (steps, bps) = (self.steps, self.bits_per_step);
-        let Evaluator { chunks, cache, .. } = self;
-        for (ci, chunk) in chunks.iter().enumerate() {
-            for (k, &i) in order.iter().enumerate() {
-                if k == 0 || genomes[order[k - 1]] != genomes[i] {
-                    report.naive_steps += steps as u64;
-                    report.naive_macs += macs[i].0 as f64;
-                }
-            }
-            let groups: Vec<&[usize]> = if sharing {
-                vec![&order[..]]
-            } else {
-                // one walk per distinct genome, nothing kept between walks
-                let mut g = Vec::new();
-                let mut s = 0;
-                for k in 1..=order.len() {
-                    if k == order.len() || genomes[order[k]] != genomes[order[s]] {
-                        g.push(&order[s..k]);
-                        s = k;
+        let leaf = Mutex::new(leaf);
+        let tick = Mutex::new(tick);
+        let Evaluator {
+            chunks,
+            cache: cache_ref,
+            ..
+        } = self;
+        let cache = Mutex::new(std::mem::replace(cache_ref, PrefixCache::new(0)));
+        let result = (|| -> SResult<()> {
+            for (ci, chunk) in chunks.iter().enumerate() {
+                {
+                    let mut r = lock(&report);
+                    for g in &groups {
+                        r.naive_steps += steps as u64;
+                        r.naive_macs += macs[g[0]].0 as f64;
                     }
                 }
-                g
-            };
-            for group in groups {
-                let mut stack = vec![None; steps + 1];
-                stack[0] = Some(chunk.initial.clone());
-                let mut walk = Walk {
+                let on_leaf = |cands: &[usize], node: &Node<B>| -> SResult<()> {
+                    let host = be
+                        .to_host(&node.state.latents)
+                        .map_err(crate::models::ModelError::from)?;
+                    let per = host.len() / chunk.len;
+                    {
+                        let mut l = lock(&leaf);
+                        for &c in cands {
+                            let lat: Vec<Vec<f32>> = host.chunks(per).map(|x| x.to_vec()).collect();
+                            (*l)(c, (chunk.first, chunk.len), lat, node.seconds)?;
+                        }
+                    }
+                    (*lock(&tick))();
+                    Ok(())
+                };
+                let walk = Walk {
                     chunk,
                     chunk_idx: ci,
                     genomes,
@@ -513,26 +557,35 @@ impl<'a, B: Backend> Evaluator<'a, B> {
                     bits_per_step: bps,
                     steps,
                     sync,
+                    parallel,
                     be,
-                    cache: if sharing { Some(&mut *cache) } else { None },
-                    stack,
-                    report: &mut report,
+                    cache: if sharing { Some(&cache) } else { None },
+                    report: &report,
+                    leaf: &on_leaf,
                 };
-                let mut on_leaf = |cands: &[usize], node: &Node<B>| -> SResult<()> {
-                    let host = be
-                        .to_host(&node.state.latents)
-                        .map_err(crate::models::ModelError::from)?;
-                    let per = host.len() / chunk.len;
-                    for &c in cands {
-                        let lat: Vec<Vec<f32>> = host.chunks(per).map(|x| x.to_vec()).collect();
-                        leaf(c, (chunk.first, chunk.len), lat, node.seconds)?;
+                let fresh = || -> Stack<B> {
+                    let mut stack = vec![None; steps + 1];
+                    stack[0] = Some(chunk.initial.clone());
+                    stack
+                };
+                if sharing {
+                    walk.visit(&mut fresh(), &order, 0)?;
+                } else if parallel {
+                    // one independent walk per distinct genome, nothing kept between walks
+                    groups
+                        .par_iter()
+                        .try_for_each(|g| walk.visit(&mut fresh(), g, 0))?;
+                } else {
+                    for g in &groups {
+                        walk.visit(&mut fresh(), g, 0)?;
                     }
-                    tick();
-                    Ok(())
-                };
-                walk.visit(group, 0, &mut on_leaf)?;
+                }
             }
-        }
+            Ok(())
+        })();
+        *cache_ref = cache.into_inner().unwrap_or_else(|e| e.into_inner());
+        result?;
+        let mut report = report.into_inner().unwrap_or_else(|e| e.into_inner());
         report.seconds = t0.elapsed().as_secs_f64();
         Ok(report)
     }
@@ -546,7 +599,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         genomes: &[Genome],
         ids: &[u64],
         sharing: bool,
-        tick: &mut dyn FnMut(),
+        tick: &mut (dyn FnMut() + Send),
     ) -> SResult<(Vec<Evaluation>, WorkReport)> {
         assert_eq!(genomes.len(), ids.len());
         for g in genomes {
