@@ -422,7 +422,9 @@ pub fn plot(
             );
         }
     }
-    // heuristics
+    // heuristics: labels placed greedily without overlapping (a label that finds no free
+    // spot is left out; the marker keeps it as a tooltip)
+    let mut placed: Vec<(f64, f64, f64, f64)> = Vec::new();
     for (label, id) in &st.heuristics {
         let Some(i) = st.archive.iter().position(|e| e.id == *id) else {
             continue;
@@ -434,13 +436,30 @@ pub fn plot(
         let (cx, cy) = (px(x), py(y));
         let _ = writeln!(
             s,
-            r##"<rect x="{:.2}" y="{:.2}" width="6" height="6" fill="#d62728"/><text x="{:.2}" y="{:.2}" fill="#d62728" font-size="9">{}</text>"##,
+            r##"<rect x="{:.2}" y="{:.2}" width="6" height="6" fill="#d62728"><title>{}</title></rect>"##,
             cx - 3.0,
             cy - 3.0,
-            cx + 5.0,
-            cy - 4.0,
             esc(label)
         );
+        let tw = 5.2 * label.chars().count() as f64;
+        for dy in [0.0, 10.0, -10.0, 20.0, -20.0, 30.0, -30.0] {
+            let (x0b, y0b) = (cx + 5.0, cy - 4.0 + dy - 8.0);
+            let (x1b, y1b) = (x0b + tw, y0b + 9.0);
+            let free = placed
+                .iter()
+                .all(|b| x1b <= b.0 || x0b >= b.2 || y1b <= b.1 || y0b >= b.3);
+            if free && x1b <= w - 4.0 {
+                placed.push((x0b, y0b, x1b, y1b));
+                let _ = writeln!(
+                    s,
+                    r##"<text x="{:.2}" y="{:.2}" fill="#d62728" font-size="9">{}</text>"##,
+                    cx + 5.0,
+                    cy - 4.0 + dy,
+                    esc(label)
+                );
+                break;
+            }
+        }
     }
     // legend
     let lx = w - mr + 12.0;
