@@ -861,3 +861,137 @@ pub fn bench_sharing<B: Backend>(
         "mismatches": mismatches,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> SearchSettings {
+        SearchSettings {
+            model: "demo".into(),
+            model_fingerprint: "x".into(),
+            calibration: "demo".into(),
+            calibration_fingerprint: "y".into(),
+            prompts: 1,
+            seeds_per_prompt: 1,
+            batch_size: 1,
+            latent: [32, 32],
+            steps: 2,
+            guidance: 4.5,
+            population: 4,
+            cost: "macs".into(),
+            quality: "rel-l2".into(),
+            seed: 3,
+            seed_from: "heuristics".into(),
+            seed_digest: String::new(),
+            crossover_prob: 0.9,
+            crossover_points: 4,
+            mutation_prob: 0.05,
+            min_diff_from_default: 1,
+        }
+    }
+
+    fn state() -> SearchState {
+        let mut rng = SearchRng::new(3);
+        for _ in 0..17 {
+            rng.next_u64();
+        }
+        let genome: Genome = (0..12).map(|i| i % 3 != 0).collect();
+        let eval = Evaluation {
+            macs: 123,
+            latency_ms: 0.5,
+            cost: 123.0,
+            quality: 0.125,
+        };
+        SearchState {
+            settings: settings(),
+            generation: 2,
+            rng,
+            next_id: 1,
+            population: vec![Individual {
+                id: 0,
+                genome: genome.clone(),
+                f: [123.0, 0.125],
+                cv: 0.0,
+                rank: Some(0),
+                crowding: f64::INFINITY,
+            }],
+            archive: vec![ArchiveEntry {
+                id: 0,
+                generation: 1,
+                genome,
+                eval,
+                cv: 0.0,
+                name: Some("fora:2".into()),
+            }],
+            heuristics: vec![("fora:2".into(), 0)],
+            stats: vec![],
+            sharing: vec![],
+            full_cost: 200.0,
+            default_quality: 0.0,
+        }
+    }
+
+    #[test]
+    fn checkpoint_round_trip_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("checkpoint.json");
+        let mut st = state();
+        save_checkpoint(&p, &st).unwrap();
+        let mut back = load_checkpoint(&p, &settings(), 12).unwrap();
+        assert_eq!(back.population, st.population);
+        assert_eq!(back.archive, st.archive);
+        assert_eq!(back.heuristics, st.heuristics);
+        assert_eq!(back.rng.state(), st.rng.state());
+        assert_eq!(back.rng.next_u64(), st.rng.next_u64());
+        // save → load → save writes the same bytes
+        let first = std::fs::read_to_string(&p).unwrap();
+        let reloaded = load_checkpoint(&p, &settings(), 12).unwrap();
+        save_checkpoint(&p, &reloaded).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), first);
+        save_checkpoint(&p, &back).unwrap();
+        let again = load_checkpoint(&p, &settings(), 12).unwrap();
+        assert_eq!(again.rng.state(), back.rng.state());
+    }
+
+    #[test]
+    fn checkpoint_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("checkpoint.json");
+        save_checkpoint(&p, &state()).unwrap();
+        let mut other = settings();
+        other.population = 8;
+        let e = load_checkpoint(&p, &other, 12).unwrap_err().to_string();
+        assert!(
+            e.contains("different search") && e.contains("population: checkpoint 4, now 8"),
+            "{e}"
+        );
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace("0.125", "0.126")).unwrap();
+        let e = load_checkpoint(&p, &settings(), 12)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("corrupt") && e.contains("checksum"), "{e}");
+        std::fs::write(&p, "{\"format\": \"something else\"}").unwrap();
+        let e = load_checkpoint(&p, &settings(), 12)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an ecad-native search checkpoint"), "{e}");
+        std::fs::write(&p, &text[..10]).unwrap();
+        let e = load_checkpoint(&p, &settings(), 12)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("corrupt"), "{e}");
+    }
+
+    #[test]
+    fn builtin_heuristics_for_20_steps_match_ecad_seed_families() {
+        let h = builtin_heuristics(20, 28).unwrap();
+        let names: Vec<&str> = h.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names[0], "default");
+        assert!(names.contains(&"fora:3") && names.contains(&"ca_sa:20"));
+        assert_eq!(names.iter().filter(|n| n.starts_with("tgate:")).count(), 13);
+        assert_eq!(h.len(), 1 + 7 + 6 + 13);
+        assert!(h.iter().all(|(_, s)| !s.has_custom_functions()));
+    }
+}

@@ -162,3 +162,56 @@ impl<B: Backend> PrefixCache<B> {
         self.bytes = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::pipeline::denoise::DenoiseReport;
+    use crate::sampler::{DpmSolverConfig, DpmSolverMultistep};
+
+    fn node(be: &CpuBackend, latents: &Tensor<CpuBackend>) -> Node<CpuBackend> {
+        let _ = be;
+        Node {
+            state: DenoiseState {
+                latents: latents.clone(),
+                sampler: DpmSolverMultistep::new(DpmSolverConfig::default(), 4),
+                cache: None,
+                report: DenoiseReport::default(),
+            },
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn shared_buffers_count_once_and_lru_evicts() {
+        let be = CpuBackend::new();
+        let a = be.upload(vec![0.0; 100], &[100]).unwrap(); // 400 bytes
+        let b = be.upload(vec![0.0; 50], &[50]).unwrap(); // 200 bytes
+        let mut c = PrefixCache::new(1000);
+        c.insert((0, 1, vec![1]), node(&be, &a));
+        c.insert((0, 2, vec![1]), node(&be, &a)); // same buffer: still 400
+        assert_eq!(c.bytes(), 400);
+        c.insert((0, 1, vec![2]), node(&be, &b));
+        assert_eq!(c.bytes(), 600);
+        assert_eq!(c.len(), 3);
+        // touch the first; a 500-byte state then evicts the least recently used ones
+        assert!(c.get(&(0, 1, vec![1])).is_some());
+        let d = be.upload(vec![0.0; 125], &[125]).unwrap();
+        c.insert((0, 3, vec![1]), node(&be, &d));
+        // LRU order: (0,2) [a, still held by (0,1)], then (0,1,[2]) [b] → 400 + 500 = 900
+        assert!(c.get(&(0, 2, vec![1])).is_none());
+        assert!(c.get(&(0, 1, vec![2])).is_none());
+        assert!(c.get(&(0, 1, vec![1])).is_some());
+        assert_eq!(c.bytes(), 900);
+        assert_eq!(c.stats.evictions, 2);
+        // a state larger than the whole budget does not stay
+        let e = be.upload(vec![0.0; 1000], &[1000]).unwrap();
+        c.insert((0, 4, vec![1]), node(&be, &e));
+        assert!(c.bytes() <= 1000);
+        // budget 0: nothing is kept
+        let mut z = PrefixCache::new(0);
+        z.insert((0, 1, vec![1]), node(&be, &a));
+        assert!(z.is_empty() && z.bytes() == 0);
+    }
+}
