@@ -176,8 +176,11 @@ pub struct EvalConfig {
     pub keep_scratch: bool,
 }
 
+/// One batch of calibration samples. Its prepared text (caption projection and per-block
+/// cross-attention K/V, hundreds of MB per chunk for XL-2) is kept only when there is a single
+/// chunk; otherwise it is rebuilt for each walk (a fraction of one transformer step).
 struct Chunk<'a, B: Backend> {
-    prepared: PreparedDenoise<'a, B>,
+    prepared: Option<PreparedDenoise<'a, B>>,
     initial: Node<B>,
     first: usize,
     len: usize,
@@ -186,6 +189,9 @@ struct Chunk<'a, B: Backend> {
 /// Evaluates schedules of one model over one calibration set.
 pub struct Evaluator<'a, B: Backend> {
     be: &'a B,
+    model: &'a PixArtTransformer<B>,
+    /// The all-recompute schedule the runs are prepared with.
+    default: Schedule,
     steps: usize,
     blocks: usize,
     bits_per_step: usize,
@@ -199,7 +205,7 @@ pub struct Evaluator<'a, B: Backend> {
 }
 
 struct Walk<'w, 'a, B: Backend> {
-    chunk: &'w Chunk<'a, B>,
+    prepared: &'w PreparedDenoise<'a, B>,
     chunk_idx: usize,
     genomes: &'w [Genome],
     schedules: &'w [Schedule],
@@ -292,8 +298,7 @@ impl<B: Backend> Walk<'_, '_, B> {
         for d in j..depth {
             let mut node = stack[d].clone().expect("saved ancestor");
             let t0 = Instant::now();
-            self.chunk
-                .prepared
+            self.prepared
                 .step(&mut node.state, Some(&self.schedules[cand]))?;
             if self.sync {
                 self.be
@@ -356,27 +361,13 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         let n = cfg.samples.len();
         let mut chunks = Vec::new();
         let mut first = 0;
+        let single = cfg.batch_size >= n;
         while first < n {
             let len = cfg.batch_size.min(n - first);
-            let inp = cfg.samples.batch(first, len);
-            let di = DenoiseInputs {
-                latents: &inp.latents,
-                prompt_embeds: &inp.prompt_embeds,
-                prompt_attention_mask: Some(&inp.prompt_attention_mask),
-                negative_prompt_embeds: inp.negative_prompt_embeds.as_ref(),
-                negative_prompt_attention_mask: Some(&inp.negative_prompt_attention_mask),
-                resolution: None,
-                aspect_ratio: None,
-            };
-            let opts = DenoiseOptions {
-                steps,
-                guidance: cfg.guidance,
-                schedule: Some(&default),
-            };
-            let prepared = PreparedDenoise::new(be, model, &cfg.scheduler, &di, &opts)?;
-            let state = prepared.start(&inp.latents)?;
+            let prepared = prepare(be, model, &cfg, &default, first, len)?;
+            let state = prepared.start(&cfg.samples.batch(first, len).latents)?;
             chunks.push(Chunk {
-                prepared,
+                prepared: single.then_some(prepared),
                 initial: Node {
                     state,
                     seconds: 0.0,
@@ -388,6 +379,8 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         }
         let mut ev = Evaluator {
             be,
+            model,
+            default,
             steps,
             blocks,
             bits_per_step: blocks * 3,
@@ -399,7 +392,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             reference: Vec::new(),
         };
         // The uncached reference: the all-recompute genome through the same machinery.
-        let g = default.to_genome();
+        let g = ev.default.to_genome();
         let mut finals = vec![Vec::new(); n];
         ev.run(
             &[g],
@@ -521,11 +514,23 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         let Evaluator {
             chunks,
             cache: cache_ref,
+            model,
+            cfg,
+            default,
             ..
         } = self;
+        let (model, cfg, default) = (*model, &*cfg, &*default);
         let cache = Mutex::new(std::mem::replace(cache_ref, PrefixCache::new(0)));
         let result = (|| -> SResult<()> {
             for (ci, chunk) in chunks.iter().enumerate() {
+                let owned;
+                let prepared = match &chunk.prepared {
+                    Some(p) => p,
+                    None => {
+                        owned = prepare(be, model, cfg, default, chunk.first, chunk.len)?;
+                        &owned
+                    }
+                };
                 {
                     let mut r = lock(&report);
                     for g in &groups {
@@ -549,7 +554,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
                     Ok(())
                 };
                 let walk = Walk {
-                    chunk,
+                    prepared,
                     chunk_idx: ci,
                     genomes,
                     schedules: &schedules,
@@ -756,6 +761,33 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             })
             .collect()
     }
+}
+
+/// Validates and prepares the run of samples `first..first + len` (text work included).
+fn prepare<'a, B: Backend>(
+    be: &'a B,
+    model: &'a PixArtTransformer<B>,
+    cfg: &EvalConfig,
+    default: &Schedule,
+    first: usize,
+    len: usize,
+) -> SResult<PreparedDenoise<'a, B>> {
+    let inp = cfg.samples.batch(first, len);
+    let di = DenoiseInputs {
+        latents: &inp.latents,
+        prompt_embeds: &inp.prompt_embeds,
+        prompt_attention_mask: Some(&inp.prompt_attention_mask),
+        negative_prompt_embeds: inp.negative_prompt_embeds.as_ref(),
+        negative_prompt_attention_mask: Some(&inp.negative_prompt_attention_mask),
+        resolution: None,
+        aspect_ratio: None,
+    };
+    let opts = DenoiseOptions {
+        steps: cfg.steps,
+        guidance: cfg.guidance,
+        schedule: Some(default),
+    };
+    Ok(PreparedDenoise::new(be, model, &cfg.scheduler, &di, &opts)?)
 }
 
 fn io(path: &Path, e: std::io::Error) -> SearchError {
