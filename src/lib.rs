@@ -13,5 +13,6 @@ pub mod ffi;
 pub mod models;
 pub mod pipeline;
 pub mod sampler;
+pub mod search;
 pub mod tokenizer;
 pub mod weights;

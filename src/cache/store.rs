@@ -34,17 +34,69 @@ pub struct ScheduleCache<'s, B: Backend> {
     stats: CacheStats,
 }
 
+/// What a [`ScheduleCache`] holds between steps, detached from its schedule: the slots and the
+/// counters. A run can be paused after any step, the state cloned (tensors are refcount copies),
+/// and each clone resumed with a different schedule that agrees with the first one on every
+/// step already taken: this is how schedule search shares work between schedules with a common
+/// prefix. The next step's behaviour depends only on this state and that step's bits.
+pub struct CacheState<B: Backend> {
+    slots: Vec<Option<Tensor<B>>>,
+    stats: CacheStats,
+}
+
+impl<B: Backend> Clone for CacheState<B> {
+    fn clone(&self) -> Self {
+        CacheState {
+            slots: self.slots.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+impl<B: Backend> CacheState<B> {
+    /// The empty cache of a `blocks`-block PixArt model.
+    pub fn empty(blocks: usize) -> Self {
+        CacheState {
+            slots: vec![None; blocks * 3],
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The stored tensors (one slot per block and component; `None` until first computed).
+    pub fn slots(&self) -> &[Option<Tensor<B>>] {
+        &self.slots
+    }
+
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+}
+
 const PIXART: [Component; 3] = [Component::Attn1, Component::Attn2, Component::Ff];
 
 impl<'s, B: Backend> ScheduleCache<'s, B> {
     pub fn new(backend: &'s B, schedule: &'s Schedule) -> Self {
+        Self::resume(backend, schedule, CacheState::empty(schedule.num_blocks()))
+    }
+
+    /// Continues from a detached state (see [`CacheState`]) with `schedule`.
+    pub fn resume(backend: &'s B, schedule: &'s Schedule, state: CacheState<B>) -> Self {
+        debug_assert_eq!(state.slots.len(), schedule.num_blocks() * 3);
         ScheduleCache {
             backend,
             schedule,
             step: 0,
             batch: 0,
-            slots: vec![None; schedule.num_blocks() * 3],
-            stats: CacheStats::default(),
+            slots: state.slots,
+            stats: state.stats,
+        }
+    }
+
+    /// Detaches the slots and counters from the schedule.
+    pub fn into_state(self) -> CacheState<B> {
+        CacheState {
+            slots: self.slots,
+            stats: self.stats,
         }
     }
 

@@ -6,6 +6,7 @@ mod forward;
 mod generate;
 pub mod progress;
 mod schedule_cmd;
+mod search;
 mod weights_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -33,6 +34,9 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Latency, MACs, cache memory and fidelity of uncached vs scheduled runs.
     Bench(bench::BenchArgs),
+    /// NSGA-II search for cache schedules: MACs (or latency) vs fidelity (or an external
+    /// scorer), with checkpoint/resume and a Pareto-front report.
+    Search(search::SearchArgs),
     /// Schedule utilities (cost models).
     Schedule {
         #[command(subcommand)]
@@ -110,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Denoise(a) => denoise::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Search(a) => search::run(a),
         Command::Schedule { command } => schedule_cmd::run(command),
         Command::Weights { command } => weights_cmd::run(command),
     }

@@ -187,7 +187,8 @@ fn lambda(s: f32) -> f32 {
     a.ln() - sg.ln()
 }
 
-/// One sampling run's state.
+/// One sampling run's state. Cloning is cheap (the history tensor is a refcount copy), so a run
+/// can be forked mid-way (schedule search shares common step prefixes this way).
 pub struct DpmSolverMultistep<B: Backend> {
     pub config: DpmSolverConfig,
     /// Descending integer timesteps, one per step.
@@ -198,6 +199,19 @@ pub struct DpmSolverMultistep<B: Backend> {
     lower_order_nums: usize,
     /// The previous step's x0 prediction (the solver's history).
     prev_x0: Option<Tensor<B>>,
+}
+
+impl<B: Backend> Clone for DpmSolverMultistep<B> {
+    fn clone(&self) -> Self {
+        DpmSolverMultistep {
+            config: self.config.clone(),
+            timesteps: self.timesteps.clone(),
+            sigmas: self.sigmas.clone(),
+            step_index: self.step_index,
+            lower_order_nums: self.lower_order_nums,
+            prev_x0: self.prev_x0.clone(),
+        }
+    }
 }
 
 impl<B: Backend> DpmSolverMultistep<B> {
@@ -278,6 +292,16 @@ impl<B: Backend> DpmSolverMultistep<B> {
 
     pub fn num_steps(&self) -> usize {
         self.timesteps.len()
+    }
+
+    /// Steps taken so far.
+    pub fn step_index(&self) -> usize {
+        self.step_index
+    }
+
+    /// The solver's history (the previous step's x0 prediction), if any.
+    pub fn history(&self) -> Option<&Tensor<B>> {
+        self.prev_x0.as_ref()
     }
 
     /// `scheduler.step(eps, t, sample)`: advances one step and returns the new sample.

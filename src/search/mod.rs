@@ -1,0 +1,66 @@
+//! Schedule search: NSGA-II over ECAD cache schedules (pymoo 0.6 semantics, as ECAD runs it),
+//! with MACs (or latency) and fidelity (or an external scorer) as objectives, prefix-shared
+//! candidate evaluation, exact checkpoint/resume and Pareto-front outputs.
+//!
+//! - [`nsga2`]: the genetic algorithm's operators (pure functions of a seeded stream).
+//! - [`rng`]: the seeded, serialisable random stream.
+//! - [`calibration`]: prompt embeddings × seeds and their fixed initial noise.
+//! - [`evaluate`]: objectives, the shared-prefix walk and the cross-generation state cache
+//!   ([`prefix`]).
+//! - [`driver`]: the search loop, checkpoints, and the output files ([`output`]).
+//!
+//! See docs/SEARCH.md for the user-facing description.
+
+pub mod calibration;
+pub mod driver;
+pub mod evaluate;
+pub mod genome;
+pub mod nsga2;
+pub mod output;
+pub mod prefix;
+pub mod rng;
+
+use crate::cache::heuristics::HeuristicError;
+use crate::cache::macs::MacsError;
+use crate::cache::schedule::ScheduleError;
+use crate::models::ModelError;
+use crate::weights::WeightsError;
+
+/// Everything that can stop a search.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    Heuristic(#[from] HeuristicError),
+    #[error(transparent)]
+    Macs(#[from] MacsError),
+    #[error("calibration file {path}: {msg}")]
+    Calibration { path: String, msg: String },
+    #[error("seed population: {0}")]
+    Seeds(String),
+    #[error("{0}")]
+    Settings(String),
+    #[error("checkpoint {path} is corrupt ({msg}); delete it (or the whole output folder) to start over")]
+    CorruptCheckpoint { path: String, msg: String },
+    #[error("checkpoint {path} belongs to a different search ({msg}); use another --out, or rerun with the original settings")]
+    ForeignCheckpoint { path: String, msg: String },
+    #[error("{path} already holds a search checkpoint: pass --resume to continue it, or choose another --out")]
+    CheckpointExists { path: String },
+    #[error("--resume: no checkpoint at {path}")]
+    NoCheckpoint { path: String },
+    #[error("external scorer on {candidate}: {msg}")]
+    Scorer { candidate: String, msg: String },
+}
+
+pub type SResult<T> = Result<T, SearchError>;
