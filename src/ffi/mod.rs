@@ -225,6 +225,22 @@ unsafe fn slice<'a>(
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
+/// Unregisters and frees a handle created by `Box::into_raw`.
+///
+/// # Safety
+/// `p` must be NULL or a pointer this module registered under `kind`.
+unsafe fn destroy<T>(p: *mut T, kind: u8, what: &str) -> FfiResult {
+    if p.is_null() || !unregister(p as usize, kind) {
+        return err(
+            EcadInvalidHandle,
+            format!("not a live {what} handle (NULL or destroyed)"),
+        );
+    }
+    // SAFETY: registered handles come from Box::into_raw and are unregistered now.
+    drop(unsafe { Box::from_raw(p) });
+    Ok(())
+}
+
 fn engine<'a>(e: *const EcadEngine) -> Result<&'a EcadEngine, (EcadStatus, String)> {
     if e.is_null() || !is_live(e as usize, ENGINE) {
         return err(
@@ -332,17 +348,7 @@ pub unsafe extern "C" fn ecad_engine_create(
 /// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn ecad_engine_destroy(e: *mut EcadEngine) -> EcadStatus {
-    guard(|| {
-        if e.is_null() || !unregister(e as usize, ENGINE) {
-            return err(
-                EcadInvalidHandle,
-                "not a live engine handle (NULL or destroyed)",
-            );
-        }
-        // SAFETY: the handle was created by Box::into_raw and is unregistered now.
-        drop(unsafe { Box::from_raw(e) });
-        Ok(())
-    })
+    guard(|| unsafe { destroy(e, ENGINE, "engine") })
 }
 
 /// Model dimensions, for sizing buffers: latent channels, caption (text embedding) width,
@@ -456,17 +462,7 @@ pub unsafe extern "C" fn ecad_schedule_heuristic(
 /// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn ecad_schedule_destroy(s: *mut EcadSchedule) -> EcadStatus {
-    guard(|| {
-        if s.is_null() || !unregister(s as usize, SCHEDULE) {
-            return err(
-                EcadInvalidHandle,
-                "not a live schedule handle (NULL or destroyed)",
-            );
-        }
-        // SAFETY: created by Box::into_raw, unregistered now.
-        drop(unsafe { Box::from_raw(s) });
-        Ok(())
-    })
+    guard(|| unsafe { destroy(s, SCHEDULE, "schedule") })
 }
 
 /// Runs the whole sampling loop (DPM-Solver++, CFG when guidance > 1) from `params->latents`
