@@ -7,6 +7,7 @@ pub mod generate;
 pub mod image;
 
 use crate::backend::Backend;
+use crate::models::flux::{FluxConfig, FluxTransformer};
 use crate::models::pixart::{PixArtConfig, PixArtTransformer};
 use crate::models::{MResult, RandomSource};
 use crate::weights::config::JsonConfig;
@@ -108,6 +109,16 @@ pub fn load_pixart<B: Backend>(be: &B, path: &Path) -> MResult<PixArtTransformer
     let store = dir.transformer_weights()?;
     check_store(&store, &config.expected_tensors())?;
     PixArtTransformer::load(be, config, &store)
+}
+
+/// Loads a FLUX transformer (FluxTransformer2DModel) from a model folder, validating every
+/// tensor first.
+pub fn load_flux<B: Backend>(be: &B, path: &Path) -> MResult<FluxTransformer<B>> {
+    let dir = ModelDir::resolve(path)?;
+    let config = FluxConfig::from_json(&dir.transformer_config()?)?;
+    let store = dir.transformer_weights()?;
+    check_store(&store, &config.expected_tensors())?;
+    FluxTransformer::load(be, config, &store)
 }
 
 /// The embedded demo transformer: PixArt's structure (28 blocks, so ECAD's real 28-block

@@ -1,0 +1,613 @@
+//! `FluxTransformer2DModel` (FLUX.1), computing what diffusers 0.42 computes.
+//! See shared/docs/flux-spec.md §7 for the exact order of operations.
+//!
+//! Caching coordinates: every cacheable component goes through
+//! [`ComponentCache::component`]`(block, comp, ..)`. Double-stream blocks are blocks
+//! `0..num_layers`; single-stream blocks are numbered after them, `num_layers + j` for
+//! `single_transformer_blocks.{j}`. Inside a block, `comp` is the component's genome position
+//! (`cache::schedule::Component::slot`): [`FULL_ATTN`], [`FULL_FF`], [`FULL_FF_CONTEXT`] for
+//! double blocks and [`SINGLE_ATTN`], [`SINGLE_PROJ_MLP`], [`SINGLE_PROJ_OUT`] for single
+//! blocks. This is the block order of ECAD's schedule bits (`blocks + single_blocks`, 3 each).
+//! `FULL_ATTN` caches both joint-attention outputs as one tensor `[B, N_txt + N_img, D]`
+//! (text `to_add_out` first, then image `to_out.0`).
+
+pub mod config;
+
+pub use config::FluxConfig;
+
+use super::embeddings::timestep_embeddings;
+use super::{load, Linear, MResult, ModelError, TensorSource};
+use crate::backend::{Activation, BResult, Backend, Tensor};
+use crate::cache::{ComponentCache, NoCache};
+
+/// Double block: joint attention (image `to_out.0` and text `to_add_out`).
+pub const FULL_ATTN: usize = 0;
+/// Double block: image-stream feed-forward output (before `gate_mlp`).
+pub const FULL_FF: usize = 1;
+/// Double block: text-stream feed-forward output (before `c_gate_mlp`).
+pub const FULL_FF_CONTEXT: usize = 2;
+/// Single block: attention output (no output projection).
+pub const SINGLE_ATTN: usize = 0;
+/// Single block: `proj_mlp` output, before the GELU.
+pub const SINGLE_PROJ_MLP: usize = 1;
+/// Single block: `proj_out` output, before the gate.
+pub const SINGLE_PROJ_OUT: usize = 2;
+
+/// LayerNorm / RMSNorm epsilon everywhere in the FLUX transformer.
+const EPS: f32 = 1e-6;
+
+/// `TimestepEmbedding` (and `PixArtAlphaTextProjection` with act "silu", same structure):
+/// linear_1 → SiLU → linear_2.
+pub struct TimestepEmbedding<B: Backend> {
+    pub linear_1: Linear<B>,
+    pub linear_2: Linear<B>,
+}
+
+impl<B: Backend> TimestepEmbedding<B> {
+    fn load(be: &B, src: &dyn TensorSource, p: &str, i: usize, o: usize) -> MResult<Self> {
+        Ok(TimestepEmbedding {
+            linear_1: Linear::load(be, src, &format!("{p}.linear_1"), i, o, true)?,
+            linear_2: Linear::load(be, src, &format!("{p}.linear_2"), o, o, true)?,
+        })
+    }
+    pub fn forward(&self, be: &B, x: &Tensor<B>) -> BResult<Tensor<B>> {
+        let h = self.linear_1.forward_act(be, x, Activation::Silu)?;
+        self.linear_2.forward(be, &h)
+    }
+}
+
+/// `time_text_embed`: CombinedTimestepGuidanceTextProjEmbeddings (with `guidance_embedder`) or
+/// CombinedTimestepTextProjEmbeddings (without).
+pub struct TimeTextEmbed<B: Backend> {
+    pub timestep_embedder: TimestepEmbedding<B>,
+    pub guidance_embedder: Option<TimestepEmbedding<B>>,
+    pub text_embedder: TimestepEmbedding<B>,
+}
+
+/// `AdaLayerNormZero` / `AdaLayerNormZeroSingle` / `AdaLayerNormContinuous`: only `linear` has
+/// weights (the LayerNorm is non-affine).
+pub struct AdaNorm<B: Backend> {
+    pub linear: Linear<B>,
+}
+
+/// `attn` of a double block (FluxAttention with `added_kv_proj_dim`).
+pub struct JointAttention<B: Backend> {
+    pub to_q: Linear<B>,
+    pub to_k: Linear<B>,
+    pub to_v: Linear<B>,
+    pub norm_q: Tensor<B>,
+    pub norm_k: Tensor<B>,
+    pub add_q_proj: Linear<B>,
+    pub add_k_proj: Linear<B>,
+    pub add_v_proj: Linear<B>,
+    pub norm_added_q: Tensor<B>,
+    pub norm_added_k: Tensor<B>,
+    /// `to_out.0`
+    pub to_out_0: Linear<B>,
+    pub to_add_out: Linear<B>,
+}
+
+/// `attn` of a single block (FluxAttention, `pre_only`: no output projection).
+pub struct SingleAttention<B: Backend> {
+    pub to_q: Linear<B>,
+    pub to_k: Linear<B>,
+    pub to_v: Linear<B>,
+    pub norm_q: Tensor<B>,
+    pub norm_k: Tensor<B>,
+}
+
+/// `ff` / `ff_context` (FeedForward, gelu-approximate): `net.0.proj` → GELU(tanh) → `net.2`.
+pub struct FeedForward<B: Backend> {
+    pub net_0_proj: Linear<B>,
+    pub net_2: Linear<B>,
+}
+
+impl<B: Backend> FeedForward<B> {
+    fn load(be: &B, src: &dyn TensorSource, p: &str, d: usize, m: usize) -> MResult<Self> {
+        Ok(FeedForward {
+            net_0_proj: Linear::load(be, src, &format!("{p}.net.0.proj"), d, m, true)?,
+            net_2: Linear::load(be, src, &format!("{p}.net.2"), m, d, true)?,
+        })
+    }
+    fn forward(&self, be: &B, x: &Tensor<B>) -> BResult<Tensor<B>> {
+        let h = self.net_0_proj.forward_act(be, x, Activation::GeluTanh)?;
+        self.net_2.forward(be, &h)
+    }
+}
+
+/// `transformer_blocks.{i}` (FluxTransformerBlock, double stream).
+pub struct FluxTransformerBlock<B: Backend> {
+    pub norm1: AdaNorm<B>,
+    pub norm1_context: AdaNorm<B>,
+    pub attn: JointAttention<B>,
+    pub ff: FeedForward<B>,
+    pub ff_context: FeedForward<B>,
+}
+
+/// `single_transformer_blocks.{i}` (FluxSingleTransformerBlock).
+pub struct FluxSingleTransformerBlock<B: Backend> {
+    pub norm: AdaNorm<B>,
+    pub attn: SingleAttention<B>,
+    pub proj_mlp: Linear<B>,
+    pub proj_out: Linear<B>,
+}
+
+/// The whole transformer.
+pub struct FluxTransformer<B: Backend> {
+    pub config: FluxConfig,
+    pub x_embedder: Linear<B>,
+    pub context_embedder: Linear<B>,
+    pub time_text_embed: TimeTextEmbed<B>,
+    pub transformer_blocks: Vec<FluxTransformerBlock<B>>,
+    pub single_transformer_blocks: Vec<FluxSingleTransformerBlock<B>>,
+    pub norm_out: AdaNorm<B>,
+    pub proj_out: Linear<B>,
+}
+
+/// Per-step conditioning: `SiLU(temb)`, the input of every modulation linear, `[B, D]`.
+pub struct FluxConditioning<B: Backend> {
+    pub temb_silu: Tensor<B>,
+}
+
+/// RoPE tables for the joint sequence (text first), each `[N_txt + N_img, head_dim / 2]`.
+pub struct RopeTables<B: Backend> {
+    pub cos: Tensor<B>,
+    pub sin: Tensor<B>,
+}
+
+/// Host-side inputs of one forward call (shapes as in the FLUX `forward` CLI contract).
+pub struct FluxForwardInputs<'a> {
+    /// `[B, N_img, in_channels]`
+    pub hidden_states: (&'a [usize], &'a [f32]),
+    /// `[B, N_txt, joint_attention_dim]`
+    pub encoder_hidden_states: (&'a [usize], &'a [f32]),
+    /// `[B, pooled_projection_dim]`
+    pub pooled_projections: (&'a [usize], &'a [f32]),
+    /// `[B]` (or `[1]`), `t / 1000` as FluxPipeline passes it
+    pub timestep: &'a [f32],
+    /// `[N_img, 3]`
+    pub img_ids: (&'a [usize], &'a [f32]),
+    /// `[N_txt, 3]`
+    pub txt_ids: (&'a [usize], &'a [f32]),
+    /// `[B]` (or `[1]`); used only when the config has `guidance_embeds`
+    pub guidance: Option<&'a [f32]>,
+}
+
+fn input_err(msg: impl Into<String>) -> ModelError {
+    ModelError::Input(msg.into())
+}
+
+/// diffusers `FluxPosEmbed(theta=10000, axes_dim)` on position ids `[S, axes]` (row-major),
+/// returned per rotation pair (`[S, Σ axes / 2]`, what the `rope` op takes): for axis `a` and
+/// pair `j`, angle `f32(id) · 1/θ^(2j/d_a)` computed in f64, cos/sin rounded to f32.
+pub fn rope_tables(axes_dims: &[usize], ids: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let n_axes = axes_dims.len();
+    let s = ids.len() / n_axes.max(1);
+    let half: usize = axes_dims.iter().sum::<usize>() / 2;
+    let mut cos = Vec::with_capacity(s * half);
+    let mut sin = Vec::with_capacity(s * half);
+    for r in 0..s {
+        for (a, &d) in axes_dims.iter().enumerate() {
+            let pos = ids[r * n_axes + a] as f64;
+            for j in 0..d / 2 {
+                let w = 1.0 / config::ROPE_THETA.powf((2 * j) as f64 / d as f64);
+                let ang = pos * w;
+                cos.push(ang.cos() as f32);
+                sin.push(ang.sin() as f32);
+            }
+        }
+    }
+    (cos, sin)
+}
+
+/// Chunk `j` (of width `d`) of a modulation vector `[B, k·d]`.
+fn chunk<B: Backend>(be: &B, m: &Tensor<B>, j: usize, d: usize) -> BResult<Tensor<B>> {
+    be.narrow(m, 1, j * d, d)
+}
+
+/// Projection + per-head RMSNorm (QK norm): `[B, S, H·hd]`.
+fn project_norm<B: Backend>(
+    be: &B,
+    lin: &Linear<B>,
+    norm: &Tensor<B>,
+    x: &Tensor<B>,
+    hd: usize,
+) -> BResult<Tensor<B>> {
+    let y = lin.forward(be, x)?;
+    let shape = y.shape().to_vec();
+    let rows = y.numel() / hd;
+    be.rms_norm(&y.reshape(&[rows, hd])?, Some(norm), EPS)?
+        .reshape(&shape)
+}
+
+fn broadcast_batch(v: &[f32], n: usize, what: &str) -> MResult<Vec<f32>> {
+    if v.len() == n {
+        Ok(v.to_vec())
+    } else if v.len() == 1 {
+        Ok(vec![v[0]; n])
+    } else {
+        Err(input_err(format!(
+            "{what} must have {n} values (or 1), got {}",
+            v.len()
+        )))
+    }
+}
+
+impl<B: Backend> FluxTransformer<B> {
+    /// Builds the model from a tensor source (checkpoint or seeded random weights).
+    pub fn load(be: &B, config: FluxConfig, src: &dyn TensorSource) -> MResult<Self> {
+        let c = &config;
+        let d = c.inner_dim();
+        let hd = c.attention_head_dim;
+        let m = c.mlp_dim();
+        let lin = |p: &str, i: usize, o: usize| Linear::load(be, src, p, i, o, true);
+        let te = "time_text_embed";
+        let time_text_embed = TimeTextEmbed {
+            timestep_embedder: TimestepEmbedding::load(
+                be,
+                src,
+                &format!("{te}.timestep_embedder"),
+                256,
+                d,
+            )?,
+            guidance_embedder: if c.guidance_embeds {
+                Some(TimestepEmbedding::load(
+                    be,
+                    src,
+                    &format!("{te}.guidance_embedder"),
+                    256,
+                    d,
+                )?)
+            } else {
+                None
+            },
+            text_embedder: TimestepEmbedding::load(
+                be,
+                src,
+                &format!("{te}.text_embedder"),
+                c.pooled_projection_dim,
+                d,
+            )?,
+        };
+        let mut transformer_blocks = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let b = format!("transformer_blocks.{i}");
+            let a = format!("{b}.attn");
+            transformer_blocks.push(FluxTransformerBlock {
+                norm1: AdaNorm {
+                    linear: lin(&format!("{b}.norm1.linear"), d, 6 * d)?,
+                },
+                norm1_context: AdaNorm {
+                    linear: lin(&format!("{b}.norm1_context.linear"), d, 6 * d)?,
+                },
+                attn: JointAttention {
+                    to_q: lin(&format!("{a}.to_q"), d, d)?,
+                    to_k: lin(&format!("{a}.to_k"), d, d)?,
+                    to_v: lin(&format!("{a}.to_v"), d, d)?,
+                    norm_q: load(be, src, &format!("{a}.norm_q.weight"), &[hd])?,
+                    norm_k: load(be, src, &format!("{a}.norm_k.weight"), &[hd])?,
+                    add_q_proj: lin(&format!("{a}.add_q_proj"), d, d)?,
+                    add_k_proj: lin(&format!("{a}.add_k_proj"), d, d)?,
+                    add_v_proj: lin(&format!("{a}.add_v_proj"), d, d)?,
+                    norm_added_q: load(be, src, &format!("{a}.norm_added_q.weight"), &[hd])?,
+                    norm_added_k: load(be, src, &format!("{a}.norm_added_k.weight"), &[hd])?,
+                    to_out_0: lin(&format!("{a}.to_out.0"), d, d)?,
+                    to_add_out: lin(&format!("{a}.to_add_out"), d, d)?,
+                },
+                ff: FeedForward::load(be, src, &format!("{b}.ff"), d, m)?,
+                ff_context: FeedForward::load(be, src, &format!("{b}.ff_context"), d, m)?,
+            });
+        }
+        let mut single_transformer_blocks = Vec::with_capacity(c.num_single_layers);
+        for i in 0..c.num_single_layers {
+            let b = format!("single_transformer_blocks.{i}");
+            let a = format!("{b}.attn");
+            single_transformer_blocks.push(FluxSingleTransformerBlock {
+                norm: AdaNorm {
+                    linear: lin(&format!("{b}.norm.linear"), d, 3 * d)?,
+                },
+                attn: SingleAttention {
+                    to_q: lin(&format!("{a}.to_q"), d, d)?,
+                    to_k: lin(&format!("{a}.to_k"), d, d)?,
+                    to_v: lin(&format!("{a}.to_v"), d, d)?,
+                    norm_q: load(be, src, &format!("{a}.norm_q.weight"), &[hd])?,
+                    norm_k: load(be, src, &format!("{a}.norm_k.weight"), &[hd])?,
+                },
+                proj_mlp: lin(&format!("{b}.proj_mlp"), d, m)?,
+                proj_out: lin(&format!("{b}.proj_out"), d + m, d)?,
+            });
+        }
+        Ok(FluxTransformer {
+            x_embedder: lin("x_embedder", c.in_channels, d)?,
+            context_embedder: lin("context_embedder", c.joint_attention_dim, d)?,
+            time_text_embed,
+            transformer_blocks,
+            single_transformer_blocks,
+            norm_out: AdaNorm {
+                linear: lin("norm_out.linear", d, 2 * d)?,
+            },
+            proj_out: lin("proj_out", d, c.proj_out_dim())?,
+            config,
+        })
+    }
+
+    fn heads(&self) -> usize {
+        self.config.num_attention_heads
+    }
+    fn attn_scale(&self) -> f32 {
+        1.0 / (self.config.attention_head_dim as f32).sqrt()
+    }
+
+    /// `time_text_embed` → `SiLU(temb)`. `timestep` is `t / 1000` (scaled back by 1000 in f32 as
+    /// diffusers does), `guidance` the raw guidance value (required iff `guidance_embeds`),
+    /// `pooled: [B, pooled_projection_dim]`.
+    pub fn condition(
+        &self,
+        be: &B,
+        timestep: &[f32],
+        guidance: Option<&[f32]>,
+        pooled: &Tensor<B>,
+    ) -> MResult<FluxConditioning<B>> {
+        let n = pooled.dim(0);
+        let tte = &self.time_text_embed;
+        let t: Vec<f32> = broadcast_batch(timestep, n, "timestep")?
+            .into_iter()
+            .map(|v| v * 1000.0)
+            .collect();
+        let tp = be.upload(timestep_embeddings(&t, 256, true, 0.0), &[n, 256])?;
+        let mut temb = tte.timestep_embedder.forward(be, &tp)?;
+        if let Some(ge) = &tte.guidance_embedder {
+            let g = guidance.ok_or_else(|| {
+                input_err("this model has guidance embeddings: `guidance` [B] is required")
+            })?;
+            let g: Vec<f32> = broadcast_batch(g, n, "guidance")?
+                .into_iter()
+                .map(|v| v * 1000.0)
+                .collect();
+            let gp = be.upload(timestep_embeddings(&g, 256, true, 0.0), &[n, 256])?;
+            temb = be.add(&temb, &ge.forward(be, &gp)?)?;
+        }
+        let p = tte.text_embedder.forward(be, pooled)?;
+        let temb = be.add(&temb, &p)?;
+        Ok(FluxConditioning {
+            temb_silu: be.activation(&temb, Activation::Silu)?,
+        })
+    }
+
+    /// RoPE tables from `txt_ids [N_txt, axes]` and `img_ids [N_img, axes]` (text first).
+    pub fn rope(&self, be: &B, txt_ids: &[f32], img_ids: &[f32]) -> MResult<RopeTables<B>> {
+        let axes = &self.config.axes_dims_rope;
+        let na = axes.len();
+        if txt_ids.len() % na != 0 || img_ids.len() % na != 0 {
+            return Err(input_err(format!("position ids must be [N, {na}]")));
+        }
+        let ids: Vec<f32> = txt_ids.iter().chain(img_ids).copied().collect();
+        let (cos, sin) = rope_tables(axes, &ids);
+        let s = ids.len() / na;
+        let half = self.config.attention_head_dim / 2;
+        Ok(RopeTables {
+            cos: be.upload(cos, &[s, half])?,
+            sin: be.upload(sin, &[s, half])?,
+        })
+    }
+
+    /// One double-stream block: `(c, x) → (c, x)`.
+    #[allow(clippy::too_many_arguments)]
+    fn double_block(
+        &self,
+        be: &B,
+        index: usize,
+        x: Tensor<B>,
+        c: Tensor<B>,
+        cond: &FluxConditioning<B>,
+        rope: &RopeTables<B>,
+        cache: &mut dyn ComponentCache<B>,
+    ) -> BResult<(Tensor<B>, Tensor<B>)> {
+        let blk = &self.transformer_blocks[index];
+        let d = self.config.inner_dim();
+        let hd = self.config.attention_head_dim;
+        let (heads, scale) = (self.heads(), self.attn_scale());
+        let (nt, ni) = (c.dim(1), x.dim(1));
+        let e = blk.norm1.linear.forward(be, &cond.temb_silu)?;
+        let ec = blk.norm1_context.linear.forward(be, &cond.temb_silu)?;
+        // AdaLayerNormZero chunk order: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
+        let attn = cache.component(index, FULL_ATTN, &mut || {
+            let at = &blk.attn;
+            let xn =
+                be.layer_norm_modulate(&x, &chunk(be, &e, 0, d)?, &chunk(be, &e, 1, d)?, EPS)?;
+            let cn =
+                be.layer_norm_modulate(&c, &chunk(be, &ec, 0, d)?, &chunk(be, &ec, 1, d)?, EPS)?;
+            let q = project_norm(be, &at.to_q, &at.norm_q, &xn, hd)?;
+            let k = project_norm(be, &at.to_k, &at.norm_k, &xn, hd)?;
+            let v = at.to_v.forward(be, &xn)?;
+            let eq = project_norm(be, &at.add_q_proj, &at.norm_added_q, &cn, hd)?;
+            let ek = project_norm(be, &at.add_k_proj, &at.norm_added_k, &cn, hd)?;
+            let ev = at.add_v_proj.forward(be, &cn)?;
+            // Text first.
+            let q = be.rope(&be.concat(&[&eq, &q], 1)?, &rope.cos, &rope.sin, heads)?;
+            let k = be.rope(&be.concat(&[&ek, &k], 1)?, &rope.cos, &rope.sin, heads)?;
+            let v = be.concat(&[&ev, &v], 1)?;
+            let o = be.attention(&q, &k, &v, heads, scale, None, None, false)?;
+            let a_txt = at.to_add_out.forward(be, &be.narrow(&o, 1, 0, nt)?)?;
+            let a_img = at.to_out_0.forward(be, &be.narrow(&o, 1, nt, ni)?)?;
+            be.concat(&[&a_txt, &a_img], 1)
+        })?;
+        let a_txt = be.narrow(&attn, 1, 0, nt)?;
+        let a_img = be.narrow(&attn, 1, nt, ni)?;
+
+        let x = be.gate_residual(&x, Some(&chunk(be, &e, 2, d)?), &a_img)?;
+        let f = cache.component(index, FULL_FF, &mut || {
+            let xn =
+                be.layer_norm_modulate(&x, &chunk(be, &e, 3, d)?, &chunk(be, &e, 4, d)?, EPS)?;
+            blk.ff.forward(be, &xn)
+        })?;
+        let x = be.gate_residual(&x, Some(&chunk(be, &e, 5, d)?), &f)?;
+
+        let c = be.gate_residual(&c, Some(&chunk(be, &ec, 2, d)?), &a_txt)?;
+        let fc = cache.component(index, FULL_FF_CONTEXT, &mut || {
+            let cn =
+                be.layer_norm_modulate(&c, &chunk(be, &ec, 3, d)?, &chunk(be, &ec, 4, d)?, EPS)?;
+            blk.ff_context.forward(be, &cn)
+        })?;
+        let c = be.gate_residual(&c, Some(&chunk(be, &ec, 5, d)?), &fc)?;
+        Ok((c, x))
+    }
+
+    /// One single-stream block on the joint sequence `s = [c, x]` (text first).
+    fn single_block(
+        &self,
+        be: &B,
+        index: usize,
+        s: Tensor<B>,
+        cond: &FluxConditioning<B>,
+        rope: &RopeTables<B>,
+        cache: &mut dyn ComponentCache<B>,
+    ) -> BResult<Tensor<B>> {
+        let blk = &self.single_transformer_blocks[index];
+        let cache_block = self.config.num_layers + index;
+        let d = self.config.inner_dim();
+        let hd = self.config.attention_head_dim;
+        let (heads, scale) = (self.heads(), self.attn_scale());
+        // AdaLayerNormZeroSingle chunk order: shift, scale, gate.
+        let e = blk.norm.linear.forward(be, &cond.temb_silu)?;
+        // The modulated norm feeds both attn and proj_mlp; computed at most once, only if needed.
+        let mut normed: Option<Tensor<B>> = None;
+        let mut norm = || -> BResult<Tensor<B>> {
+            if let Some(t) = &normed {
+                return Ok(t.clone());
+            }
+            let t =
+                be.layer_norm_modulate(&s, &chunk(be, &e, 0, d)?, &chunk(be, &e, 1, d)?, EPS)?;
+            normed = Some(t.clone());
+            Ok(t)
+        };
+        let mlp = cache.component(cache_block, SINGLE_PROJ_MLP, &mut || {
+            blk.proj_mlp.forward(be, &norm()?)
+        })?;
+        let mlp = be.activation(&mlp, Activation::GeluTanh)?;
+        let attn = cache.component(cache_block, SINGLE_ATTN, &mut || {
+            let n = norm()?;
+            let at = &blk.attn;
+            let q = project_norm(be, &at.to_q, &at.norm_q, &n, hd)?;
+            let k = project_norm(be, &at.to_k, &at.norm_k, &n, hd)?;
+            let v = at.to_v.forward(be, &n)?;
+            let q = be.rope(&q, &rope.cos, &rope.sin, heads)?;
+            let k = be.rope(&k, &rope.cos, &rope.sin, heads)?;
+            be.attention(&q, &k, &v, heads, scale, None, None, false)
+        })?;
+        let p = cache.component(cache_block, SINGLE_PROJ_OUT, &mut || {
+            blk.proj_out.forward(be, &be.concat(&[&attn, &mlp], 2)?)
+        })?;
+        be.gate_residual(&s, Some(&chunk(be, &e, 2, d)?), &p)
+    }
+
+    /// The transformer on prepared conditioning and RoPE tables:
+    /// `x: [B, N_img, in_channels]`, `context: [B, N_txt, joint_attention_dim]` →
+    /// `[B, N_img, patch² · out_channels]`.
+    pub fn forward_prepared(
+        &self,
+        be: &B,
+        hidden_states: &Tensor<B>,
+        encoder_hidden_states: &Tensor<B>,
+        cond: &FluxConditioning<B>,
+        rope: &RopeTables<B>,
+        cache: &mut dyn ComponentCache<B>,
+    ) -> MResult<Tensor<B>> {
+        let c = &self.config;
+        let (x_in, y_in) = (hidden_states, encoder_hidden_states);
+        if x_in.dims() != 3 || x_in.dim(2) != c.in_channels {
+            return Err(input_err(format!(
+                "hidden_states must be [B, N_img, {}], got {:?}",
+                c.in_channels,
+                x_in.shape()
+            )));
+        }
+        let n = x_in.dim(0);
+        if y_in.dims() != 3 || y_in.dim(0) != n || y_in.dim(2) != c.joint_attention_dim {
+            return Err(input_err(format!(
+                "encoder_hidden_states must be [{n}, N_txt, {}], got {:?}",
+                c.joint_attention_dim,
+                y_in.shape()
+            )));
+        }
+        let (ni, nt) = (x_in.dim(1), y_in.dim(1));
+        if rope.cos.dim(0) != ni + nt {
+            return Err(input_err(format!(
+                "position ids cover {} tokens, the sequence has {nt} text + {ni} image tokens",
+                rope.cos.dim(0)
+            )));
+        }
+        if cond.temb_silu.dim(0) != n {
+            return Err(input_err(format!(
+                "batch mismatch: hidden_states {n}, conditioning {}",
+                cond.temb_silu.dim(0)
+            )));
+        }
+        let mut x = self.x_embedder.forward(be, x_in)?;
+        let mut ctx = self.context_embedder.forward(be, y_in)?;
+        for i in 0..self.transformer_blocks.len() {
+            (ctx, x) = self.double_block(be, i, x, ctx, cond, rope, cache)?;
+        }
+        let mut s = be.concat(&[&ctx, &x], 1)?;
+        for i in 0..self.single_transformer_blocks.len() {
+            s = self.single_block(be, i, s, cond, rope, cache)?;
+        }
+        let x = be.narrow(&s, 1, nt, ni)?;
+        // AdaLayerNormContinuous: scale first, then shift.
+        let d = c.inner_dim();
+        let e = self.norm_out.linear.forward(be, &cond.temb_silu)?;
+        let x = be.layer_norm_modulate(&x, &chunk(be, &e, 1, d)?, &chunk(be, &e, 0, d)?, EPS)?;
+        Ok(self.proj_out.forward(be, &x)?)
+    }
+
+    /// One full forward from host inputs (the `forward` command), with no caching.
+    pub fn forward(&self, be: &B, inp: &FluxForwardInputs<'_>) -> MResult<Tensor<B>> {
+        let c = &self.config;
+        let (xs, xd) = inp.hidden_states;
+        let (ys, yd) = inp.encoder_hidden_states;
+        let (ps, pd) = inp.pooled_projections;
+        if xs.len() != 3 {
+            return Err(input_err(format!(
+                "hidden_states must be [B, N_img, {}], got {xs:?}",
+                c.in_channels
+            )));
+        }
+        let n = xs[0];
+        if ps != [n, c.pooled_projection_dim] {
+            return Err(input_err(format!(
+                "pooled_projections must be [{n}, {}], got {ps:?}",
+                c.pooled_projection_dim
+            )));
+        }
+        let na = c.axes_dims_rope.len();
+        let (is, id) = inp.img_ids;
+        let (ts, td) = inp.txt_ids;
+        // diffusers accepts (deprecated) 3-D ids and uses the first batch row.
+        let ids2 = |s: &[usize], d: &'_ [f32], what: &str, len: usize| -> MResult<Vec<f32>> {
+            let ok = match s.len() {
+                2 => s == [len, na],
+                3 => s[1] == len && s[2] == na,
+                _ => false,
+            };
+            if !ok {
+                return Err(input_err(format!(
+                    "{what} must be [{len}, {na}], got {s:?}"
+                )));
+            }
+            Ok(d[..len * na].to_vec())
+        };
+        let img = ids2(is, id, "img_ids", xs[1])?;
+        let txt = ids2(ts, td, "txt_ids", if ys.len() == 3 { ys[1] } else { 0 })?;
+        let x = be.upload(xd.to_vec(), xs)?;
+        let y = be.upload(yd.to_vec(), ys)?;
+        let pooled = be.upload(pd.to_vec(), ps)?;
+        let guidance = if c.guidance_embeds {
+            inp.guidance
+        } else {
+            None
+        };
+        let cond = self.condition(be, inp.timestep, guidance, &pooled)?;
+        let rope = self.rope(be, &txt, &img)?;
+        self.forward_prepared(be, &x, &y, &cond, &rope, &mut NoCache)
+    }
+}
