@@ -165,3 +165,67 @@ fn float32_reference_agrees_within_its_drift() {
         );
     }
 }
+
+/// `ecad-native forward` detects FLUX configs and runs the contract's FLUX inputs (F32 ids in
+/// `guided`, I64 ids in `odd_shapes`), on the transformer folder and on a pipeline root.
+#[test]
+fn cli_forward_runs_flux_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (case, model) in [
+        ("guided", "transformer"),
+        ("odd_shapes", "transformer"),
+        ("schnell_like", ""),
+    ] {
+        let dir = fixtures().join("flux").join(case);
+        let out = tmp.path().join(format!("{case}.safetensors"));
+        let o = std::process::Command::new(bin())
+            .args(["forward", "--device", "cpu", "--model"])
+            .arg(dir.join(model))
+            .arg("--inputs")
+            .arg(dir.join("inputs.safetensors"))
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let got = read_inputs(&out).unwrap();
+        let (_, exp, drift) = case_data(case);
+        assert_eq!(got["sample"].shape, exp["sample_f64"].shape);
+        let err = rel_l2(&got["sample"].data, &exp["sample_f64"].data);
+        assert!(err < DRIFT_FACTOR * drift, "{case}: {err:.3e}");
+    }
+}
+
+/// A guidance-distilled model without `guidance` is refused with one clear line and no output.
+#[test]
+fn cli_forward_requires_guidance_when_embedded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixtures().join("flux/guided");
+    let inp = read_inputs(&dir.join("inputs.safetensors")).unwrap();
+    let path = tmp.path().join("in.safetensors");
+    let kept: Vec<(&str, &HostTensor)> = inp
+        .iter()
+        .filter(|(k, _)| k.as_str() != "guidance")
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    ecad_native::weights::write_outputs(&path, &kept).unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let o = std::process::Command::new(bin())
+        .args(["forward", "--device", "cpu", "--model"])
+        .arg(dir.join("transformer"))
+        .arg("--inputs")
+        .arg(&path)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("guidance"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!out.exists());
+}
