@@ -143,6 +143,26 @@ impl<B: Backend> Linear<B> {
     }
 }
 
+/// `TimestepEmbedding` (also FLUX's `text_embedder`, a PixArtAlphaTextProjection with SiLU:
+/// the same structure): `linear_1` → SiLU → `linear_2`.
+pub struct TimestepEmbedding<B: Backend> {
+    pub linear_1: Linear<B>,
+    pub linear_2: Linear<B>,
+}
+
+impl<B: Backend> TimestepEmbedding<B> {
+    pub fn load(be: &B, src: &dyn TensorSource, p: &str, i: usize, o: usize) -> MResult<Self> {
+        Ok(TimestepEmbedding {
+            linear_1: Linear::load(be, src, &format!("{p}.linear_1"), i, o, true)?,
+            linear_2: Linear::load(be, src, &format!("{p}.linear_2"), o, o, true)?,
+        })
+    }
+    pub fn forward(&self, be: &B, x: &Tensor<B>) -> BResult<Tensor<B>> {
+        let h = self.linear_1.forward_act(be, x, Activation::Silu)?;
+        self.linear_2.forward(be, &h)
+    }
+}
+
 /// Relative L2 error `‖a − b‖₂ / ‖b‖₂`, computed in f64.
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let mut num = 0f64;

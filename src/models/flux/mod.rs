@@ -16,7 +16,7 @@ pub mod config;
 pub use config::FluxConfig;
 
 use super::embeddings::timestep_embeddings;
-use super::{load, Linear, MResult, ModelError, TensorSource};
+use super::{load, Linear, MResult, ModelError, TensorSource, TimestepEmbedding};
 use crate::backend::{Activation, BResult, Backend, Tensor};
 use crate::cache::{ComponentCache, NoCache};
 
@@ -35,26 +35,6 @@ pub const SINGLE_PROJ_OUT: usize = 2;
 
 /// LayerNorm / RMSNorm epsilon everywhere in the FLUX transformer.
 const EPS: f32 = 1e-6;
-
-/// `TimestepEmbedding` (and `PixArtAlphaTextProjection` with act "silu", same structure):
-/// linear_1 → SiLU → linear_2.
-pub struct TimestepEmbedding<B: Backend> {
-    pub linear_1: Linear<B>,
-    pub linear_2: Linear<B>,
-}
-
-impl<B: Backend> TimestepEmbedding<B> {
-    fn load(be: &B, src: &dyn TensorSource, p: &str, i: usize, o: usize) -> MResult<Self> {
-        Ok(TimestepEmbedding {
-            linear_1: Linear::load(be, src, &format!("{p}.linear_1"), i, o, true)?,
-            linear_2: Linear::load(be, src, &format!("{p}.linear_2"), o, o, true)?,
-        })
-    }
-    pub fn forward(&self, be: &B, x: &Tensor<B>) -> BResult<Tensor<B>> {
-        let h = self.linear_1.forward_act(be, x, Activation::Silu)?;
-        self.linear_2.forward(be, &h)
-    }
-}
 
 /// `time_text_embed`: CombinedTimestepGuidanceTextProjEmbeddings (with `guidance_embedder`) or
 /// CombinedTimestepTextProjEmbeddings (without).

@@ -6,7 +6,7 @@ pub mod config;
 pub use config::PixArtConfig;
 
 use super::embeddings::{sincos_pos_embed_2d, timestep_embeddings};
-use super::{load, Linear, MResult, ModelError, TensorSource};
+use super::{load, Linear, MResult, ModelError, TensorSource, TimestepEmbedding};
 use crate::backend::{Activation, BResult, Backend, Tensor};
 use crate::cache::{ComponentCache, NoCache};
 use std::collections::HashMap;
@@ -22,25 +22,6 @@ pub const COMPONENTS: [&str; 3] = ["attn1", "attn2", "ff"];
 pub struct PatchEmbed<B: Backend> {
     pub proj_weight: Tensor<B>,
     pub proj_bias: Tensor<B>,
-}
-
-/// `TimestepEmbedding`: linear_1 → SiLU → linear_2.
-pub struct TimestepEmbedding<B: Backend> {
-    pub linear_1: Linear<B>,
-    pub linear_2: Linear<B>,
-}
-
-impl<B: Backend> TimestepEmbedding<B> {
-    fn load(be: &B, src: &dyn TensorSource, p: &str, i: usize, o: usize) -> MResult<Self> {
-        Ok(TimestepEmbedding {
-            linear_1: Linear::load(be, src, &format!("{p}.linear_1"), i, o, true)?,
-            linear_2: Linear::load(be, src, &format!("{p}.linear_2"), o, o, true)?,
-        })
-    }
-    pub fn forward(&self, be: &B, x: &Tensor<B>) -> BResult<Tensor<B>> {
-        let h = self.linear_1.forward_act(be, x, Activation::Silu)?;
-        self.linear_2.forward(be, &h)
-    }
 }
 
 /// `adaln_single.emb` (PixArtAlphaCombinedTimestepSizeEmbeddings).
