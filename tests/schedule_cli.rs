@@ -206,3 +206,70 @@ fn denoise_refuses_bad_schedules_and_inputs() {
     // One step is not a sampling run.
     denoise_fails(&[&base[..], &["--steps", "1"]].concat(), &out, "at least 2");
 }
+
+/// FLUX schedules through the binary: a FluxTransformer2DModel config (FLUX.1-dev's values)
+/// and each shipped FLUX schedule at the resolution its `config` names (256 by default).
+#[test]
+fn macs_equal_stored_metrics_of_flux_schedules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("flux-dev");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"_class_name": "FluxTransformer2DModel", "attention_head_dim": 128,
+            "axes_dims_rope": [16, 56, 56], "guidance_embeds": true, "in_channels": 64,
+            "joint_attention_dim": 4096, "num_attention_heads": 24, "num_layers": 19,
+            "num_single_layers": 38, "patch_size": 1, "pooled_projection_dim": 768}"#,
+    )
+    .unwrap();
+    let root = shared().join("reference/ecad/schedules");
+    let mut files = Vec::new();
+    json_files(&root.join("schedules_in_paper/flux_256"), &mut files);
+    json_files(
+        &root.join("schedules_in_paper/flux_256_to_1024"),
+        &mut files,
+    );
+    json_files(&root.join("flux_cache_schedules"), &mut files);
+    assert!(files.len() >= 10, "{} files", files.len());
+    for f in &files {
+        let stored: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        let side = |k: &str| stored["config"][k].as_u64().unwrap_or(256).to_string();
+        let o = Command::new(bin())
+            .args([
+                "schedule",
+                "macs",
+                "--height",
+                &side("height"),
+                "--width",
+                &side("width"),
+            ])
+            .arg("--schedule")
+            .arg(f)
+            .arg("--model")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            got["total_macs"],
+            stored["metrics"]["total_macs"],
+            "{}",
+            f.display()
+        );
+        for (k, v) in got["by_inference_step"].as_object().unwrap() {
+            assert_eq!(
+                v,
+                &stored["metrics"]["by_inference_step"][k]["macs"],
+                "{} {k}",
+                f.display()
+            );
+        }
+    }
+}

@@ -1,4 +1,4 @@
-use crate::cache::macs::{ecad_macs, true_macs, TrueCostOptions};
+use crate::cache::macs::{ecad_macs, true_macs, FluxDims, ModelDims, TrueCostOptions};
 use crate::cache::schedule::Schedule;
 use crate::pipeline::bench::pixart_dims;
 use crate::pipeline::ModelDir;
@@ -22,7 +22,7 @@ pub enum ScheduleCommand {
         /// counted once per run).
         #[arg(long)]
         true_cost: bool,
-        /// Text tokens for --true-cost (α 120, Σ 300).
+        /// Text tokens for --true-cost (α 120, Σ 300, FLUX 512).
         #[arg(long, default_value_t = 120)]
         text_len: u64,
         /// Sequences per transformer call for --true-cost (2 = one prompt with CFG).
@@ -44,8 +44,23 @@ pub fn run(cmd: ScheduleCommand) -> anyhow::Result<()> {
         } => {
             let s = Schedule::from_path(&schedule)?;
             let dir = ModelDir::resolve(&model)?;
-            let cfg = crate::models::pixart::PixArtConfig::from_json(&dir.transformer_config()?)?;
-            let dims = pixart_dims(&cfg);
+            let json_cfg = dir.transformer_config()?;
+            let dims = if crate::models::flux::FluxConfig::is_flux(&json_cfg) {
+                let c = crate::models::flux::FluxConfig::from_json(&json_cfg)?;
+                ModelDims::Flux(FluxDims {
+                    num_layers: c.num_layers as u64,
+                    num_single_layers: c.num_single_layers as u64,
+                    attention_head_dim: c.attention_head_dim as u64,
+                    num_attention_heads: c.num_attention_heads as u64,
+                    in_channels: c.in_channels as u64,
+                    joint_attention_dim: c.joint_attention_dim as u64,
+                    pooled_projection_dim: c.pooled_projection_dim as u64,
+                    guidance_embeds: c.guidance_embeds,
+                    out_channels: Some(c.out_channels as u64),
+                })
+            } else {
+                pixart_dims(&crate::models::pixart::PixArtConfig::from_json(&json_cfg)?)
+            };
             let json = if true_cost {
                 let r = true_macs(
                     &s,
