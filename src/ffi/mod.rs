@@ -386,10 +386,17 @@ pub unsafe extern "C" fn ecad_engine_info(
     })
 }
 
-fn finish_schedule(s: Schedule, out: *mut *mut EcadSchedule) -> FfiResult {
-    let p = Box::into_raw(Box::new(EcadSchedule { schedule: s }));
+/// Checks `out`, builds the schedule and hands it to C as a registered handle.
+fn new_schedule(
+    out: *mut *mut EcadSchedule,
+    build: impl FnOnce() -> Result<Schedule, (EcadStatus, String)>,
+) -> FfiResult {
+    if out.is_null() {
+        return err(EcadNullPointer, "out is NULL");
+    }
+    let p = Box::into_raw(Box::new(EcadSchedule { schedule: build()? }));
     register(p as usize, SCHEDULE);
-    // SAFETY: callers check `out` first.
+    // SAFETY: `out` checked non-NULL above.
     unsafe { *out = p };
     Ok(())
 }
@@ -404,12 +411,10 @@ pub unsafe extern "C" fn ecad_schedule_from_file(
     out: *mut *mut EcadSchedule,
 ) -> EcadStatus {
     guard(|| {
-        if out.is_null() {
-            return err(EcadNullPointer, "out is NULL");
-        }
-        let p = unsafe { req_str(path, "path") }?;
-        let s = Schedule::from_path(p).map_err(|e| (EcadScheduleError, e.to_string()))?;
-        finish_schedule(s, out)
+        new_schedule(out, || {
+            let p = unsafe { req_str(path, "path") }?;
+            Schedule::from_path(p).map_err(|e| (EcadScheduleError, e.to_string()))
+        })
     })
 }
 
@@ -423,12 +428,10 @@ pub unsafe extern "C" fn ecad_schedule_from_json(
     out: *mut *mut EcadSchedule,
 ) -> EcadStatus {
     guard(|| {
-        if out.is_null() {
-            return err(EcadNullPointer, "out is NULL");
-        }
-        let j = unsafe { req_str(json, "json") }?;
-        let s = Schedule::from_json_str(j).map_err(|e| (EcadScheduleError, e.to_string()))?;
-        finish_schedule(s, out)
+        new_schedule(out, || {
+            let j = unsafe { req_str(json, "json") }?;
+            Schedule::from_json_str(j).map_err(|e| (EcadScheduleError, e.to_string()))
+        })
     })
 }
 
@@ -445,14 +448,12 @@ pub unsafe extern "C" fn ecad_schedule_heuristic(
     out: *mut *mut EcadSchedule,
 ) -> EcadStatus {
     guard(|| {
-        if out.is_null() {
-            return err(EcadNullPointer, "out is NULL");
-        }
-        let blocks = engine(e)?.model().config.num_layers;
-        let n = unsafe { req_str(name, "name") }?;
-        let s = heuristic_by_name(n, ModelFamily::PixArt, steps as usize, blocks, 0)
-            .map_err(|e| (EcadScheduleError, e.to_string()))?;
-        finish_schedule(s, out)
+        new_schedule(out, || {
+            let blocks = engine(e)?.model().config.num_layers;
+            let n = unsafe { req_str(name, "name") }?;
+            heuristic_by_name(n, ModelFamily::PixArt, steps as usize, blocks, 0)
+                .map_err(|e| (EcadScheduleError, e.to_string()))
+        })
     })
 }
 

@@ -50,6 +50,15 @@ fn grid_for(n: usize) -> LaunchConfig {
     }
 }
 
+/// One block of BLOCK threads per normalised row (the norm kernels).
+fn row_blocks(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 impl CudaBackend {
     /// Opens device `ordinal`, compiles the kernels and creates the cuBLAS handle.
     pub fn new(ordinal: usize) -> BResult<Self> {
@@ -480,12 +489,7 @@ impl Backend for CudaBackend {
             None => l.arg(&null),
         };
         l.arg(&mut out).arg(&d32).arg(&eps);
-        let cfg = LaunchConfig {
-            grid_dim: (x.rows() as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        unsafe { l.launch(cfg) }.map_err(dev_err)?;
+        unsafe { l.launch(row_blocks(x.rows())) }.map_err(dev_err)?;
         Ok(self.wrap(out, x.shape().to_vec()))
     }
 
@@ -508,12 +512,7 @@ impl Backend for CudaBackend {
             .arg(scale.buffer())
             .arg(&mut out);
         l.arg(&tokens).arg(&d).arg(&eps);
-        let cfg = LaunchConfig {
-            grid_dim: (x.rows() as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        unsafe { l.launch(cfg) }.map_err(dev_err)?;
+        unsafe { l.launch(row_blocks(x.rows())) }.map_err(dev_err)?;
         Ok(self.wrap(out, x.shape().to_vec()))
     }
 
@@ -534,12 +533,7 @@ impl Backend for CudaBackend {
             None => l.arg(&null),
         };
         l.arg(&mut out).arg(&d).arg(&eps);
-        let cfg = LaunchConfig {
-            grid_dim: (x.rows() as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        unsafe { l.launch(cfg) }.map_err(dev_err)?;
+        unsafe { l.launch(row_blocks(x.rows())) }.map_err(dev_err)?;
         Ok(self.wrap(out, x.shape().to_vec()))
     }
 
