@@ -55,6 +55,35 @@ pub enum Activation {
     Silu,
 }
 
+/// The precision a backend's tensors carry between ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// True float32 everywhere.
+    F32,
+    /// Every op output (and every upload) is rounded to bfloat16, as a PyTorch bf16 pipeline
+    /// rounds; reductions and softmax inside an op still accumulate in f32.
+    Bf16,
+}
+
+impl Precision {
+    /// Rounds one host value to this precision (identity for f32; round-to-nearest-even bf16).
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            Precision::F32 => v,
+            Precision::Bf16 => half::bf16::from_f32(v).to_f32(),
+        }
+    }
+
+    /// Rounds host values in place (see [`Precision::round`]).
+    pub fn round_slice(self, v: &mut [f32]) {
+        if self == Precision::Bf16 {
+            for x in v {
+                *x = half::bf16::from_f32(*x).to_f32();
+            }
+        }
+    }
+}
+
 /// A tensor on backend `B`: a shared buffer and a row-major shape.
 pub struct Tensor<B: Backend> {
     shape: Vec<usize>,
@@ -133,6 +162,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     type Buffer: Send + Sync;
 
     fn name(&self) -> &'static str;
+
+    /// The precision tensors carry between ops. Pipelines use it for the host-side rounding
+    /// points of a reduced-precision run (timestep quantization, the sampler update).
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
 
     // ---- memory ----------------------------------------------------------------------------
     /// Copies host f32 data into a new tensor.
