@@ -5,6 +5,9 @@
 //!   block's gate-and-residual op then reads that buffer directly, so reuse costs no copy.
 //! - Step 0 always computes, whatever its bits say (ECAD recomputes when its cache is empty).
 //! - The whole CFG batch is one entry.
+//! - Block coordinates are the model's cache coordinates: PixArt blocks `0..blocks`; for FLUX
+//!   the double-stream blocks `0..num_blocks` then the single-stream blocks
+//!   `num_blocks + j`, each with its three components in genome order.
 //! - T-GATE blocks (`compute_attn_tgate`, gate step m): attn2 follows its bit up to step m−1;
 //!   at m−1 the stored value is the mean of the uncond and cond halves; from m on the stored
 //!   mean is returned whatever the bit says.
@@ -12,7 +15,6 @@
 use super::schedule::{Component, CustomFunction, Schedule};
 use super::ComponentCache;
 use crate::backend::{BResult, Backend, BackendError, Tensor};
-use crate::models::pixart::{ATTN1, ATTN2, FF};
 
 /// Per-run counters of what the cache did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,7 +56,8 @@ impl<B: Backend> Clone for CacheState<B> {
 }
 
 impl<B: Backend> CacheState<B> {
-    /// The empty cache of a `blocks`-block PixArt model.
+    /// The empty cache of a model with `blocks` cacheable blocks (PixArt blocks, or FLUX
+    /// double + single blocks).
     pub fn empty(blocks: usize) -> Self {
         CacheState {
             slots: vec![None; blocks * 3],
@@ -72,16 +75,34 @@ impl<B: Backend> CacheState<B> {
     }
 }
 
-const PIXART: [Component; 3] = [Component::Attn1, Component::Attn2, Component::Ff];
-
 impl<'s, B: Backend> ScheduleCache<'s, B> {
     pub fn new(backend: &'s B, schedule: &'s Schedule) -> Self {
-        Self::resume(backend, schedule, CacheState::empty(schedule.num_blocks()))
+        Self::resume(
+            backend,
+            schedule,
+            CacheState::empty(Self::total_blocks(schedule)),
+        )
+    }
+
+    fn total_blocks(schedule: &Schedule) -> usize {
+        schedule.num_blocks() + schedule.num_single_blocks()
+    }
+
+    /// The schedule coordinates of cache coordinates `(block, comp)`: the component and its
+    /// block index within its kind (single blocks are counted from 0).
+    fn coords(&self, block: usize, comp: usize) -> (usize, Component) {
+        let fam = self.schedule.family();
+        let nb = self.schedule.num_blocks();
+        if block < nb {
+            (block, fam.block_components()[comp])
+        } else {
+            (block - nb, fam.single_block_components()[comp])
+        }
     }
 
     /// Continues from a detached state (see [`CacheState`]) with `schedule`.
     pub fn resume(backend: &'s B, schedule: &'s Schedule, state: CacheState<B>) -> Self {
-        debug_assert_eq!(state.slots.len(), schedule.num_blocks() * 3);
+        debug_assert_eq!(state.slots.len(), Self::total_blocks(schedule) * 3);
         ScheduleCache {
             backend,
             schedule,
@@ -124,7 +145,10 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
             .clone()
             .ok_or_else(|| BackendError::Shape {
                 op: "cache",
-                detail: format!("block {block} {}: nothing cached", PIXART[comp].name()),
+                detail: format!(
+                    "block {block} {}: nothing cached",
+                    self.coords(block, comp).1
+                ),
             })?;
         if t.dim(0) != self.batch {
             return Err(BackendError::Shape {
@@ -133,7 +157,7 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
                     "step {:03} block {block} `{}` reuses an output of batch {} in a batch-{} step \
                      (the T-GATE pipeline drops CFG at its gate step): the schedule must recompute it there",
                     self.step,
-                    PIXART[comp].name(),
+                    self.coords(block, comp).1,
                     t.dim(0),
                     self.batch
                 ),
@@ -151,7 +175,8 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
         compute: &mut dyn FnMut() -> BResult<Tensor<B>>,
     ) -> BResult<Tensor<B>> {
         let slot = block * 3 + comp;
-        let bit = self.schedule.recompute(self.step, block, PIXART[comp]);
+        let (b, c) = self.coords(block, comp);
+        let bit = self.schedule.recompute(self.step, b, c);
         if self.step == 0 || bit || self.slots[slot].is_none() {
             let t = compute()?;
             self.stats.computed += 1;
@@ -170,9 +195,13 @@ impl<B: Backend> ComponentCache<B> for ScheduleCache<'_, B> {
         comp: usize,
         compute: &mut dyn FnMut() -> BResult<Tensor<B>>,
     ) -> BResult<Tensor<B>> {
-        debug_assert!(comp == ATTN1 || comp == ATTN2 || comp == FF);
+        debug_assert!(comp < 3);
         let tgate = match self.schedule.custom_compute_attn(self.step, block) {
-            Some(CustomFunction::AttnTgate { gate_step }) if comp == ATTN2 => Some(gate_step),
+            Some(CustomFunction::AttnTgate { gate_step })
+                if self.coords(block, comp).1 == Component::Attn2 =>
+            {
+                Some(gate_step)
+            }
             _ => None,
         };
         let Some(m) = tgate else {

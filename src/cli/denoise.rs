@@ -1,11 +1,16 @@
 use super::DeviceOpts;
 use crate::backend::Backend;
 use crate::cache::schedule::Schedule;
+use crate::models::flux::FluxConfig;
 use crate::pipeline::denoise::{denoise, DenoiseInputs, DenoiseOptions};
+use crate::pipeline::flux::{
+    denoise_flux, validate_flux_schedule, FluxDenoiseInputs, FluxDenoiseOptions,
+};
 use crate::pipeline::ModelDir;
 use crate::sampler::DpmSolverConfig;
 use crate::weights::{read_inputs, write_outputs, HostTensor};
-use anyhow::Context;
+use anyhow::{bail, Context};
+use std::path::Path;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -14,7 +19,8 @@ pub struct DenoiseArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Inputs: latents, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
-    /// negative_prompt_attention_mask (optional: resolution, aspect_ratio).
+    /// negative_prompt_attention_mask (optional: resolution, aspect_ratio); for FLUX models
+    /// latents (packed, [B, N_img, 64]), prompt_embeds and pooled_prompt_embeds.
     #[arg(long)]
     pub inputs: PathBuf,
     /// Output file; receives `latents`.
@@ -23,9 +29,18 @@ pub struct DenoiseArgs {
     /// Number of denoising steps (at least 2).
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    /// Classifier-free guidance scale; CFG runs only when > 1.
-    #[arg(long, default_value_t = 4.5)]
-    pub guidance: f32,
+    /// PixArt: classifier-free guidance scale (default 4.5; CFG runs only when > 1). FLUX: the
+    /// distilled guidance value for the guidance embedding (default 3.5; no CFG batch; ignored
+    /// by a model without guidance embeddings).
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// Image height in pixels (FLUX only, required there: it sets the position ids and the
+    /// time shift).
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Image width in pixels (FLUX only, required there).
+    #[arg(long)]
+    pub width: Option<usize>,
     /// An ECAD cache schedule (JSON); its step count must equal --steps.
     #[arg(long)]
     pub schedule: Option<PathBuf>,
@@ -41,6 +56,15 @@ pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
 }
 
 fn run_on<B: Backend>(be: &B, a: DenoiseArgs) -> anyhow::Result<()> {
+    if let Some(m) = &a.model {
+        if FluxConfig::is_flux(&ModelDir::resolve(m)?.transformer_config()?) {
+            return run_flux(be, &a, m);
+        }
+    }
+    if a.height.is_some() || a.width.is_some() {
+        bail!("--height/--width are for FLUX models; a PixArt run takes its size from `latents`");
+    }
+    let guidance = a.guidance.unwrap_or(4.5);
     let schedule = match &a.schedule {
         Some(p) => Some(Schedule::from_path(p)?),
         None => None,
@@ -58,7 +82,7 @@ fn run_on<B: Backend>(be: &B, a: DenoiseArgs) -> anyhow::Result<()> {
             s,
             a.steps,
             model.transformer_blocks.len(),
-            a.guidance,
+            guidance,
         )
         .with_context(|| format!("{}", a.schedule.as_ref().unwrap().display()))?;
     }
@@ -68,7 +92,7 @@ fn run_on<B: Backend>(be: &B, a: DenoiseArgs) -> anyhow::Result<()> {
             .get(name)
             .with_context(|| format!("{}: missing input tensor `{name}`", a.inputs.display()))
     };
-    let need_neg = a.guidance > 1.0;
+    let need_neg = guidance > 1.0;
     let inp = DenoiseInputs {
         latents: get("latents")?,
         prompt_embeds: get("prompt_embeds")?,
@@ -94,7 +118,61 @@ fn run_on<B: Backend>(be: &B, a: DenoiseArgs) -> anyhow::Result<()> {
         &inp,
         &DenoiseOptions {
             steps: a.steps,
-            guidance: a.guidance,
+            guidance,
+            schedule: schedule.as_ref(),
+        },
+        &mut |i, _| bar.set(i),
+    )
+    .with_context(|| a.inputs.display().to_string())?;
+    bar.finish();
+    let out = HostTensor {
+        shape: latents.shape().to_vec(),
+        data: be.to_host(&latents)?,
+    };
+    write_outputs(&a.out, &[("latents", &out)])?;
+    Ok(())
+}
+
+fn run_flux<B: Backend>(be: &B, a: &DenoiseArgs, m: &Path) -> anyhow::Result<()> {
+    let (Some(height), Some(width)) = (a.height, a.width) else {
+        bail!("a FLUX model needs --height and --width (image pixels)");
+    };
+    let dir = ModelDir::resolve(m)?;
+    let sched_cfg = dir.flow_match_config()?;
+    let vae_scale_factor = dir.vae_scale_factor()?;
+    let schedule = match &a.schedule {
+        Some(p) => Some(Schedule::from_path(p)?),
+        None => None,
+    };
+    let model = crate::pipeline::load_flux(be, m)?;
+    if let (Some(s), Some(p)) = (&schedule, &a.schedule) {
+        let c = &model.config;
+        validate_flux_schedule(s, a.steps, c.num_layers, c.num_single_layers)
+            .with_context(|| p.display().to_string())?;
+    }
+    let inputs = read_inputs(&a.inputs)?;
+    let get = |name: &str| -> anyhow::Result<&HostTensor> {
+        inputs
+            .get(name)
+            .with_context(|| format!("{}: missing input tensor `{name}`", a.inputs.display()))
+    };
+    let inp = FluxDenoiseInputs {
+        latents: get("latents")?,
+        prompt_embeds: get("prompt_embeds")?,
+        pooled_prompt_embeds: get("pooled_prompt_embeds")?,
+    };
+    let bar = super::progress::Progress::new("denoise", a.steps);
+    let (latents, _report) = denoise_flux(
+        be,
+        &model,
+        &sched_cfg,
+        &inp,
+        &FluxDenoiseOptions {
+            steps: a.steps,
+            guidance: a.guidance.unwrap_or(3.5),
+            height,
+            width,
+            vae_scale_factor,
             schedule: schedule.as_ref(),
         },
         &mut |i, _| bar.set(i),

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod denoise;
+pub mod flux;
 pub mod generate;
 pub mod image;
 
@@ -67,6 +68,29 @@ impl ModelDir {
         crate::sampler::DpmSolverConfig::from_file(
             &root.join("scheduler").join("scheduler_config.json"),
         )
+    }
+
+    /// The flow-matching scheduler config of a FLUX pipeline root.
+    pub fn flow_match_config(&self) -> WResult<crate::sampler::FlowMatchConfig> {
+        let root = self.root.as_ref().ok_or_else(|| WeightsError::Layout {
+            path: self.transformer.clone(),
+            detail: "a transformer folder has no scheduler: pass the pipeline root (the folder holding transformer/ and scheduler/)".into(),
+        })?;
+        crate::sampler::FlowMatchConfig::from_file(
+            &root.join("scheduler").join("scheduler_config.json"),
+        )
+    }
+
+    /// `2^(len(vae.block_out_channels) − 1)` from the root's `vae/config.json`; 8 (diffusers'
+    /// fallback) when there is no VAE folder.
+    pub fn vae_scale_factor(&self) -> WResult<usize> {
+        match &self.root {
+            Some(r) if r.join("vae").join("config.json").is_file() => Ok(
+                crate::models::vae::VaeConfig::from_file(&r.join("vae").join("config.json"))?
+                    .scale_factor(),
+            ),
+            _ => Ok(8),
+        }
     }
 
     pub fn transformer_weights(&self) -> WResult<WeightStore> {
