@@ -284,7 +284,11 @@ fn cli_denoise_flux_with_schedule() {
 fn shipped_paper_schedules_match_ecad_reference() {
     let c = case("paper_depth");
     let got = c.run(&c.scheduler(), None);
-    let (err, drift) = c.check(&got, "latents", c.meta["rel_l2_f32_vs_f64"].as_f64().unwrap());
+    let (err, drift) = c.check(
+        &got,
+        "latents",
+        c.meta["rel_l2_f32_vs_f64"].as_f64().unwrap(),
+    );
     assert_within("paper_depth uncached", err, drift);
     for name in ["ours_fast", "ours_faster"] {
         let m = &c.meta["schedules"][name];

@@ -98,14 +98,26 @@ impl ModelDir {
     }
 }
 
+fn manifest_config(m: &Manifest) -> JsonConfig {
+    JsonConfig {
+        path: PathBuf::from(&m.name),
+        map: m.config.clone(),
+    }
+}
+
 /// Finds the shipped manifest describing the same architecture as `config`.
 pub fn match_manifest(config: &PixArtConfig) -> Option<Manifest> {
     manifests().into_iter().find(|m| {
-        let mc = JsonConfig {
-            path: PathBuf::from(&m.name),
-            map: m.config.clone(),
-        };
-        PixArtConfig::from_json(&mc).ok().as_ref() == Some(config)
+        let mc = manifest_config(m);
+        !FluxConfig::is_flux(&mc) && PixArtConfig::from_json(&mc).ok().as_ref() == Some(config)
+    })
+}
+
+/// Finds the shipped FLUX manifest (FLUX.1-dev, FLUX.1-schnell) with the same architecture.
+pub fn match_flux_manifest(config: &FluxConfig) -> Option<Manifest> {
+    manifests().into_iter().find(|m| {
+        let mc = manifest_config(m);
+        FluxConfig::is_flux(&mc) && FluxConfig::from_json(&mc).ok().as_ref() == Some(config)
     })
 }
 
@@ -113,7 +125,20 @@ pub fn match_manifest(config: &PixArtConfig) -> Option<Manifest> {
 /// against the tensors its config.json implies.
 pub fn check_model_dir(path: &Path) -> WResult<CheckReport> {
     let dir = ModelDir::resolve(path)?;
-    let config = PixArtConfig::from_json(&dir.transformer_config()?)?;
+    let json = dir.transformer_config()?;
+    if FluxConfig::is_flux(&json) {
+        let config = FluxConfig::from_json(&json)?;
+        let store = dir.transformer_weights()?;
+        let matched = match_flux_manifest(&config);
+        let expected = match &matched {
+            Some(m) => m.tensors.clone(),
+            None => config.expected_tensors(),
+        };
+        let mut report = check_store(&store, &expected)?;
+        report.matched = matched.map(|m| m.name);
+        return Ok(report);
+    }
+    let config = PixArtConfig::from_json(&json)?;
     let store = dir.transformer_weights()?;
     let matched = match_manifest(&config);
     let expected = match &matched {

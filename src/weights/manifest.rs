@@ -46,6 +46,14 @@ pub const MANIFEST_SOURCES: &[(&str, &str)] = &[
         "PixArt-Sigma-XL-2-2K-MS",
         include_str!("../../weights-manifest/PixArt-Sigma-XL-2-2K-MS.json"),
     ),
+    (
+        "FLUX.1-dev",
+        include_str!("../../weights-manifest/FLUX.1-dev.json"),
+    ),
+    (
+        "FLUX.1-schnell",
+        include_str!("../../weights-manifest/FLUX.1-schnell.json"),
+    ),
 ];
 
 pub fn manifests() -> Vec<Manifest> {
