@@ -228,7 +228,7 @@ fn front_dominates_every_seeded_heuristic() {
     let archive = json(&out.join("archive.json"));
     let front = json(&out.join("front.json"));
     let members = front["members"].as_array().unwrap();
-    let heuristics = builtin_heuristics(4, 28).unwrap();
+    let heuristics = builtin_heuristics(ModelFamily::PixArt, 4, 28, 0).unwrap();
     let mut checked = 0;
     for e in archive["entries"].as_array().unwrap() {
         let Some(name) = e["heuristic"].as_str() else {
@@ -323,14 +323,16 @@ fn ecad_seed_population_is_read_recursively() {
         eprintln!("skipped: {} not present", dir.display());
         return;
     }
-    let seeds = read_seed_dir(&dir, 20, 28).unwrap();
+    let seeds = read_seed_dir(&dir, ModelFamily::PixArt, 20, 28, 0).unwrap();
     assert_eq!(seeds.len(), 72);
     assert!(seeds[0].0.ends_with("cand_000.json"));
     assert!(seeds.iter().all(|(_, g)| g.len() == 1680));
     // the no-cache default is among them
     assert!(seeds.iter().any(|(_, g)| g.iter().all(|&b| b)));
     // a step-count mismatch is a clear error
-    let e = read_seed_dir(&dir, 10, 28).unwrap_err().to_string();
+    let e = read_seed_dir(&dir, ModelFamily::PixArt, 10, 28, 0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("steps"), "{e}");
 }
 

@@ -3,15 +3,18 @@
 use super::bench::Arch;
 use super::progress::Progress;
 use super::DeviceOpts;
+use crate::models::flux::{FluxConfig, FluxTransformer};
 use crate::models::pixart::{PixArtConfig, PixArtTransformer};
 use crate::models::RandomSource;
+use crate::pipeline::flux::FluxGrid;
 use crate::pipeline::ModelDir;
 use crate::sampler::DpmSolverConfig;
+use crate::sampler::FlowMatchConfig;
 use crate::search::calibration::{Calibration, SampleSet};
 use crate::search::driver::{
     bench_sharing, read_seed_dir, seed_digest, Event, Search, SearchSettings, SeedSource,
 };
-use crate::search::evaluate::{CostMetric, EvalConfig, Evaluator, QualityMetric};
+use crate::search::evaluate::{CostMetric, EvalConfig, Evaluator, QualityMetric, SearchModel};
 use crate::search::genome::Fnv;
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -33,7 +36,8 @@ pub struct SearchArgs {
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
     /// Calibration prompt embeddings (safetensors: prompt_embeds [P,L,C],
-    /// prompt_attention_mask [P,L], negative_prompt_embeds, negative_prompt_attention_mask);
+    /// prompt_attention_mask [P,L], negative_prompt_embeds, negative_prompt_attention_mask;
+    /// for FLUX prompt_embeds [P,L,joint_attention_dim] and pooled_prompt_embeds [P,D]);
     /// seeded random demo embeddings when absent.
     #[arg(long)]
     pub calibration: Option<PathBuf>,
@@ -46,9 +50,9 @@ pub struct SearchArgs {
     /// Samples per transformer batch (default: the whole calibration set in one batch).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Population size (ECAD: 72 for PixArt).
-    #[arg(long, default_value_t = 72)]
-    pub population: usize,
+    /// Population size (default: ECAD's, 72 for PixArt and 24 for FLUX).
+    #[arg(long)]
+    pub population: Option<usize>,
     /// Generations to run, the seed population being generation 1.
     #[arg(long, default_value_t = 10)]
     pub generations: usize,
@@ -75,10 +79,22 @@ pub struct SearchArgs {
     /// Worker threads (default: all cores). Results do not depend on it.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Denoising steps per candidate run.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    #[arg(long, default_value_t = 4.5)]
-    pub guidance: f32,
+    /// PixArt: the CFG scale (default 4.5). FLUX: the distilled guidance value (default 3.5).
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// FLUX only: image height in pixels of the calibration runs (default 256, where ECAD
+    /// searched).
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// FLUX only: image width in pixels (default 256).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// FLUX demo calibration only: text tokens per prompt (FluxPipeline pads T5 to 512).
+    #[arg(long, default_value_t = 512)]
+    pub text_len: usize,
     /// Memory budget of the cross-generation prefix cache, MiB (0 disables it).
     #[arg(long, default_value_t = 1024)]
     pub cache_mb: usize,
@@ -148,7 +164,7 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: SearchArgs) -> anyhow::Result<(
             a.quality
         )
     })?;
-    if a.population == 0 {
+    if a.population == Some(0) {
         bail!("--population must be at least 1");
     }
     if a.generations == 0 {
@@ -174,22 +190,30 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: SearchArgs) -> anyhow::Result<(
     if seed_from != "heuristics" && seed_from != "random" && !Path::new(&seed_from).is_dir() {
         bail!("--seed-from {seed_from}: not a folder, and not `heuristics` or `random`");
     }
-    let (model, sched_cfg, model_kind, model_fp): (
-        PixArtTransformer<_>,
-        DpmSolverConfig,
-        String,
-        String,
-    ) = match (&a.model, a.arch.unwrap_or(Arch::Demo)) {
+    let is_flux = match &a.model {
+        Some(m) => FluxConfig::is_flux(&ModelDir::resolve(m)?.transformer_config()?),
+        None => false,
+    };
+    if !is_flux && (a.height.is_some() || a.width.is_some()) {
+        bail!("--height/--width are for FLUX models; a PixArt search runs at its sample size");
+    }
+    let guidance = a.guidance.unwrap_or(if is_flux { 3.5 } else { 4.5 });
+    let population = a.population.unwrap_or(if is_flux { 24 } else { 72 });
+    let mut pixart: Option<(PixArtTransformer<B>, DpmSolverConfig)> = None;
+    let mut flux: Option<(FluxTransformer<B>, FlowMatchConfig, usize)> = None;
+    let (model_kind, model_fp): (String, String) = match (&a.model, a.arch.unwrap_or(Arch::Demo)) {
         (Some(m), _) => {
             let dir = ModelDir::resolve(m)?;
-            let sc = dir.scheduler_config()?;
             let fp = fingerprint_dir(&dir)?;
-            (
-                crate::pipeline::load_pixart(be, m)?,
-                sc,
-                "folder".into(),
-                fp,
-            )
+            if is_flux {
+                let sc = dir.flow_match_config()?;
+                let vsf = dir.vae_scale_factor()?;
+                flux = Some((crate::pipeline::load_flux(be, m)?, sc, vsf));
+            } else {
+                let sc = dir.scheduler_config()?;
+                pixart = Some((crate::pipeline::load_pixart(be, m)?, sc));
+            }
+            ("folder".into(), fp)
         }
         (None, arch) => {
             let (cfg, name) = match arch {
@@ -205,24 +229,83 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: SearchArgs) -> anyhow::Result<(
                     seed: crate::pipeline::DEMO_SEED,
                 },
             )?;
+            pixart = Some((m, DpmSolverConfig::default()));
             (
-                m,
-                DpmSolverConfig::default(),
                 name.into(),
                 format!("random-weights:{:x}", crate::pipeline::DEMO_SEED),
             )
         }
     };
-    let mc = model.config.clone();
-    let blocks = model.transformer_blocks.len();
-    let calibration = match &a.calibration {
-        Some(p) => Calibration::from_file(p, mc.text_dim())?,
-        None => Calibration::demo(mc.text_dim(), a.prompts),
+    let (search_model, calibration, latent, packed) = match (&pixart, &flux) {
+        (Some((model, sc)), _) => {
+            let mc = &model.config;
+            let calibration = match &a.calibration {
+                Some(p) => Calibration::from_file(p, mc.text_dim())?,
+                None => Calibration::demo(mc.text_dim(), a.prompts),
+            };
+            (
+                SearchModel::PixArt {
+                    model,
+                    scheduler: sc.clone(),
+                },
+                calibration,
+                (mc.in_channels, mc.sample_size, mc.sample_size),
+                false,
+            )
+        }
+        (None, Some((model, sc, vsf))) => {
+            let mc = &model.config;
+            let (height, width) = (a.height.unwrap_or(256), a.width.unwrap_or(256));
+            let grid = FluxGrid::new(height, width, *vsf)?;
+            if a.text_len == 0 {
+                bail!("--text-len must be at least 1");
+            }
+            let calibration = match &a.calibration {
+                Some(p) => {
+                    let c = Calibration::from_file(p, mc.joint_attention_dim)?;
+                    if c.pooled_dim != mc.pooled_projection_dim {
+                        bail!(
+                            "--calibration {}: a FLUX search needs `pooled_prompt_embeds` [P, {}]",
+                            p.display(),
+                            mc.pooled_projection_dim
+                        );
+                    }
+                    c
+                }
+                None => Calibration::demo_flux(
+                    mc.joint_attention_dim,
+                    mc.pooled_projection_dim,
+                    a.prompts,
+                    a.text_len,
+                ),
+            };
+            (
+                SearchModel::Flux {
+                    model,
+                    scheduler: sc.clone(),
+                    height,
+                    width,
+                    vae_scale_factor: *vsf,
+                },
+                calibration,
+                (mc.in_channels / 4, grid.latent_h, grid.latent_w),
+                true,
+            )
+        }
+        (None, None) => unreachable!("a model was loaded above"),
     };
+    let family = search_model.family();
+    let (blocks, single_blocks) = search_model.blocks();
     let seeds = match seed_from.as_str() {
         "heuristics" => SeedSource::Heuristics,
         "random" => SeedSource::Random,
-        d => SeedSource::Genomes(read_seed_dir(Path::new(d), a.steps, blocks)?),
+        d => SeedSource::Genomes(read_seed_dir(
+            Path::new(d),
+            family,
+            a.steps,
+            blocks,
+            single_blocks,
+        )?),
     };
     let digest = match &seeds {
         SeedSource::Genomes(g) => seed_digest(g),
@@ -230,7 +313,8 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: SearchArgs) -> anyhow::Result<(
     };
     let samples = SampleSet {
         seeds_per_prompt: a.seeds_per_prompt,
-        latent: (mc.in_channels, mc.sample_size, mc.sample_size),
+        latent,
+        packed,
         calibration,
     };
     let n_samples = samples.len();
@@ -255,10 +339,10 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: SearchArgs) -> anyhow::Result<(
         prompts: samples.calibration.prompts,
         seeds_per_prompt: a.seeds_per_prompt,
         batch_size,
-        latent: [mc.sample_size, mc.sample_size],
+        latent: [latent.1, latent.2],
         steps: a.steps,
-        guidance: a.guidance,
-        population: a.population,
+        guidance,
+        population,
         cost: cost.name().into(),
         quality: quality.spec(),
         seed: a.seed,
@@ -278,7 +362,11 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: SearchArgs) -> anyhow::Result<(
         if !ck.exists() {
             bail!("--resume: no checkpoint at {}", ck.display());
         }
-        crate::search::driver::load_checkpoint(&ck, &settings, a.steps * blocks * 3)?;
+        crate::search::driver::load_checkpoint(
+            &ck,
+            &settings,
+            a.steps * (blocks + single_blocks) * 3,
+        )?;
     } else if ck.exists() {
         bail!(
             "{} already holds a search checkpoint: pass --resume to continue it, or choose another --out",
@@ -286,21 +374,21 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: SearchArgs) -> anyhow::Result<(
         );
     }
     eprintln!(
-        "search: {model_kind} model ({blocks} blocks), {} ({} sample(s), batch {batch_size}), {} steps, guidance {}, population {}, {} generation(s), objectives {} × {}, {} thread(s)",
+        "search: {model_kind} {family} model ({blocks} blocks{}), {} ({} sample(s), batch {batch_size}), {} steps, guidance {}, population {}, {} generation(s), objectives {} × {}, {} thread(s)",
+        if single_blocks > 0 { format!(" + {single_blocks} single") } else { String::new() },
         samples.calibration.description,
         n_samples,
         a.steps,
-        a.guidance,
-        a.population,
+        guidance,
+        population,
         a.generations,
         cost.name(),
         quality.name(),
         rayon::current_num_threads()
     );
     let cfg = EvalConfig {
-        scheduler: sched_cfg,
         steps: a.steps,
-        guidance: a.guidance,
+        guidance,
         samples,
         batch_size,
         quality,
@@ -310,7 +398,7 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: SearchArgs) -> anyhow::Result<(
         keep_scratch: a.keep_eval,
     };
     let bar = Progress::new("reference", n_samples.div_ceil(batch_size));
-    let mut ev = Evaluator::new(be, &model, cfg, &mut || bar.inc())?;
+    let mut ev = Evaluator::new(be, search_model, cfg, &mut || bar.inc())?;
     bar.finish();
     let mut progress: Option<Progress> = None;
     let mut events = |e: Event| match e {

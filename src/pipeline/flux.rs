@@ -161,6 +161,12 @@ impl<B: Backend> FluxDenoiseState<B> {
     pub fn steps_done(&self) -> usize {
         self.sampler.step_index()
     }
+
+    /// Every tensor the state keeps alive (latents and cache slots), for memory accounting.
+    pub fn tensors(&self) -> impl Iterator<Item = &Tensor<B>> {
+        std::iter::once(&self.latents)
+            .chain(self.cache.iter().flat_map(|c| c.slots().iter().flatten()))
+    }
 }
 
 /// A FLUX run with its inputs validated and per-run work done (text upload, RoPE tables, the

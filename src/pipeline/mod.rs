@@ -6,6 +6,7 @@ pub mod denoise;
 pub mod flux;
 pub mod generate;
 pub mod image;
+pub mod run;
 
 use crate::backend::Backend;
 use crate::models::flux::{FluxConfig, FluxTransformer};

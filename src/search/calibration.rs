@@ -34,6 +34,10 @@ pub struct Calibration {
     pub negative_prompt_embeds: Option<Vec<f32>>,
     /// `[P, L]`
     pub negative_prompt_attention_mask: Vec<f32>,
+    /// `[P, D]`: the pooled text embedding (FLUX's CLIP output); `None` when absent.
+    pub pooled_prompt_embeds: Option<Vec<f32>>,
+    /// `D` of `pooled_prompt_embeds` (0 when absent).
+    pub pooled_dim: usize,
     /// Content fingerprint (FNV-1a over shapes and values).
     pub fingerprint: String,
     /// Where it came from, for logs.
@@ -73,6 +77,8 @@ impl Calibration {
             prompt_attention_mask: pm,
             negative_prompt_embeds: Some(ne),
             negative_prompt_attention_mask: nm,
+            pooled_prompt_embeds: None,
+            pooled_dim: 0,
             fingerprint: String::new(),
             description: format!("demo: {prompts} seeded random prompt(s) × {l} tokens"),
         };
@@ -80,9 +86,37 @@ impl Calibration {
         c
     }
 
+    /// The FLUX demo set: [`Calibration::demo`] with `text_len` tokens (all valid, as FLUX
+    /// passes no mask) plus seeded random pooled embeddings `[P, pooled_dim]` drawn after
+    /// everything else from the same stream.
+    pub fn demo_flux(channels: usize, pooled_dim: usize, prompts: usize, text_len: usize) -> Self {
+        let l = text_len.max(1);
+        let mut rng = ChaCha8Rng::seed_from_u64(DEMO_CALIBRATION_SEED);
+        let pe = randn(&mut rng, prompts * l * channels);
+        let pooled = randn(&mut rng, prompts * pooled_dim);
+        let mut c = Calibration {
+            prompts,
+            text_len: l,
+            channels,
+            prompt_embeds: pe,
+            prompt_attention_mask: vec![1.0; prompts * l],
+            negative_prompt_embeds: None,
+            negative_prompt_attention_mask: vec![1.0; prompts * l],
+            pooled_prompt_embeds: Some(pooled),
+            pooled_dim,
+            fingerprint: String::new(),
+            description: format!(
+                "demo: {prompts} seeded random prompt(s) × {l} tokens + pooled {pooled_dim}"
+            ),
+        };
+        c.fingerprint = c.compute_fingerprint();
+        c
+    }
+
     /// Reads `prompt_embeds [P, L, C]`, `prompt_attention_mask [P, L]` (optional: all ones),
     /// `negative_prompt_embeds [P or 1, L, C]` (optional) and
-    /// `negative_prompt_attention_mask [P or 1, L]` (optional: all ones) from a safetensors file.
+    /// `negative_prompt_attention_mask [P or 1, L]` (optional: all ones) and
+    /// `pooled_prompt_embeds [P, D]` (optional; FLUX needs it) from a safetensors file.
     pub fn from_file(path: &Path, channels: usize) -> SResult<Self> {
         let t = read_inputs(path).map_err(|e| bad(path, e.to_string()))?;
         let pe = t
@@ -132,6 +166,18 @@ impl Calibration {
                 ))
             }
         };
+        let (pooled, pooled_dim) = match t.get("pooled_prompt_embeds") {
+            None => (None, 0),
+            Some(x) if x.shape.len() == 2 && x.shape[0] == p && x.shape[1] > 0 => {
+                (Some(x.data.clone()), x.shape[1])
+            }
+            Some(x) => {
+                return Err(bad(
+                    path,
+                    format!("`pooled_prompt_embeds` must be [{p}, D], got {:?}", x.shape),
+                ))
+            }
+        };
         let mut c = Calibration {
             prompts: p,
             text_len: l,
@@ -140,6 +186,8 @@ impl Calibration {
             prompt_attention_mask: pm,
             negative_prompt_embeds: ne,
             negative_prompt_attention_mask: nm,
+            pooled_prompt_embeds: pooled,
+            pooled_dim,
             fingerprint: String::new(),
             description: format!("{p} prompt(s) × {l} tokens from file"),
         };
@@ -163,6 +211,9 @@ impl Calibration {
             put(n);
         }
         put(&self.negative_prompt_attention_mask);
+        if let Some(p) = &self.pooled_prompt_embeds {
+            put(p);
+        }
         h.hex()
     }
 }
@@ -174,6 +225,8 @@ pub struct SampleSet {
     pub seeds_per_prompt: usize,
     /// Latent `(channels, height, width)`.
     pub latent: (usize, usize, usize),
+    /// Hand latents over packed into 2×2 patches `[N, 4C]` (FLUX), not `[C, h, w]`.
+    pub packed: bool,
 }
 
 /// The inputs of one batch of samples.
@@ -183,6 +236,7 @@ pub struct BatchInputs {
     pub prompt_attention_mask: HostTensor,
     pub negative_prompt_embeds: Option<HostTensor>,
     pub negative_prompt_attention_mask: HostTensor,
+    pub pooled_prompt_embeds: Option<HostTensor>,
 }
 
 impl SampleSet {
@@ -217,9 +271,19 @@ impl SampleSet {
         let mut pm = Vec::with_capacity(len * l);
         let mut ne = Vec::with_capacity(len * l * ch);
         let mut nm = Vec::with_capacity(len * l);
+        let pd = cal.pooled_dim;
+        let mut pooled = Vec::with_capacity(len * pd);
         for i in start..start + len {
             let (p, s) = self.sample(i);
-            lat.extend(self.noise(p, s));
+            let noise = self.noise(p, s);
+            if self.packed {
+                lat.extend(crate::pipeline::flux::pack_latents(&noise, 1, c, h, w));
+            } else {
+                lat.extend(noise);
+            }
+            if let Some(x) = &cal.pooled_prompt_embeds {
+                pooled.extend_from_slice(&x[p * pd..(p + 1) * pd]);
+            }
             pe.extend_from_slice(&cal.prompt_embeds[p * l * ch..(p + 1) * l * ch]);
             pm.extend_from_slice(&cal.prompt_attention_mask[p * l..(p + 1) * l]);
             if let Some(n) = &cal.negative_prompt_embeds {
@@ -229,9 +293,17 @@ impl SampleSet {
         }
         BatchInputs {
             latents: HostTensor {
-                shape: vec![len, c, h, w],
+                shape: if self.packed {
+                    vec![len, (h / 2) * (w / 2), 4 * c]
+                } else {
+                    vec![len, c, h, w]
+                },
                 data: lat,
             },
+            pooled_prompt_embeds: cal.pooled_prompt_embeds.as_ref().map(|_| HostTensor {
+                shape: vec![len, pd],
+                data: pooled,
+            }),
             prompt_embeds: HostTensor {
                 shape: vec![len, l, ch],
                 data: pe,
@@ -262,6 +334,7 @@ mod tests {
             calibration: Calibration::demo(8, 3),
             seeds_per_prompt: 2,
             latent: (4, 4, 4),
+            packed: false,
         };
         assert_eq!(s.len(), 6);
         assert_eq!(s.sample(3), (1, 1));

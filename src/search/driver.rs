@@ -136,8 +136,37 @@ pub struct SearchState {
 /// and the 13 `tgate_without_ca_avg` (m, k) pairs of ECAD's PixArt-α seed set (for a run of S
 /// steps ≠ 20, m and k are scaled by S/20 and rounded). N > S is skipped; schedules whose
 /// genome (with step 0 forced to recompute) equals an earlier one are dropped.
-pub fn builtin_heuristics(steps: usize, blocks: usize) -> SResult<Vec<(String, Schedule)>> {
+///
+/// For FLUX: the default and FORA `recompute_all_every_{2..7}`, the source candidates of
+/// ECAD's FLUX seed population (`population_initialization/flux_256x256`).
+pub fn builtin_heuristics(
+    family: ModelFamily,
+    steps: usize,
+    blocks: usize,
+    single_blocks: usize,
+) -> SResult<Vec<(String, Schedule)>> {
     let mut out: Vec<(String, Schedule)> = Vec::new();
+    if family == ModelFamily::Flux {
+        out.push((
+            "default".into(),
+            heuristic_by_name("default", family, steps, blocks, single_blocks)?,
+        ));
+        for n in 2..=7 {
+            if n <= steps {
+                out.push((
+                    format!("fora:{n}"),
+                    heuristic_by_name(&format!("fora:{n}"), family, steps, blocks, single_blocks)?,
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|(_, s)| {
+            let mut g = s.to_genome();
+            repair(&mut g, (blocks + single_blocks) * 3);
+            seen.insert(g)
+        });
+        return Ok(out);
+    }
     out.push((
         "default".into(),
         heuristic_by_name("default", ModelFamily::PixArt, steps, blocks, 0)?,
@@ -195,7 +224,13 @@ pub fn builtin_heuristics(steps: usize, blocks: usize) -> SResult<Vec<(String, S
 /// Reads every `*.json` schedule under `dir` (recursively, in path order) as seed genomes;
 /// custom compute functions (T-GATE) are not part of a genome and are ignored, as ECAD's
 /// population loader does.
-pub fn read_seed_dir(dir: &Path, steps: usize, blocks: usize) -> SResult<Vec<(String, Genome)>> {
+pub fn read_seed_dir(
+    dir: &Path,
+    family: ModelFamily,
+    steps: usize,
+    blocks: usize,
+    single_blocks: usize,
+) -> SResult<Vec<(String, Genome)>> {
     fn walk(d: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         let mut entries: Vec<_> = std::fs::read_dir(d)?.flatten().map(|e| e.path()).collect();
         entries.sort();
@@ -228,7 +263,7 @@ pub fn read_seed_dir(dir: &Path, steps: usize, blocks: usize) -> SResult<Vec<(St
     let mut out = Vec::new();
     for f in files {
         let s = Schedule::from_path(&f)?;
-        s.validate_for(steps, blocks, 0, ModelFamily::PixArt)
+        s.validate_for(steps, blocks, single_blocks, family)
             .map_err(|e| SearchError::Seeds(format!("{}: {e}", f.display())))?;
         if s.num_inference_steps() != steps {
             return Err(SearchError::Seeds(format!(
@@ -440,7 +475,12 @@ impl<B: Backend> Search<'_, '_, B> {
             index: HashMap::new(),
         };
         // Reference points: the built-in heuristics, evaluated once.
-        let heur = builtin_heuristics(self.ev.steps(), self.ev.blocks())?;
+        let heur = builtin_heuristics(
+            self.ev.family(),
+            self.ev.steps(),
+            self.ev.blocks(),
+            self.ev.single_blocks(),
+        )?;
         let hg: Vec<Genome> = heur
             .iter()
             .map(|(_, s)| {
@@ -986,7 +1026,7 @@ mod tests {
 
     #[test]
     fn builtin_heuristics_for_20_steps_match_ecad_seed_families() {
-        let h = builtin_heuristics(20, 28).unwrap();
+        let h = builtin_heuristics(ModelFamily::PixArt, 20, 28, 0).unwrap();
         let names: Vec<&str> = h.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names[0], "default");
         assert!(names.contains(&"fora:3") && names.contains(&"ca_sa:20"));

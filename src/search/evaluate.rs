@@ -16,13 +16,16 @@ use super::nsga2::Genome;
 use super::prefix::{Node, PrefixCache, PrefixKey};
 use super::{SResult, SearchError};
 use crate::backend::Backend;
-use crate::cache::macs::{ecad_macs, ModelDims};
+use crate::cache::macs::{ecad_macs, FluxDims, ModelDims};
 use crate::cache::schedule::{ModelFamily, Schedule};
+use crate::models::flux::FluxTransformer;
 use crate::models::pixart::PixArtTransformer;
 use crate::models::rel_l2;
 use crate::pipeline::bench::{pixart_dims, psnr};
 use crate::pipeline::denoise::{DenoiseInputs, DenoiseOptions, PreparedDenoise};
-use crate::sampler::DpmSolverConfig;
+use crate::pipeline::flux::{FluxDenoiseInputs, FluxDenoiseOptions, FluxGrid, PreparedFluxDenoise};
+use crate::pipeline::run::PreparedRun;
+use crate::sampler::{DpmSolverConfig, FlowMatchConfig};
 use crate::weights::{write_outputs, HostTensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -158,9 +161,66 @@ impl WorkReport {
     }
 }
 
+/// The model a search runs, with its sampler settings.
+pub enum SearchModel<'a, B: Backend> {
+    /// PixArt-α/Σ with DPM-Solver++; the image is the calibration latent size × 8.
+    PixArt {
+        model: &'a PixArtTransformer<B>,
+        scheduler: DpmSolverConfig,
+    },
+    /// FLUX with flow-matching Euler at `height × width` pixels (the calibration latents must
+    /// be that image's unpacked latent grid).
+    Flux {
+        model: &'a FluxTransformer<B>,
+        scheduler: FlowMatchConfig,
+        height: usize,
+        width: usize,
+        vae_scale_factor: usize,
+    },
+}
+
+impl<B: Backend> SearchModel<'_, B> {
+    pub fn family(&self) -> ModelFamily {
+        match self {
+            SearchModel::PixArt { .. } => ModelFamily::PixArt,
+            SearchModel::Flux { .. } => ModelFamily::Flux,
+        }
+    }
+
+    /// (blocks, single blocks) of the schedule genome.
+    pub fn blocks(&self) -> (usize, usize) {
+        match self {
+            SearchModel::PixArt { model, .. } => (model.transformer_blocks.len(), 0),
+            SearchModel::Flux { model, .. } => {
+                (model.config.num_layers, model.config.num_single_layers)
+            }
+        }
+    }
+
+    /// The ECAD cost-model dimensions.
+    pub fn dims(&self) -> ModelDims {
+        match self {
+            SearchModel::PixArt { model, .. } => pixart_dims(&model.config),
+            SearchModel::Flux { model, .. } => {
+                let c = &model.config;
+                ModelDims::Flux(FluxDims {
+                    num_layers: c.num_layers as u64,
+                    num_single_layers: c.num_single_layers as u64,
+                    attention_head_dim: c.attention_head_dim as u64,
+                    num_attention_heads: c.num_attention_heads as u64,
+                    in_channels: c.in_channels as u64,
+                    joint_attention_dim: c.joint_attention_dim as u64,
+                    pooled_projection_dim: c.pooled_projection_dim as u64,
+                    guidance_embeds: c.guidance_embeds,
+                    out_channels: Some(c.out_channels as u64),
+                })
+            }
+        }
+    }
+}
+
 /// What the evaluator needs.
 pub struct EvalConfig {
-    pub scheduler: DpmSolverConfig,
     pub steps: usize,
     pub guidance: f32,
     pub samples: SampleSet,
@@ -180,7 +240,7 @@ pub struct EvalConfig {
 /// cross-attention K/V, hundreds of MB per chunk for XL-2) is kept only when there is a single
 /// chunk; otherwise it is rebuilt for each walk (a fraction of one transformer step).
 struct Chunk<'a, B: Backend> {
-    prepared: Option<PreparedDenoise<'a, B>>,
+    prepared: Option<PreparedRun<'a, B>>,
     initial: Node<B>,
     first: usize,
     len: usize,
@@ -189,14 +249,18 @@ struct Chunk<'a, B: Backend> {
 /// Evaluates schedules of one model over one calibration set.
 pub struct Evaluator<'a, B: Backend> {
     be: &'a B,
-    model: &'a PixArtTransformer<B>,
+    model: SearchModel<'a, B>,
     /// The all-recompute schedule the runs are prepared with.
     default: Schedule,
     steps: usize,
     blocks: usize,
+    single_blocks: usize,
     bits_per_step: usize,
     dims: ModelDims,
+    /// Image size in pixels (the cost model's size).
     hw: (usize, usize),
+    /// Shape of one sample's final latents as written for an external scorer.
+    sample_shape: Vec<usize>,
     cfg: EvalConfig,
     chunks: Vec<Chunk<'a, B>>,
     /// Final latents of the uncached run, per sample.
@@ -205,7 +269,7 @@ pub struct Evaluator<'a, B: Backend> {
 }
 
 struct Walk<'w, 'a, B: Backend> {
-    prepared: &'w PreparedDenoise<'a, B>,
+    prepared: &'w PreparedRun<'a, B>,
     chunk_idx: usize,
     genomes: &'w [Genome],
     schedules: &'w [Schedule],
@@ -327,20 +391,52 @@ impl<'a, B: Backend> Evaluator<'a, B> {
     /// Prepares every calibration chunk and computes the uncached reference.
     pub fn new(
         be: &'a B,
-        model: &'a PixArtTransformer<B>,
+        model: SearchModel<'a, B>,
         cfg: EvalConfig,
         tick: &mut (dyn FnMut() + Send),
     ) -> SResult<Self> {
-        let mc = &model.config;
-        let blocks = model.transformer_blocks.len();
+        let family = model.family();
+        let (blocks, single_blocks) = model.blocks();
         let steps = cfg.steps;
         let (c, h, w) = cfg.samples.latent;
-        if c != mc.in_channels {
-            return Err(SearchError::Settings(format!(
-                "latent channels {c} do not match the model's {}",
-                mc.in_channels
-            )));
-        }
+        let (hw, sample_shape) = match &model {
+            SearchModel::PixArt { model: m, .. } => {
+                if c != m.config.in_channels {
+                    return Err(SearchError::Settings(format!(
+                        "latent channels {c} do not match the model's {}",
+                        m.config.in_channels
+                    )));
+                }
+                ((h * 8, w * 8), vec![1, c, h, w])
+            }
+            SearchModel::Flux {
+                model: m,
+                height,
+                width,
+                vae_scale_factor,
+                ..
+            } => {
+                let grid = FluxGrid::new(*height, *width, *vae_scale_factor)?;
+                if c * 4 != m.config.in_channels
+                    || (h, w) != (grid.latent_h, grid.latent_w)
+                    || !cfg.samples.packed
+                {
+                    return Err(SearchError::Settings(format!(
+                        "FLUX calibration latents must be packed {}x{}x{} (a {height}x{width} image), got {c}x{h}x{w}",
+                        m.config.in_channels / 4,
+                        grid.latent_h,
+                        grid.latent_w
+                    )));
+                }
+                if cfg.samples.calibration.pooled_prompt_embeds.is_none() {
+                    return Err(SearchError::Settings(
+                        "the calibration set has no `pooled_prompt_embeds`, which FLUX needs"
+                            .into(),
+                    ));
+                }
+                ((*height, *width), vec![1, grid.tokens(), c * 4])
+            }
+        };
         if cfg.samples.is_empty() {
             return Err(SearchError::Settings(
                 "the calibration set is empty (need at least one prompt and one seed)".into(),
@@ -351,20 +447,23 @@ impl<'a, B: Backend> Evaluator<'a, B> {
                 "--batch-size must be at least 1".into(),
             ));
         }
-        if cfg.guidance > 1.0 && cfg.samples.calibration.negative_prompt_embeds.is_none() {
+        if family == ModelFamily::PixArt
+            && cfg.guidance > 1.0
+            && cfg.samples.calibration.negative_prompt_embeds.is_none()
+        {
             return Err(SearchError::Settings(
                 "the calibration set has no `negative_prompt_embeds`, which --guidance > 1 needs"
                     .into(),
             ));
         }
-        let default = Schedule::new_filled(ModelFamily::PixArt, steps, blocks, 0, "default", true)?;
+        let default = Schedule::new_filled(family, steps, blocks, single_blocks, "default", true)?;
         let n = cfg.samples.len();
         let mut chunks = Vec::new();
         let mut first = 0;
         let single = cfg.batch_size >= n;
         while first < n {
             let len = cfg.batch_size.min(n - first);
-            let prepared = prepare(be, model, &cfg, &default, first, len)?;
+            let prepared = prepare(be, &model, &cfg, &default, first, len)?;
             let state = prepared.start(&cfg.samples.batch(first, len).latents)?;
             chunks.push(Chunk {
                 prepared: single.then_some(prepared),
@@ -379,13 +478,15 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         }
         let mut ev = Evaluator {
             be,
+            dims: model.dims(),
             model,
             default,
             steps,
             blocks,
-            bits_per_step: blocks * 3,
-            dims: pixart_dims(mc),
-            hw: (h, w),
+            single_blocks,
+            bits_per_step: (blocks + single_blocks) * 3,
+            hw,
+            sample_shape,
             cache: PrefixCache::new(cfg.cache_budget),
             cfg,
             chunks,
@@ -414,6 +515,12 @@ impl<'a, B: Backend> Evaluator<'a, B> {
     }
     pub fn blocks(&self) -> usize {
         self.blocks
+    }
+    pub fn single_blocks(&self) -> usize {
+        self.single_blocks
+    }
+    pub fn family(&self) -> ModelFamily {
+        self.model.family()
     }
     pub fn bits_per_step(&self) -> usize {
         self.bits_per_step
@@ -445,23 +552,18 @@ impl<'a, B: Backend> Evaluator<'a, B> {
     /// A genome as a schedule (ECAD's GA candidate form).
     pub fn schedule(&self, genome: &[bool], name: &str) -> SResult<Schedule> {
         Ok(Schedule::from_genome(
-            ModelFamily::PixArt,
+            self.model.family(),
             self.steps,
             self.blocks,
-            0,
+            self.single_blocks,
             genome,
             name,
         )?)
     }
 
-    /// ECAD MACs of a schedule at the latent size × 8, total and per step.
+    /// ECAD MACs of a schedule at the image size, total and per step.
     pub fn macs(&self, s: &Schedule) -> SResult<(u64, Vec<u64>)> {
-        let r = ecad_macs(
-            s,
-            &self.dims,
-            (self.hw.0 * 8) as u64,
-            (self.hw.1 * 8) as u64,
-        )?;
+        let r = ecad_macs(s, &self.dims, self.hw.0 as u64, self.hw.1 as u64)?;
         Ok((
             r.total_macs,
             r.by_inference_step.values().copied().collect(),
@@ -519,7 +621,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             default,
             ..
         } = self;
-        let (model, cfg, default) = (*model, &*cfg, &*default);
+        let (model, cfg, default) = (&*model, &*cfg, &*default);
         let cache = Mutex::new(std::mem::replace(cache_ref, PrefixCache::new(0)));
         let result = (|| -> SResult<()> {
             for (ci, chunk) in chunks.iter().enumerate() {
@@ -540,7 +642,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
                 }
                 let on_leaf = |cands: &[usize], node: &Node<B>| -> SResult<()> {
                     let host = be
-                        .to_host(&node.state.latents)
+                        .to_host(node.state.latents())
                         .map_err(crate::models::ModelError::from)?;
                     let per = host.len() / chunk.len;
                     {
@@ -631,10 +733,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
                 std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
             }
         }
-        let shape = {
-            let (c, h, w) = self.cfg.samples.latent;
-            vec![1, c, h, w]
-        };
+        let shape = self.sample_shape.clone();
         let result = self.run(
             genomes,
             sharing,
@@ -700,11 +799,10 @@ impl<'a, B: Backend> Evaluator<'a, B> {
     fn run_scorer(&self, cmd: &str, id: u64) -> SResult<Vec<f64>> {
         let dir = cand_dir(&self.cfg.scratch, id);
         let samples = &self.cfg.samples;
-        let (c, h, w) = samples.latent;
         let manifest = serde_json::json!({
             "candidate": id,
             "candidate_name": cand_name(id),
-            "latent_shape": [1, c, h, w],
+            "latent_shape": self.sample_shape,
             "tensor": "latents",
             "samples": (0..samples.len()).map(|i| {
                 let (p, s) = samples.sample(i);
@@ -766,28 +864,61 @@ impl<'a, B: Backend> Evaluator<'a, B> {
 /// Validates and prepares the run of samples `first..first + len` (text work included).
 fn prepare<'a, B: Backend>(
     be: &'a B,
-    model: &'a PixArtTransformer<B>,
+    model: &SearchModel<'a, B>,
     cfg: &EvalConfig,
     default: &Schedule,
     first: usize,
     len: usize,
-) -> SResult<PreparedDenoise<'a, B>> {
+) -> SResult<PreparedRun<'a, B>> {
     let inp = cfg.samples.batch(first, len);
-    let di = DenoiseInputs {
-        latents: &inp.latents,
-        prompt_embeds: &inp.prompt_embeds,
-        prompt_attention_mask: Some(&inp.prompt_attention_mask),
-        negative_prompt_embeds: inp.negative_prompt_embeds.as_ref(),
-        negative_prompt_attention_mask: Some(&inp.negative_prompt_attention_mask),
-        resolution: None,
-        aspect_ratio: None,
-    };
-    let opts = DenoiseOptions {
-        steps: cfg.steps,
-        guidance: cfg.guidance,
-        schedule: Some(default),
-    };
-    Ok(PreparedDenoise::new(be, model, &cfg.scheduler, &di, &opts)?)
+    match model {
+        SearchModel::PixArt { model, scheduler } => {
+            let di = DenoiseInputs {
+                latents: &inp.latents,
+                prompt_embeds: &inp.prompt_embeds,
+                prompt_attention_mask: Some(&inp.prompt_attention_mask),
+                negative_prompt_embeds: inp.negative_prompt_embeds.as_ref(),
+                negative_prompt_attention_mask: Some(&inp.negative_prompt_attention_mask),
+                resolution: None,
+                aspect_ratio: None,
+            };
+            let opts = DenoiseOptions {
+                steps: cfg.steps,
+                guidance: cfg.guidance,
+                schedule: Some(default),
+            };
+            Ok(PreparedRun::PixArt(PreparedDenoise::new(
+                be, model, scheduler, &di, &opts,
+            )?))
+        }
+        SearchModel::Flux {
+            model,
+            scheduler,
+            height,
+            width,
+            vae_scale_factor,
+        } => {
+            let pooled = inp.pooled_prompt_embeds.as_ref().ok_or_else(|| {
+                SearchError::Settings("FLUX needs `pooled_prompt_embeds` in the calibration".into())
+            })?;
+            let fi = FluxDenoiseInputs {
+                latents: &inp.latents,
+                prompt_embeds: &inp.prompt_embeds,
+                pooled_prompt_embeds: pooled,
+            };
+            let opts = FluxDenoiseOptions {
+                steps: cfg.steps,
+                guidance: cfg.guidance,
+                height: *height,
+                width: *width,
+                vae_scale_factor: *vae_scale_factor,
+                schedule: Some(default),
+            };
+            Ok(PreparedRun::Flux(PreparedFluxDenoise::new(
+                be, model, scheduler, &fi, &opts,
+            )?))
+        }
+    }
 }
 
 fn io(path: &Path, e: std::io::Error) -> SearchError {

@@ -107,7 +107,7 @@ pub fn write_outputs<B: Backend>(
         m.insert("genome".into(), json!(to_hex(&e.genome)));
         Value::Object(m)
     };
-    let header = json!({
+    let mut header = json!({
         "cost": cost.name(),
         "quality": quality.name(),
         "steps": ev.steps(),
@@ -115,6 +115,15 @@ pub fn write_outputs<B: Backend>(
         "genome_bits": n_var,
         "genome_encoding": "hex, 4 bits per digit, most significant first, ECAD order (step, block, [attn1, attn2, ff]); 1 = recompute",
     });
+    if ev.family() == crate::cache::schedule::ModelFamily::Flux {
+        header["model_family"] = json!("FLUX");
+        header["single_blocks"] = json!(ev.single_blocks());
+        header["genome_encoding"] = json!(
+            "hex, 4 bits per digit, most significant first, ECAD order (step, double blocks \
+             [full_attn, full_ff, full_ff_context], then single blocks [single_attn, \
+             single_proj_mlp, single_proj_out]); 1 = recompute"
+        );
+    }
 
     // archive.json
     let mut archive = header.clone();

@@ -7,13 +7,13 @@
 //! counted once, and freed from the count when the last state holding it is evicted.
 
 use crate::backend::{Backend, Tensor};
-use crate::pipeline::denoise::DenoiseState;
+use crate::pipeline::run::RunState;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// A sampling state on a prefix path, with the measured time spent to reach it.
 pub struct Node<B: Backend> {
-    pub state: DenoiseState<B>,
+    pub state: RunState<B>,
     /// Seconds of step computation along the path from the initial state.
     pub seconds: f64,
 }
@@ -167,18 +167,18 @@ impl<B: Backend> PrefixCache<B> {
 mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
-    use crate::pipeline::denoise::DenoiseReport;
+    use crate::pipeline::denoise::{DenoiseReport, DenoiseState};
     use crate::sampler::{DpmSolverConfig, DpmSolverMultistep};
 
     fn node(be: &CpuBackend, latents: &Tensor<CpuBackend>) -> Node<CpuBackend> {
         let _ = be;
         Node {
-            state: DenoiseState {
+            state: RunState::PixArt(DenoiseState {
                 latents: latents.clone(),
                 sampler: DpmSolverMultistep::new(DpmSolverConfig::default(), 4),
                 cache: None,
                 report: DenoiseReport::default(),
-            },
+            }),
             seconds: 0.0,
         }
     }
