@@ -52,6 +52,23 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
 
+// CLIP's quick_gelu: x·sigmoid(1.702x).
+__device__ __forceinline__ float quick_gelu(float x) { return x / (1.0f + __expf(-1.702f * x)); }
+
+// Exact GELU (transformers' "gelu"): 0.5·x·(1 + erf(x/√2)).
+__device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+// Activation codes shared with the Rust side: 0 none, 1 GELU(tanh), 2 SiLU, 3 quick_gelu, 4 GELU(erf).
+__device__ __forceinline__ float apply_act(float v, int act) {
+    switch (act) {
+        case 1: return gelu_tanh(v);
+        case 2: return silu(v);
+        case 3: return quick_gelu(v);
+        case 4: return gelu_erf(v);
+        default: return v;
+    }
+}
+
 }  // namespace ecad
 
 // Instantiates an extern "C" kernel for the three storage dtypes: NAME_f32, NAME_bf16, NAME_f16.

@@ -9,7 +9,7 @@ template <typename T>
 __device__ void act_impl(T *x, long n, int act) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         float v = to_f32(x[i]);
-        v = act == 1 ? gelu_tanh(v) : act == 2 ? silu(v) : v;
+        v = apply_act(v, act);
         x[i] = from_f32<T>(v);
     }
 }
@@ -20,7 +20,7 @@ __device__ void bias_act_impl(T *y, const T *bias, long rows, int n, int act) {
     const long total = rows * n;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         float v = to_f32(y[i]) + (bias ? to_f32(bias[i % n]) : 0.0f);
-        v = act == 1 ? gelu_tanh(v) : act == 2 ? silu(v) : v;
+        v = apply_act(v, act);
         y[i] = from_f32<T>(v);
     }
 }

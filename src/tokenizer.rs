@@ -480,3 +480,293 @@ mod tests {
         assert!(SpModel::parse(&[0xff; 12]).is_err());
     }
 }
+
+// ---- CLIP --------------------------------------------------------------------------------------
+
+/// The special tokens of a CLIP tokenizer (transformers' `CLIPTokenizer` class defaults when the
+/// folder's config files do not name them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClipSpecialTokens {
+    pub bos: String,
+    pub eos: String,
+    pub pad: String,
+    pub unk: String,
+}
+
+impl Default for ClipSpecialTokens {
+    fn default() -> Self {
+        ClipSpecialTokens {
+            bos: "<|startoftext|>".into(),
+            eos: "<|endoftext|>".into(),
+            pad: "<|endoftext|>".into(),
+            unk: "<|endoftext|>".into(),
+        }
+    }
+}
+
+/// The pre-tokenizer pattern of transformers 5's `CLIPTokenizer` (the special tokens, English
+/// contractions, letter runs, single digits, runs of other non-space characters).
+pub const CLIP_SPLIT_PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+
+/// The CLIP BPE tokenizer as transformers 5.24's `CLIPTokenizer` (= `CLIPTokenizerFast`) builds
+/// it from a checkpoint's `tokenizer/` folder (FLUX.1: `vocab.json`, `merges.txt`,
+/// `special_tokens_map.json`, `tokenizer_config.json`), or read from `tokenizer.json`:
+///
+/// - normalizer: NFC, `\s+` → `" "`, lower-case (no strip: edge whitespace becomes a removed
+///   separator);
+/// - pre-tokenizer: split on [`CLIP_SPLIT_PATTERN`] keeping the matches (everything else, i.e.
+///   whitespace, is dropped), then byte-level (GPT-2 byte→unicode map, its own regex, no prefix
+///   space);
+/// - model: BPE with `end_of_word_suffix` `</w>`, no continuing-subword prefix, unk
+///   `<|endoftext|>`, no unk fusing;
+/// - special tokens BOS/EOS/UNK/PAD (matched in the text as added tokens, with the flags the
+///   config files give them); a prompt is `BOS ids EOS`, truncated to keep the EOS and padded
+///   with the pad token (FLUX: `<|endoftext|>`).
+///
+/// transformers 4's slow `CLIPTokenizer` additionally ran `ftfy.fix_text` (when installed) and
+/// `html.unescape`, and lower-cased with Python's `str.lower`; transformers 5 (what FLUX
+/// pipelines run today) does neither ftfy nor HTML unescaping, and this follows transformers 5.
+pub struct ClipTokenizer {
+    inner: Tokenizer,
+    bos_id: u32,
+    eos_id: u32,
+    pad_id: u32,
+}
+
+/// One special-token entry of `tokenizer_config.json` / `special_tokens_map.json`: a plain
+/// string (transformers makes it `AddedToken(s, special=True, normalized=False)`) or an
+/// `AddedToken` dict with its flags.
+fn added_token_from_json(v: &serde_json::Value) -> Option<AddedToken> {
+    match v {
+        serde_json::Value::String(s) => Some(AddedToken::from(s.clone(), true)),
+        serde_json::Value::Object(m) => {
+            let content = m.get("content")?.as_str()?.to_string();
+            let flag = |k: &str, d: bool| m.get(k).and_then(|x| x.as_bool()).unwrap_or(d);
+            Some(
+                AddedToken::from(content, true)
+                    .lstrip(flag("lstrip", false))
+                    .rstrip(flag("rstrip", false))
+                    .single_word(flag("single_word", false))
+                    .normalized(flag("normalized", false))
+                    .special(flag("special", true)),
+            )
+        }
+        _ => None,
+    }
+}
+
+fn read_json_object(path: &Path) -> TResult<Option<serde_json::Map<String, serde_json::Value>>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| TokenizerError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    match serde_json::from_str(&text) {
+        Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
+        Ok(_) => Err(invalid(path, "top level is not a JSON object")),
+        Err(e) => Err(invalid(path, format!("invalid JSON: {e}"))),
+    }
+}
+
+/// The special tokens (names and added-token flags) a CLIP tokenizer folder configures:
+/// `tokenizer_config.json` first, then `special_tokens_map.json`, then the class defaults; an
+/// `added_tokens_decoder` in `tokenizer_config.json` gives the final flags of the tokens it lists.
+fn clip_specials(dir: &Path) -> TResult<(ClipSpecialTokens, Vec<AddedToken>)> {
+    let cfg = read_json_object(&dir.join("tokenizer_config.json"))?;
+    let map = read_json_object(&dir.join("special_tokens_map.json"))?;
+    let mut names = ClipSpecialTokens::default();
+    let mut tokens: Vec<AddedToken> = Vec::new();
+    for key in ["bos_token", "eos_token", "unk_token", "pad_token"] {
+        let entry = [cfg.as_ref(), map.as_ref()]
+            .into_iter()
+            .flatten()
+            .find_map(|m| m.get(key).filter(|v| !v.is_null()));
+        let tok = match entry {
+            Some(v) => added_token_from_json(v).ok_or_else(|| {
+                invalid(
+                    dir,
+                    format!("`{key}` must be a string or an AddedToken object, got {v}"),
+                )
+            })?,
+            None => {
+                let d = ClipSpecialTokens::default();
+                let s = match key {
+                    "bos_token" => d.bos,
+                    "eos_token" => d.eos,
+                    "unk_token" => d.unk,
+                    _ => d.pad,
+                };
+                AddedToken::from(s, true)
+            }
+        };
+        let slot = match key {
+            "bos_token" => &mut names.bos,
+            "eos_token" => &mut names.eos,
+            "unk_token" => &mut names.unk,
+            _ => &mut names.pad,
+        };
+        slot.clone_from(&tok.content);
+        // A later entry with the same content replaces the earlier one (as adding it again does).
+        tokens.retain(|t| t.content != tok.content);
+        tokens.push(tok);
+    }
+    if let Some(serde_json::Value::Object(dec)) =
+        cfg.as_ref().and_then(|m| m.get("added_tokens_decoder"))
+    {
+        for v in dec.values() {
+            if let Some(t) = added_token_from_json(v) {
+                tokens.retain(|x| x.content != t.content);
+                tokens.push(t);
+            }
+        }
+    }
+    Ok((names, tokens))
+}
+
+impl ClipTokenizer {
+    /// Reads a CLIP tokenizer folder: `tokenizer.json` when present, else `vocab.json` +
+    /// `merges.txt`; special tokens from `tokenizer_config.json` / `special_tokens_map.json`.
+    pub fn from_dir(dir: &Path) -> TResult<Self> {
+        let (names, added) = clip_specials(dir)?;
+        let json = dir.join("tokenizer.json");
+        let inner = if json.is_file() {
+            let mut t = Tokenizer::from_file(&json)
+                .map_err(|e| invalid(&json, format!("tokenizer.json: {e}")))?;
+            t.with_truncation(None)
+                .map_err(|e| invalid(&json, e.to_string()))?;
+            t.with_padding(None);
+            t
+        } else {
+            let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+            for p in [&vocab, &merges] {
+                if !p.is_file() {
+                    return Err(TokenizerError::Missing {
+                        path: dir.to_path_buf(),
+                    });
+                }
+            }
+            Self::build(&vocab, &merges, &names.unk, &added)?
+        };
+        Self::with_specials(inner, dir, &names)
+    }
+
+    /// transformers' CLIP tokenizer pipeline over `vocab.json` + `merges.txt`.
+    fn build(vocab: &Path, merges: &Path, unk: &str, added: &[AddedToken]) -> TResult<Tokenizer> {
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::normalizers::{Lowercase, Replace, Sequence as NSeq, NFC};
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+        use tokenizers::SplitDelimiterBehavior;
+
+        let utf8 = |p: &Path| {
+            p.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| invalid(p, "path is not valid UTF-8"))
+        };
+        let model = BPE::from_file(&utf8(vocab)?, &utf8(merges)?)
+            .continuing_subword_prefix(String::new())
+            .end_of_word_suffix("</w>".into())
+            .unk_token(unk.to_string())
+            .fuse_unk(false)
+            .build()
+            .map_err(|e| invalid(vocab, format!("vocab.json / merges.txt: {e}")))?;
+        let mut t = Tokenizer::new(model);
+        let replace = Replace::new(
+            tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+            " ",
+        )
+        .map_err(|e| invalid(vocab, e.to_string()))?;
+        t.with_normalizer(Some(NSeq::new(vec![
+            NFC.into(),
+            replace.into(),
+            Lowercase.into(),
+        ])));
+        let split = Split::new(
+            SplitPattern::Regex(CLIP_SPLIT_PATTERN.into()),
+            SplitDelimiterBehavior::Removed,
+            true,
+        )
+        .map_err(|e| invalid(vocab, e.to_string()))?;
+        t.with_pre_tokenizer(Some(Sequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, true, true).into(),
+        ])));
+        t.with_decoder(Some(ByteLevel::default()));
+        t.add_special_tokens(added);
+        Ok(t)
+    }
+
+    fn with_specials(inner: Tokenizer, dir: &Path, names: &ClipSpecialTokens) -> TResult<Self> {
+        let id = |s: &str, what: &str| {
+            inner.token_to_id(s).ok_or_else(|| {
+                invalid(
+                    dir,
+                    format!("the {what} token `{s}` is not in the vocabulary"),
+                )
+            })
+        };
+        Ok(ClipTokenizer {
+            bos_id: id(&names.bos, "BOS")?,
+            eos_id: id(&names.eos, "EOS")?,
+            pad_id: id(&names.pad, "pad")?,
+            inner,
+        })
+    }
+
+    pub fn bos_id(&self) -> u32 {
+        self.bos_id
+    }
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// Vocabulary size including added tokens (must not exceed the encoder's embedding rows).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The ids of `text` without BOS/EOS and without truncation.
+    pub fn encode_raw(&self, text: &str) -> TResult<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode {
+                text: text.to_string(),
+                detail: e.to_string(),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// `tokenizer(text, padding="max_length", max_length=L, truncation=True)`: `BOS`, the first
+    /// `L − 2` ids, `EOS`, then pad ids up to `L`. The mask covers BOS…EOS.
+    pub fn encode_padded(&self, text: &str, max_len: usize) -> TResult<TokenizedPrompt> {
+        if max_len < 2 {
+            return Err(TokenizerError::Encode {
+                text: text.to_string(),
+                detail: format!("max_length {max_len} leaves no room for BOS and EOS"),
+            });
+        }
+        let raw = self.encode_raw(text)?;
+        let keep = raw.len().min(max_len - 2);
+        let mut ids = Vec::with_capacity(max_len);
+        ids.push(self.bos_id);
+        ids.extend_from_slice(&raw[..keep]);
+        ids.push(self.eos_id);
+        let valid = ids.len();
+        ids.resize(max_len, self.pad_id);
+        let mut mask = vec![0f32; max_len];
+        mask[..valid].iter_mut().for_each(|m| *m = 1.0);
+        Ok(TokenizedPrompt {
+            ids,
+            mask,
+            valid,
+            truncated: raw.len() - keep,
+        })
+    }
+}

@@ -53,6 +53,10 @@ pub enum Activation {
     GeluTanh,
     /// `x·sigmoid(x)`
     Silu,
+    /// `x·sigmoid(1.702·x)` (CLIP's `quick_gelu`)
+    QuickGelu,
+    /// `0.5·x·(1 + erf(x/√2))` (exact GELU, transformers' `gelu`)
+    GeluErf,
 }
 
 /// The precision a backend's tensors carry between ops.

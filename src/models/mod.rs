@@ -1,6 +1,7 @@
 //! Models, written once against the [`Backend`] interface. Each module struct mirrors the
 //! checkpoint: its fields are named after the tensor names they load.
 
+pub mod clip;
 pub mod embeddings;
 pub mod flux;
 pub mod pixart;

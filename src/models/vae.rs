@@ -4,8 +4,10 @@
 //! `post_quant_conv` (1×1) → `decoder.conv_in` (3×3) → mid block (resnet, single-head attention
 //! with GroupNorm and a residual, resnet) → up blocks (`layers_per_block + 1` resnets each,
 //! nearest ×2 upsample + 3×3 conv except in the last) → GroupNorm + SiLU → `conv_out`.
-//! GroupNorm everywhere: `norm_num_groups` groups, eps 1e-6. The caller divides the latents by
-//! `scaling_factor` (PixArt applies no shift factor).
+//! GroupNorm everywhere: `norm_num_groups` groups, eps 1e-6. [`VaeDecoder::decode_latents`]
+//! maps pipeline latents to decoder input as `latents / scaling_factor (+ shift_factor)`: PixArt's
+//! config has no shift factor, FLUX's VAE (16 latent channels, no `quant_conv` /
+//! `post_quant_conv`) has one (flux-spec §8).
 
 use super::{load, Linear, MResult, ModelError, TensorSource};
 use crate::backend::{BResult, Backend, Tensor};
@@ -25,6 +27,10 @@ pub struct VaeConfig {
     pub out_channels: usize,
     pub norm_num_groups: usize,
     pub scaling_factor: f64,
+    /// `shift_factor` (FLUX: 0.1159); `None` when absent or null (SD/PixArt VAEs).
+    pub shift_factor: Option<f64>,
+    /// `use_quant_conv`: only the encoder uses `quant_conv`, so the decoder just records it.
+    pub use_quant_conv: bool,
     pub use_post_quant_conv: bool,
     pub mid_block_add_attention: bool,
 }
@@ -78,6 +84,8 @@ impl VaeConfig {
             out_channels: c.usize_or("out_channels", 3)?,
             norm_num_groups: c.usize_or("norm_num_groups", 32)?,
             scaling_factor: c.f64_or("scaling_factor", 0.18215)?,
+            shift_factor: c.opt_f64("shift_factor")?,
+            use_quant_conv: c.bool_or("use_quant_conv", true)?,
             use_post_quant_conv: c.bool_or("use_post_quant_conv", true)?,
             mid_block_add_attention: c.bool_or("mid_block_add_attention", true)?,
             block_out_channels: boc,
@@ -97,6 +105,9 @@ impl VaeConfig {
         }
         if !(cfg.scaling_factor.is_finite() && cfg.scaling_factor > 0.0) {
             return Err(c.invalid("`scaling_factor` must be a positive number"));
+        }
+        if cfg.shift_factor.is_some_and(|s| !s.is_finite()) {
+            return Err(c.invalid("`shift_factor` must be a finite number or null"));
         }
         Ok(cfg)
     }
@@ -401,11 +412,19 @@ impl<B: Backend> VaeDecoder<B> {
         Ok(self.conv_out.forward(be, &x)?)
     }
 
-    /// Decodes pipeline latents: `latents / scaling_factor` (a true f32 division, as torch
-    /// does it), then [`Self::decode`].
+    /// Decodes pipeline latents: `latents / scaling_factor + shift_factor` (a true f32 division,
+    /// then an f32 addition when the config has a shift factor, as torch does them), then
+    /// [`Self::decode`].
     pub fn decode_latents(&self, be: &B, latents: &Tensor<B>) -> MResult<Tensor<B>> {
         let sf = self.config.scaling_factor as f32;
-        let z: Vec<f32> = be.to_host(latents)?.into_iter().map(|v| v / sf).collect();
+        let mut z = be.to_host(latents)?;
+        match self.config.shift_factor {
+            None => z.iter_mut().for_each(|v| *v /= sf),
+            Some(shift) => {
+                let shift = shift as f32;
+                z.iter_mut().for_each(|v| *v = *v / sf + shift);
+            }
+        }
         let z = be.upload(z, latents.shape())?;
         self.decode(be, &z)
     }

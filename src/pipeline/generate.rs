@@ -144,6 +144,8 @@ pub fn demo_vae_config() -> VaeConfig {
         out_channels: 3,
         norm_num_groups: 4,
         scaling_factor: 0.18215,
+        shift_factor: None,
+        use_quant_conv: true,
         use_post_quant_conv: true,
         mid_block_add_attention: true,
     }

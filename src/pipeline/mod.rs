@@ -213,3 +213,12 @@ pub fn load_vae<B: Backend>(be: &B, dir: &Path) -> MResult<crate::models::vae::V
     let store = WeightStore::open_dir(dir, "diffusion_pytorch_model")?;
     crate::models::vae::VaeDecoder::load(be, config, &store)
 }
+
+/// Loads a CLIP text encoder from a `text_encoder/` folder (config.json + model.safetensors or
+/// shards listed in model.safetensors.index.json; F32/F16/BF16; tensors with or without the
+/// `text_model.` prefix).
+pub fn load_clip<B: Backend>(be: &B, dir: &Path) -> MResult<crate::models::clip::ClipTextModel<B>> {
+    let config = crate::models::clip::ClipTextConfig::from_file(&dir.join("config.json"))?;
+    let store = WeightStore::open_dir(dir, "model")?;
+    crate::models::clip::ClipTextModel::load(be, config, &store)
+}

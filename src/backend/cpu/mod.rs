@@ -158,6 +158,8 @@ fn apply_act(v: &mut [f32], act: Activation) {
         Activation::None => {}
         Activation::GeluTanh => vmath::gelu_tanh(v),
         Activation::Silu => vmath::silu(v),
+        Activation::QuickGelu => vmath::quick_gelu(v),
+        Activation::GeluErf => v.iter_mut().for_each(|x| *x = vmath::gelu_erf(*x)),
     }
 }
 

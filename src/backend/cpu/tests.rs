@@ -39,7 +39,13 @@ fn linear_with_bias_and_activations() {
         let (x, xt) = t(&be, &mut r, &[m, k]);
         let (w, wt) = t(&be, &mut r, &[n, k]);
         let (b, bt) = t(&be, &mut r, &[n]);
-        for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
+        for act in [
+            Activation::None,
+            Activation::GeluTanh,
+            Activation::Silu,
+            Activation::QuickGelu,
+            Activation::GeluErf,
+        ] {
             let got = be
                 .to_host(&be.linear(&xt, &wt, Some(&bt), act).unwrap())
                 .unwrap();
@@ -54,6 +60,10 @@ fn linear_with_bias_and_activations() {
                         Activation::None => v,
                         Activation::GeluTanh => gelu(v),
                         Activation::Silu => v / (1.0 + (-v).exp()),
+                        Activation::QuickGelu => v / (1.0 + (-1.702 * v).exp()),
+                        Activation::GeluErf => {
+                            0.5 * v * (1.0 + super::vmath::erf64(v / std::f64::consts::SQRT_2))
+                        }
                     }
                 })
                 .collect();
@@ -491,5 +501,40 @@ fn banded_conv_matches_direct() {
                 );
             }
         }
+    }
+}
+
+/// The standalone `activation` op with CLIP's activations (quick_gelu, exact GELU), on a
+/// tensor large enough to take the parallel path.
+#[test]
+fn clip_activations_match_reference() {
+    let be = CpuBackend::new();
+    let mut r = rng(9);
+    let (x, xt) = t(&be, &mut r, &[3, 9000]);
+    let x4: Vec<f32> = x.iter().map(|v| v * 4.0).collect();
+    let xt4 = be.upload(x4.clone(), &[3, 9000]).unwrap();
+    for (xs, xt) in [(&x, &xt), (&x4, &xt4)] {
+        let q = be
+            .to_host(&be.activation(xt, Activation::QuickGelu).unwrap())
+            .unwrap();
+        let want: Vec<f64> = xs
+            .iter()
+            .map(|&v| {
+                let v = v as f64;
+                v / (1.0 + (-1.702 * v).exp())
+            })
+            .collect();
+        close(&q, &want, 1e-6);
+        let g = be
+            .to_host(&be.activation(xt, Activation::GeluErf).unwrap())
+            .unwrap();
+        let want: Vec<f64> = xs
+            .iter()
+            .map(|&v| {
+                let v = v as f64;
+                0.5 * v * (1.0 + super::vmath::erf64(v / std::f64::consts::SQRT_2))
+            })
+            .collect();
+        close(&g, &want, 1e-6);
     }
 }

@@ -335,6 +335,8 @@ impl Backend for CudaBackend {
                 Activation::None => 0,
                 Activation::GeluTanh => 1,
                 Activation::Silu => 2,
+                Activation::QuickGelu => 3,
+                Activation::GeluErf => 4,
             };
             let (rows, ni) = (m as i64, n as i32);
             let null: u64 = 0;
@@ -581,6 +583,8 @@ impl Backend for CudaBackend {
             Activation::None => return Ok(self.wrap(out, x.shape().to_vec())),
             Activation::GeluTanh => 1,
             Activation::Silu => 2,
+            Activation::QuickGelu => 3,
+            Activation::GeluErf => 4,
         };
         let n = x.numel() as i64;
         let f = self.f("activation_f32")?;
