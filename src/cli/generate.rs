@@ -3,7 +3,9 @@
 use super::DeviceOpts;
 use crate::backend::Backend;
 use crate::cache::schedule::Schedule;
-use crate::pipeline::generate::{output_paths, GeneratePipeline, GenerateRequest, Timings};
+use crate::pipeline::generate::{
+    output_paths, GeneratePipeline, GenerateRequest, RgbImage, Timings,
+};
 use crate::pipeline::image::encode_png;
 use crate::weights::atomic_write;
 use anyhow::{bail, Context};
@@ -17,12 +19,15 @@ use std::time::Instant;
 Without --model, an embedded demo pipeline runs (tiny seeded random T5, transformer and VAE \
 with a small built-in vocabulary): it works on a fresh machine, but its images are NOISE, not \
 pictures. For real images pass a PixArt-α or PixArt-Σ diffusers folder (transformer/, \
-scheduler/, text_encoder/, tokenizer/, vae/).
+scheduler/, text_encoder/, tokenizer/, vae/), or a FLUX.1 diffusers folder (transformer/, \
+scheduler/, text_encoder/ + tokenizer/ for CLIP, text_encoder_2/ + tokenizer_2/ for T5, vae/): FLUX \
+runs no CFG and puts --guidance into its guidance embedding.
 
 Initial noise comes from ChaCha8 seeded with the image's seed (Box-Muller normals): the same \
 arguments and seed give byte-identical PNGs, but not the images torch's generator would give.")]
 pub struct GenerateArgs {
-    /// Diffusers PixArt pipeline root; the embedded demo pipeline (noise images) when absent.
+    /// Diffusers PixArt or FLUX pipeline root; the embedded demo pipeline (noise images) when
+    /// absent.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// The prompt (repeatable: one image set per prompt).
@@ -31,35 +36,39 @@ pub struct GenerateArgs {
     /// A file with one prompt per line (blank lines are skipped).
     #[arg(long)]
     pub prompts_file: Option<PathBuf>,
-    /// The negative prompt (used when --guidance > 1).
+    /// The negative prompt (PixArt, used when --guidance > 1; FLUX runs no CFG).
     #[arg(long, default_value = "")]
     pub negative_prompt: String,
-    /// Number of denoising steps (at least 2).
-    #[arg(long, default_value_t = 20)]
-    pub steps: usize,
-    /// Classifier-free guidance scale; CFG runs only when > 1.
-    #[arg(long, default_value_t = 4.5)]
-    pub guidance: f32,
+    /// Number of denoising steps (default: the --schedule's step count, else 20 for PixArt and
+    /// 28 for FLUX, as FluxPipeline).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// PixArt: classifier-free guidance scale (default 4.5; CFG runs only when > 1). FLUX: the
+    /// distilled guidance value (default 3.5).
+    #[arg(long)]
+    pub guidance: Option<f32>,
     /// Seed of the first image; image k (over prompts, then batch) uses seed + k.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Image width in pixels (multiple of 8; default: the model's resolution).
+    /// Image width in pixels (PixArt: multiple of 8, FLUX: of 16; default: the model's
+    /// resolution, 1024 for FLUX.1).
     #[arg(long)]
     pub width: Option<usize>,
-    /// Image height in pixels (multiple of 8; default: the model's resolution).
+    /// Image height in pixels (as --width).
     #[arg(long)]
     pub height: Option<usize>,
     /// Run at the requested size instead of PixArt's nearest aspect-ratio bin (then the size
     /// must be a multiple of 16).
     #[arg(long)]
     pub no_binning: bool,
-    /// An ECAD cache schedule (JSON); its step count must equal --steps.
+    /// An ECAD cache schedule (JSON); its step count must equal --steps when given.
     #[arg(long)]
     pub schedule: Option<PathBuf>,
     /// Images per prompt (run as one batch).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Text length L: default 120 for PixArt-α, 300 for PixArt-Σ (from model_index.json).
+    /// Text length L: default 120 for PixArt-α, 300 for PixArt-Σ (from model_index.json),
+    /// 512 for FLUX's T5 (at most 512).
     #[arg(long)]
     pub max_sequence_length: Option<usize>,
     /// Output PNG. With several images: OUT-000.png, OUT-001.png, … and a manifest OUT.json.
@@ -72,7 +81,7 @@ pub struct GenerateArgs {
     pub device: DeviceOpts,
 }
 
-fn read_prompts(a: &GenerateArgs) -> anyhow::Result<Vec<String>> {
+pub(super) fn read_prompts(a: &GenerateArgs) -> anyhow::Result<Vec<String>> {
     let mut prompts = a.prompt.clone();
     if let Some(p) = &a.prompts_file {
         let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
@@ -121,13 +130,100 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     }
 }
 
+/// One finished image and where it came from.
+pub(super) struct ImageOut {
+    pub prompt_index: usize,
+    pub batch_index: usize,
+    pub seed: u64,
+    pub image: RgbImage,
+}
+
+/// Steps: `--steps`, else the schedule's, else the family default.
+pub(super) fn resolve_steps(
+    a: &GenerateArgs,
+    schedule: Option<&Schedule>,
+    default: usize,
+) -> anyhow::Result<usize> {
+    let steps = match (a.steps, schedule) {
+        (Some(n), _) => n,
+        (None, Some(s)) => s.num_inference_steps(),
+        (None, None) => default,
+    };
+    if steps < 2 {
+        bail!("--steps must be at least 2, got {steps}");
+    }
+    Ok(steps)
+}
+
+/// Encodes every image as PNG (with its parameters as a text chunk), adds the manifest for
+/// several images, writes everything atomically (all or nothing) and prints the paths.
+pub(super) fn write_images(
+    a: &GenerateArgs,
+    prompts: &[String],
+    common: &serde_json::Value,
+    images: Vec<ImageOut>,
+) -> anyhow::Result<()> {
+    let (files, manifest_path) = output_paths(&a.out, images.len());
+    let mut outputs: Vec<(PathBuf, Vec<u8>)> = Vec::with_capacity(images.len() + 1);
+    let mut entries = Vec::with_capacity(images.len());
+    for (k, im) in images.into_iter().enumerate() {
+        let prompt = &prompts[im.prompt_index];
+        let params = json!({
+            "prompt": prompt,
+            "seed": im.seed,
+            "settings": common,
+        });
+        let img = im.image;
+        let png = encode_png(
+            &img.rgb,
+            img.width,
+            img.height,
+            &[
+                (
+                    "Software",
+                    concat!("ecad-native ", env!("CARGO_PKG_VERSION")),
+                ),
+                ("parameters", &params.to_string()),
+            ],
+        )
+        .context("encoding the PNG")?;
+        let file = files[k].clone();
+        entries.push(json!({
+            "file": file.file_name().map(|f| f.to_string_lossy().to_string()),
+            "prompt": prompt,
+            "prompt_index": im.prompt_index,
+            "batch_index": im.batch_index,
+            "seed": im.seed,
+        }));
+        outputs.push((file, png));
+    }
+    if let Some(m) = &manifest_path {
+        let mut v = common.clone();
+        v["images"] = serde_json::Value::Array(entries);
+        let text = serde_json::to_string_pretty(&v)? + "\n";
+        outputs.push((m.clone(), text.into_bytes()));
+    }
+    // Everything is computed: write it all, or nothing.
+    let mut written: Vec<&Path> = Vec::new();
+    for (path, bytes) in &outputs {
+        if let Err(e) = atomic_write(path, bytes) {
+            for p in written {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e.into());
+        }
+        written.push(path);
+    }
+    for (path, _) in &outputs {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
 fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
     let t_start = Instant::now();
     if a.batch == 0 {
         bail!("--batch must be at least 1");
-    }
-    if a.steps < 2 {
-        bail!("--steps must be at least 2, got {}", a.steps);
     }
     if a.max_sequence_length == Some(0) {
         bail!("--max-sequence-length must be at least 1");
@@ -138,6 +234,14 @@ fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
         Some(p) => Some(Schedule::from_path(p)?),
         None => None,
     };
+    if let Some(m) = &a.model {
+        let dir = crate::pipeline::ModelDir::resolve(m)?;
+        if crate::models::flux::FluxConfig::is_flux(&dir.transformer_config()?) {
+            return super::generate_flux::run_flux(be, &a, m, &prompts, schedule.as_ref(), t_start);
+        }
+    }
+    let steps = resolve_steps(&a, schedule.as_ref(), 20)?;
+    let guidance = a.guidance.unwrap_or(4.5);
     let mut pipe = match &a.model {
         Some(m) => GeneratePipeline::load(be, m, a.max_sequence_length)?,
         None => GeneratePipeline::demo(be, a.max_sequence_length)?,
@@ -148,9 +252,9 @@ fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
     if let Some(s) = &schedule {
         crate::pipeline::denoise::validate_schedule(
             s,
-            a.steps,
+            steps,
             pipe.transformer.transformer_blocks.len(),
-            a.guidance,
+            guidance,
         )
         .with_context(|| a.schedule.as_ref().unwrap().display().to_string())?;
     }
@@ -158,16 +262,14 @@ fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
     let t_loaded = t_start.elapsed();
 
     let n_images = prompts.len() * a.batch;
-    let (files, manifest_path) = output_paths(&a.out, n_images);
     let mut texts = HashMap::new();
     let mut timings = Timings::default();
-    let mut outputs: Vec<(PathBuf, Vec<u8>)> = Vec::with_capacity(n_images + 1);
-    let mut entries = Vec::with_capacity(n_images);
+    let mut images = Vec::with_capacity(n_images);
     let common = json!({
         "model": pipe.source,
         "negative_prompt": a.negative_prompt,
-        "steps": a.steps,
-        "guidance": a.guidance,
+        "steps": steps,
+        "guidance": guidance,
         "width": size.width,
         "height": size.height,
         "generated_width": size.gen_width,
@@ -205,15 +307,15 @@ fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
         } else {
             "denoise".to_string()
         };
-        let bar = super::progress::Progress::new(&label, a.steps);
-        let images = pipe.generate(
+        let bar = super::progress::Progress::new(&label, steps);
+        let out = pipe.generate(
             be,
             &GenerateRequest {
                 prompt,
                 negative_prompt: &a.negative_prompt,
                 seeds: &seeds,
-                steps: a.steps,
-                guidance: a.guidance,
+                steps,
+                guidance,
                 size,
                 schedule: schedule.as_ref(),
             },
@@ -222,58 +324,20 @@ fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
             &mut |i, _| bar.set(i),
         )?;
         bar.finish();
-        for (j, img) in images.into_iter().enumerate() {
-            let k = pi * a.batch + j;
-            let params = json!({
-                "prompt": prompt,
-                "seed": seeds[j],
-                "settings": common,
+        for (j, image) in out.into_iter().enumerate() {
+            images.push(ImageOut {
+                prompt_index: pi,
+                batch_index: j,
+                seed: seeds[j],
+                image,
             });
-            let png = encode_png(
-                &img.rgb,
-                img.width,
-                img.height,
-                &[
-                    (
-                        "Software",
-                        concat!("ecad-native ", env!("CARGO_PKG_VERSION")),
-                    ),
-                    ("parameters", &params.to_string()),
-                ],
-            )
-            .context("encoding the PNG")?;
-            let file = files[k].clone();
-            entries.push(json!({
-                "file": file.file_name().map(|f| f.to_string_lossy().to_string()),
-                "prompt": prompt,
-                "prompt_index": pi,
-                "batch_index": j,
-                "seed": seeds[j],
-            }));
-            outputs.push((file, png));
         }
     }
-    if let Some(m) = &manifest_path {
-        let mut v = common.clone();
-        v["images"] = serde_json::Value::Array(entries);
-        let text = serde_json::to_string_pretty(&v)? + "\n";
-        outputs.push((m.clone(), text.into_bytes()));
-    }
-    // Everything is computed: write it all, or nothing.
-    let mut written: Vec<&Path> = Vec::new();
-    for (path, bytes) in &outputs {
-        if let Err(e) = atomic_write(path, bytes) {
-            for p in written {
-                let _ = std::fs::remove_file(p);
-            }
-            return Err(e.into());
-        }
-        written.push(path);
-    }
+    write_images(&a, &prompts, &common, images)?;
     if a.verbose {
         let total = t_start.elapsed();
         eprintln!(
-            "timing: load {:.2} s, text encoder {:.2} s, denoise {:.2} s, decode {:.2} s, total {:.2} s ({} image{}, {}x{} generated at {}x{})",
+            "timing: load {:.2} s, text encoder {:.2} s, denoise {:.2} s, decode {:.2} s, total {:.2} s ({} image{}, {}x{} generated at {}x{}); peak host memory {}",
             t_loaded.as_secs_f64(),
             timings.text_encoder.as_secs_f64(),
             timings.denoise.as_secs_f64(),
@@ -285,10 +349,8 @@ fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
             size.height,
             size.gen_width,
             size.gen_height,
+            crate::pipeline::peak_host_memory_text(),
         );
-    }
-    for (path, _) in &outputs {
-        println!("{}", path.display());
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ mod bench;
 mod denoise;
 mod forward;
 mod generate;
+mod generate_flux;
 pub mod progress;
 mod schedule_cmd;
 mod search;

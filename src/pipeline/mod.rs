@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod denoise;
 pub mod flux;
+pub mod flux_generate;
 pub mod generate;
 pub mod image;
 pub mod run;
@@ -103,6 +104,23 @@ fn manifest_config(m: &Manifest) -> JsonConfig {
     JsonConfig {
         path: PathBuf::from(&m.name),
         map: m.config.clone(),
+    }
+}
+
+/// The process's peak resident memory (`VmHWM` of /proc/self/status), when the OS reports it.
+pub fn peak_host_memory_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// [`peak_host_memory_bytes`] for humans ("3.2 GiB", or "unknown").
+pub fn peak_host_memory_text() -> String {
+    match peak_host_memory_bytes() {
+        Some(b) if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        Some(b) => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        None => "unknown".into(),
     }
 }
 
