@@ -64,7 +64,8 @@ fn flux_pipeline_matches_diffusers() {
     let be = CpuBackend::new();
     let m = meta(&dir());
     let l = m["max_sequence_length"].as_u64().unwrap() as usize;
-    let pipe = FluxGeneratePipeline::load(&be, &dir().join("root"), Some(l)).unwrap();
+    let mut pipe = FluxGeneratePipeline::load(&be, &dir().join("root"), Some(l)).unwrap();
+    pipe.load_transformer(&be).unwrap();
     assert_eq!(pipe.vae_scale_factor(), 8);
     assert_eq!(pipe.clip_length, 77);
     let exp = read_inputs(&dir().join("expected.safetensors")).unwrap();
@@ -131,6 +132,7 @@ fn flux_vae_shift_factor_matters() {
     let m = meta(&dir());
     let l = m["max_sequence_length"].as_u64().unwrap() as usize;
     let mut pipe = FluxGeneratePipeline::load(&be, &dir().join("root"), Some(l)).unwrap();
+    pipe.load_transformer(&be).unwrap();
     pipe.vae.config.shift_factor = None;
     let exp = read_inputs(&dir().join("expected.safetensors")).unwrap();
     let drift = m["rel_l2_f32_vs_f64"].as_f64().unwrap();

@@ -31,7 +31,7 @@ pub(super) fn run_flux<B: Backend>(
     let guidance = a.guidance.unwrap_or(3.5);
     let mut pipe = FluxGeneratePipeline::load(be, model, a.max_sequence_length)?;
     if let (Some(s), Some(p)) = (schedule, &a.schedule) {
-        let c = &pipe.transformer.config;
+        let c = &pipe.transformer_config;
         validate_flux_schedule(s, steps, c.num_layers, c.num_single_layers)
             .with_context(|| p.display().to_string())?;
     }
@@ -69,6 +69,7 @@ pub(super) fn run_flux<B: Backend>(
         }
     }
     pipe.release_text_encoders();
+    pipe.load_transformer(be)?;
     let mut images = Vec::with_capacity(n_images);
     for (pi, prompt) in prompts.iter().enumerate() {
         let seeds: Vec<u64> = (0..a.batch)

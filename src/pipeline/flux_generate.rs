@@ -22,7 +22,7 @@ use super::ModelDir;
 use crate::backend::Backend;
 use crate::cache::schedule::Schedule;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
-use crate::models::flux::FluxTransformer;
+use crate::models::flux::{FluxConfig, FluxTransformer};
 use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::vae::{VaeConfig, VaeDecoder};
 use crate::models::{MResult, ModelError};
@@ -30,7 +30,7 @@ use crate::sampler::FlowMatchConfig;
 use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
 use crate::weights::{HostTensor, WeightsError};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 fn input(msg: impl Into<String>) -> ModelError {
@@ -73,10 +73,18 @@ pub struct FluxRequest<'a> {
     pub schedule: Option<&'a Schedule>,
 }
 
-/// Everything a FLUX `generate` runs.
+/// Everything a FLUX `generate` runs. The transformer's weights are read only by
+/// [`Self::load_transformer`], so that a caller can encode every prompt and free the text
+/// encoders first: the peak host memory is then the larger of (CLIP + T5 + VAE) and
+/// (transformer + VAE), not their sum.
 pub struct FluxGeneratePipeline<B: Backend> {
     pub source: String,
-    pub transformer: FluxTransformer<B>,
+    /// The pipeline root.
+    pub root: PathBuf,
+    /// The transformer's config (validated against the other parts at load).
+    pub transformer_config: FluxConfig,
+    /// None until [`Self::load_transformer`].
+    pub transformer: Option<FluxTransformer<B>>,
     pub scheduler: FlowMatchConfig,
     pub clip_tokenizer: ClipTokenizer,
     pub t5_tokenizer: T5Tokenizer,
@@ -127,8 +135,13 @@ impl<B: Backend> FluxGeneratePipeline<B> {
         let clip_cfg = ClipTextConfig::from_file(&r.join("text_encoder").join("config.json"))?;
         let t5_cfg = T5Config::from_file(&r.join("text_encoder_2").join("config.json"))?;
         let vae_cfg = VaeConfig::from_file(&r.join("vae").join("config.json"))?;
-        let transformer = super::load_flux(be, root)?;
-        let tc = &transformer.config;
+        let transformer_config = FluxConfig::from_json(&dir.transformer_config()?)?;
+        // Refuse a bad transformer checkpoint now (names and shapes, no weights read).
+        crate::weights::manifest::check_store(
+            &dir.transformer_weights()?,
+            &transformer_config.expected_tensors(),
+        )?;
+        let tc = &transformer_config;
         let checks = [
             (
                 clip_cfg.hidden_size == tc.pooled_projection_dim,
@@ -179,7 +192,9 @@ impl<B: Backend> FluxGeneratePipeline<B> {
         let vae = super::load_vae(be, &r.join("vae"))?;
         Ok(FluxGeneratePipeline {
             source: r.display().to_string(),
-            transformer,
+            root: r.clone(),
+            transformer_config,
+            transformer: None,
             scheduler,
             clip_tokenizer,
             t5_tokenizer,
@@ -189,6 +204,14 @@ impl<B: Backend> FluxGeneratePipeline<B> {
             clip_length,
             max_sequence_length,
         })
+    }
+
+    /// Reads the transformer's weights (once).
+    pub fn load_transformer(&mut self, be: &B) -> MResult<()> {
+        if self.transformer.is_none() {
+            self.transformer = Some(super::load_flux(be, &self.root)?);
+        }
+        Ok(())
     }
 
     pub fn vae_scale_factor(&self) -> usize {
@@ -279,7 +302,7 @@ impl<B: Backend> FluxGeneratePipeline<B> {
     /// The packed initial latents of a request: per seed `[16, h, w]` noise, packed.
     pub fn initial_latents(&self, req: &FluxRequest<'_>) -> MResult<HostTensor> {
         let grid = FluxGrid::new(req.height, req.width, self.vae_scale_factor())?;
-        let c = self.transformer.config.in_channels / 4;
+        let c = self.transformer_config.in_channels / 4;
         let (h, w) = (grid.latent_h, grid.latent_w);
         let mut data = Vec::with_capacity(req.seeds.len() * c * h * w);
         for &s in req.seeds {
@@ -335,8 +358,11 @@ impl<B: Backend> FluxGeneratePipeline<B> {
             return Err(input("no images requested"));
         }
         self.encode_cached(be, req.prompt, texts, timings)?;
+        let transformer = self.transformer.as_ref().ok_or_else(|| {
+            input("the transformer is not loaded: call load_transformer after encoding the prompts")
+        })?;
         let t = &texts[req.prompt];
-        let cfg = &self.transformer.config;
+        let cfg = &transformer.config;
         let l = t.prompt_embeds.len() / cfg.joint_attention_dim;
         let rep = |v: &[f32], shape: Vec<usize>| HostTensor {
             shape,
@@ -347,7 +373,7 @@ impl<B: Backend> FluxGeneratePipeline<B> {
         let t1 = Instant::now();
         let (out, _report) = denoise_flux(
             be,
-            &self.transformer,
+            transformer,
             &self.scheduler,
             &FluxDenoiseInputs {
                 latents,
