@@ -305,3 +305,61 @@ fn shipped_paper_schedules_match_ecad_reference() {
         assert_within(&format!("paper_depth/{name}"), err, d);
     }
 }
+
+/// `bench` on a FLUX pipeline root: the uncached row against a cached one, ECAD's FLUX MACs at
+/// the bench's image size, and the cached row's fidelity equal to the parity run's.
+#[test]
+fn cli_bench_flux() {
+    let c = case("dev_dynamic");
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("bench.json");
+    let o = Command::new(bin())
+        .args(["bench", "--device", "cpu", "--model"])
+        .arg(&c.dir)
+        .args([
+            "--steps",
+            "6",
+            "--height",
+            "96",
+            "--width",
+            "128",
+            "--text-len",
+            "7",
+        ])
+        .args(["--warmup", "0", "--reps", "1", "--schedule"])
+        .arg(c.dir.join("schedules").join("mixed.json"))
+        .args(["--schedule", "fora:2", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["schedule"], "uncached");
+    assert_eq!(rows[0]["rel_error"], 0.0);
+    assert_eq!(r["latent"], serde_json::json!([12, 16]));
+    let sched = c.schedule("mixed");
+    let cfg =
+        ecad_native::models::flux::FluxConfig::from_file(&c.dir.join("transformer/config.json"))
+            .unwrap();
+    let dims = ecad_native::cache::macs::ModelDims::Flux(ecad_native::cache::macs::FluxDims {
+        num_layers: cfg.num_layers as u64,
+        num_single_layers: cfg.num_single_layers as u64,
+        attention_head_dim: cfg.attention_head_dim as u64,
+        num_attention_heads: cfg.num_attention_heads as u64,
+        in_channels: cfg.in_channels as u64,
+        joint_attention_dim: cfg.joint_attention_dim as u64,
+        pooled_projection_dim: cfg.pooled_projection_dim as u64,
+        guidance_embeds: cfg.guidance_embeds,
+        out_channels: None,
+    });
+    let macs = ecad_native::cache::macs::ecad_macs(&sched, &dims, 96, 128)
+        .unwrap()
+        .total_macs;
+    assert_eq!(rows[1]["macs"].as_u64(), Some(macs));
+    assert!(rows[1]["mac_speedup"].as_f64().unwrap() > 1.0);
+    assert!(rows[1]["reused_components"].as_u64().unwrap() > 0);
+    assert!(rows[2]["rel_error"].as_f64().unwrap() > 0.0);
+}

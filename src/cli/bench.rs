@@ -3,7 +3,9 @@ use crate::cache::heuristics::heuristic_by_name;
 use crate::cache::schedule::{ModelFamily, Schedule};
 use crate::models::pixart::{PixArtConfig, PixArtTransformer};
 use crate::models::RandomSource;
-use crate::pipeline::bench::{bench_forward, median, run_bench, BenchInputs, BenchSpec};
+use crate::pipeline::bench::{
+    bench_forward, median, run_bench, run_bench_flux, BenchInputs, BenchSpec, FluxBenchInputs,
+};
 use crate::pipeline::ModelDir;
 use crate::sampler::DpmSolverConfig;
 use anyhow::{bail, Context};
@@ -19,6 +21,23 @@ pub enum Arch {
     Xl2_512,
     /// PixArt-α XL-2 1024-MS (random weights, size conditioning).
     Xl2_1024,
+    /// FLUX.1-dev's depth and text widths (19 double + 38 single blocks, T5 4096, CLIP 768)
+    /// with 4 of its 24 heads (hidden 512), random weights: FLUX's structure at a size a CPU
+    /// can run.
+    FluxNarrow,
+}
+
+impl Arch {
+    /// The FLUX config of a FLUX architecture.
+    pub fn flux_config(self) -> Option<crate::models::flux::FluxConfig> {
+        match self {
+            Arch::FluxNarrow => Some(crate::models::flux::FluxConfig {
+                num_attention_heads: 4,
+                ..crate::models::flux::FluxConfig::flux1_dev()
+            }),
+            _ => None,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -35,17 +54,24 @@ pub struct BenchArgs {
     pub schedules: Vec<String>,
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    #[arg(long, default_value_t = 4.5)]
-    pub guidance: f32,
-    /// Prompts per run (the transformer batch is twice this with CFG).
+    /// PixArt: CFG scale (default 4.5). FLUX: the distilled guidance value (default 3.5).
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// Prompts per run (the PixArt transformer batch is twice this with CFG).
     #[arg(long, default_value_t = 1)]
     pub prompts: usize,
-    /// Text tokens (PixArt-α 120, Σ 300).
-    #[arg(long, default_value_t = 120)]
-    pub text_len: usize,
-    /// Latent height and width (default: the model's sample_size).
+    /// Text tokens (default: PixArt-α 120; FLUX 512).
+    #[arg(long)]
+    pub text_len: Option<usize>,
+    /// PixArt: latent height and width (default: the model's sample_size).
     #[arg(long)]
     pub latent: Option<usize>,
+    /// FLUX: image height in pixels (default 256).
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// FLUX: image width in pixels (default 256).
+    #[arg(long)]
+    pub width: Option<usize>,
     /// Untimed runs before timing.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
@@ -65,7 +91,13 @@ pub struct BenchArgs {
     pub device: DeviceOpts,
 }
 
-fn load_schedules(specs: &[String], steps: usize, blocks: usize) -> anyhow::Result<Vec<Schedule>> {
+fn load_schedules(
+    specs: &[String],
+    family: ModelFamily,
+    steps: usize,
+    blocks: usize,
+    single_blocks: usize,
+) -> anyhow::Result<Vec<Schedule>> {
     specs
         .iter()
         .map(|s| {
@@ -73,7 +105,7 @@ fn load_schedules(specs: &[String], steps: usize, blocks: usize) -> anyhow::Resu
             if p.extension().is_some_and(|e| e == "json") || p.is_file() {
                 Ok(Schedule::from_path(&p)?)
             } else {
-                heuristic_by_name(s, ModelFamily::PixArt, steps, blocks, 0).with_context(|| {
+                heuristic_by_name(s, family, steps, blocks, single_blocks).with_context(|| {
                     format!("--schedule {s}: not a file, and not a heuristic name")
                 })
             }
@@ -92,6 +124,20 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
+    let flux_dir = match &a.model {
+        Some(m) => {
+            crate::models::flux::FluxConfig::is_flux(&ModelDir::resolve(m)?.transformer_config()?)
+        }
+        None => false,
+    };
+    if flux_dir || a.arch.and_then(|x| x.flux_config()).is_some() {
+        return run_flux(be, a);
+    }
+    if a.height.is_some() || a.width.is_some() {
+        bail!("--height/--width are for FLUX models; use --latent for PixArt");
+    }
+    let guidance = a.guidance.unwrap_or(4.5);
+    let text_len = a.text_len.unwrap_or(120);
     let (model, sched_cfg, name) = match (&a.model, a.arch.unwrap_or(Arch::Demo)) {
         (Some(m), _) => {
             let dir = ModelDir::resolve(m)?;
@@ -116,6 +162,7 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()
                     PixArtConfig::xl2(128, false),
                     "PixArt-XL-2-1024-MS (random weights)",
                 ),
+                Arch::FluxNarrow => unreachable!("FLUX architectures run in run_flux"),
             };
             eprintln!("building {name} ...");
             let m = PixArtTransformer::load(
@@ -130,8 +177,14 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()
     };
     let cfg = model.config.clone();
     let side = a.latent.unwrap_or(cfg.sample_size);
-    let inputs = BenchInputs::random(&cfg, a.prompts, (side, side), a.text_len, a.seed);
-    let schedules = load_schedules(&a.schedules, a.steps, cfg.num_layers)?;
+    let inputs = BenchInputs::random(&cfg, a.prompts, (side, side), text_len, a.seed);
+    let schedules = load_schedules(
+        &a.schedules,
+        ModelFamily::PixArt,
+        a.steps,
+        cfg.num_layers,
+        0,
+    )?;
     let runs = if a.forward { 1 } else { 1 + schedules.len() } * (a.warmup + a.reps);
     let bar = super::progress::Progress::new("bench", runs);
     if a.forward {
@@ -146,13 +199,13 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()
             2 * a.prompts,
             a.prompts,
             (side / cfg.patch_size).pow(2),
-            a.text_len,
+            text_len,
             a.reps,
             rayon::current_num_threads()
         );
         if let Some(j) = &a.json {
             let v = serde_json::json!({"model": name, "mode": "forward", "batch": 2 * a.prompts,
-                "latent": side, "text_len": a.text_len, "threads": rayon::current_num_threads(),
+                "latent": side, "text_len": text_len, "threads": rayon::current_num_threads(),
                 "median_ms": med, "timings_ms": t});
             crate::weights::atomic_write(j, serde_json::to_string_pretty(&v)?.as_bytes())?;
         }
@@ -165,15 +218,99 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()
         &BenchSpec {
             model_name: name,
             steps: a.steps,
-            guidance: a.guidance,
+            guidance,
             warmup: a.warmup,
             reps: a.reps,
             schedules: &schedules,
-            inputs: &inputs,
         },
+        &inputs,
         &mut || bar.inc(),
     )?;
     bar.finish();
+    print_report(&report, a.json.as_deref())
+}
+
+/// `bench` on a FLUX model: a pipeline root, or a built-in FLUX architecture with random
+/// weights.
+fn run_flux<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()> {
+    if a.forward {
+        bail!("--forward is for PixArt models; a FLUX bench times whole denoising runs");
+    }
+    if a.latent.is_some() {
+        bail!("--latent is for PixArt; give a FLUX image size with --height/--width");
+    }
+    let guidance = a.guidance.unwrap_or(3.5);
+    let text_len = a.text_len.unwrap_or(512);
+    let (height, width) = (a.height.unwrap_or(256), a.width.unwrap_or(256));
+    let (model, sched_cfg, vsf, name) = match (&a.model, a.arch) {
+        (Some(m), _) => {
+            let dir = ModelDir::resolve(m)?;
+            (
+                crate::pipeline::load_flux(be, m)?,
+                dir.flow_match_config()?,
+                dir.vae_scale_factor()?,
+                m.display().to_string(),
+            )
+        }
+        (None, arch) => {
+            let cfg = arch
+                .and_then(|x| x.flux_config())
+                .expect("a FLUX architecture");
+            let name = "FLUX.1-dev depth, 4 x 128 heads (random weights)";
+            eprintln!("building {name} ...");
+            let m = crate::models::flux::FluxTransformer::load(
+                be,
+                cfg,
+                &RandomSource {
+                    seed: crate::pipeline::DEMO_SEED,
+                },
+            )?;
+            (
+                m,
+                crate::sampler::FlowMatchConfig::default(),
+                8,
+                name.to_string(),
+            )
+        }
+    };
+    let c = model.config.clone();
+    let grid = crate::pipeline::flux::FluxGrid::new(height, width, vsf)?;
+    let inputs = FluxBenchInputs::random(&c, a.prompts, grid, text_len, a.seed);
+    let schedules = load_schedules(
+        &a.schedules,
+        ModelFamily::Flux,
+        a.steps,
+        c.num_layers,
+        c.num_single_layers,
+    )?;
+    let runs = (1 + schedules.len()) * (a.warmup + a.reps);
+    let bar = super::progress::Progress::new("bench", runs);
+    let report = run_bench_flux(
+        be,
+        &model,
+        &sched_cfg,
+        &BenchSpec {
+            model_name: format!("{name} at {height}x{width}"),
+            steps: a.steps,
+            guidance,
+            warmup: a.warmup,
+            reps: a.reps,
+            schedules: &schedules,
+        },
+        &inputs,
+        height,
+        width,
+        vsf,
+        &mut || bar.inc(),
+    )?;
+    bar.finish();
+    print_report(&report, a.json.as_deref())
+}
+
+fn print_report(
+    report: &crate::pipeline::bench::BenchReport,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     if let Some(p) = crate::backend::cpu::profile_report() {
         eprint!("{p}");
     }
@@ -208,7 +345,7 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()
             r.psnr_db
         );
     }
-    if let Some(j) = &a.json {
+    if let Some(j) = json {
         crate::weights::atomic_write(j, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     Ok(())

@@ -192,7 +192,7 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: SearchArgs) -> anyhow::Result<(
     }
     let is_flux = match &a.model {
         Some(m) => FluxConfig::is_flux(&ModelDir::resolve(m)?.transformer_config()?),
-        None => false,
+        None => a.arch.and_then(|x| x.flux_config()).is_some(),
     };
     if !is_flux && (a.height.is_some() || a.width.is_some()) {
         bail!("--height/--width are for FLUX models; a PixArt search runs at its sample size");
@@ -215,12 +215,28 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: SearchArgs) -> anyhow::Result<(
             }
             ("folder".into(), fp)
         }
+        (None, arch) if arch.flux_config().is_some() => {
+            let cfg = arch.flux_config().expect("a FLUX architecture");
+            let m = FluxTransformer::load(
+                be,
+                cfg,
+                &RandomSource {
+                    seed: crate::pipeline::DEMO_SEED,
+                },
+            )?;
+            flux = Some((m, FlowMatchConfig::default(), 8));
+            (
+                "flux-narrow".into(),
+                format!("random-weights:{:x}", crate::pipeline::DEMO_SEED),
+            )
+        }
         (None, arch) => {
             let (cfg, name) = match arch {
                 Arch::Demo => (crate::pipeline::demo_config(), "demo"),
                 Arch::Xl2_256 => (PixArtConfig::xl2(32, false), "xl2-256"),
                 Arch::Xl2_512 => (PixArtConfig::xl2(64, false), "xl2-512"),
                 Arch::Xl2_1024 => (PixArtConfig::xl2(128, false), "xl2-1024"),
+                Arch::FluxNarrow => unreachable!("handled above"),
             };
             let m = PixArtTransformer::load(
                 be,

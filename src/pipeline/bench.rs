@@ -1,7 +1,7 @@
 //! `bench`: uncached vs scheduled denoising (or single forwards), timed as medians after
 //! warm-up, with ECAD's MAC model and fidelity to the uncached result side by side.
 
-use super::denoise::{denoise, DenoiseInputs, DenoiseOptions};
+use super::denoise::{denoise, DenoiseInputs, DenoiseOptions, DenoiseReport};
 use crate::backend::Backend;
 use crate::cache::macs::{ecad_macs, ModelDims, PixArtDims};
 use crate::cache::schedule::Schedule;
@@ -171,7 +171,24 @@ pub struct BenchSpec<'a> {
     pub warmup: usize,
     pub reps: usize,
     pub schedules: &'a [Schedule],
-    pub inputs: &'a BenchInputs,
+}
+
+/// What one bench row runs: the sampling loop with a schedule (None = uncached), returning
+/// the final latents and the run's report.
+pub type RunFn<'a, B> =
+    dyn FnMut(Option<&Schedule>) -> MResult<(crate::backend::Tensor<B>, DenoiseReport)> + 'a;
+
+/// The model-independent part of a bench: its cost model and the shape of its inputs.
+pub struct BenchTarget {
+    pub dims: ModelDims,
+    /// The all-recompute schedule (the uncached row's MACs).
+    pub default: Schedule,
+    /// Image size in pixels (the cost model's size).
+    pub image_hw: (usize, usize),
+    /// Reported latent size and batch.
+    pub latent: [usize; 2],
+    pub prompts: usize,
+    pub text_len: usize,
 }
 
 /// Runs the uncached baseline and every schedule. `tick` is called after each timed or
@@ -181,19 +198,135 @@ pub fn run_bench<B: Backend>(
     model: &PixArtTransformer<B>,
     scheduler: &DpmSolverConfig,
     spec: &BenchSpec<'_>,
+    inputs: &BenchInputs,
     tick: &mut dyn FnMut(),
 ) -> MResult<BenchReport> {
     let cfg = &model.config;
-    let inp = spec.inputs.as_denoise();
+    let inp = inputs.as_denoise();
     let (h, w) = (inp.latents.shape[2], inp.latents.shape[3]);
-    let dims = pixart_dims(cfg);
-    let default = crate::cache::heuristics::default_schedule(
-        crate::cache::schedule::ModelFamily::PixArt,
-        spec.steps,
-        cfg.num_layers,
-        0,
-    )
-    .map_err(|e| crate::models::ModelError::Input(e.to_string()))?;
+    let target = BenchTarget {
+        dims: pixart_dims(cfg),
+        default: crate::cache::heuristics::default_schedule(
+            crate::cache::schedule::ModelFamily::PixArt,
+            spec.steps,
+            cfg.num_layers,
+            0,
+        )
+        .map_err(|e| crate::models::ModelError::Input(e.to_string()))?,
+        image_hw: (h * 8, w * 8),
+        latent: [h, w],
+        prompts: inp.latents.shape[0],
+        text_len: inp.prompt_embeds.shape[1],
+    };
+    let mut run = |sched: Option<&Schedule>| {
+        let opts = DenoiseOptions {
+            steps: spec.steps,
+            guidance: spec.guidance,
+            schedule: sched,
+        };
+        denoise(be, model, scheduler, &inp, &opts, &mut |_, _| {})
+    };
+    run_bench_with(be, &target, spec, &mut run, tick)
+}
+
+/// FLUX inputs of a real run's shape: packed noise `[P, N, 4C]`, T5 embeddings
+/// `[P, text_len, joint_attention_dim]` (no mask) and CLIP pooled `[P, pooled_projection_dim]`.
+pub struct FluxBenchInputs {
+    pub latents: HostTensor,
+    pub prompt_embeds: HostTensor,
+    pub pooled_prompt_embeds: HostTensor,
+}
+
+impl FluxBenchInputs {
+    pub fn random(
+        cfg: &crate::models::flux::FluxConfig,
+        prompts: usize,
+        grid: super::flux::FluxGrid,
+        text_len: usize,
+        seed: u64,
+    ) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = grid.tokens();
+        FluxBenchInputs {
+            latents: HostTensor {
+                shape: vec![prompts, n, cfg.in_channels],
+                data: randn(&mut rng, prompts * n * cfg.in_channels),
+            },
+            prompt_embeds: HostTensor {
+                shape: vec![prompts, text_len, cfg.joint_attention_dim],
+                data: randn(&mut rng, prompts * text_len * cfg.joint_attention_dim),
+            },
+            pooled_prompt_embeds: HostTensor {
+                shape: vec![prompts, cfg.pooled_projection_dim],
+                data: randn(&mut rng, prompts * cfg.pooled_projection_dim),
+            },
+        }
+    }
+}
+
+/// [`run_bench`] for FLUX at `height × width` pixels.
+#[allow(clippy::too_many_arguments)]
+pub fn run_bench_flux<B: Backend>(
+    be: &B,
+    model: &crate::models::flux::FluxTransformer<B>,
+    scheduler: &crate::sampler::FlowMatchConfig,
+    spec: &BenchSpec<'_>,
+    inputs: &FluxBenchInputs,
+    height: usize,
+    width: usize,
+    vae_scale_factor: usize,
+    tick: &mut dyn FnMut(),
+) -> MResult<BenchReport> {
+    let c = &model.config;
+    let grid = super::flux::FluxGrid::new(height, width, vae_scale_factor)?;
+    let target = BenchTarget {
+        dims: crate::search::evaluate::SearchModel::Flux {
+            model,
+            scheduler: scheduler.clone(),
+            height,
+            width,
+            vae_scale_factor,
+        }
+        .dims(),
+        default: crate::cache::heuristics::default_schedule(
+            crate::cache::schedule::ModelFamily::Flux,
+            spec.steps,
+            c.num_layers,
+            c.num_single_layers,
+        )
+        .map_err(|e| crate::models::ModelError::Input(e.to_string()))?,
+        image_hw: (height, width),
+        latent: [grid.latent_h, grid.latent_w],
+        prompts: inputs.latents.shape[0],
+        text_len: inputs.prompt_embeds.shape[1],
+    };
+    let inp = super::flux::FluxDenoiseInputs {
+        latents: &inputs.latents,
+        prompt_embeds: &inputs.prompt_embeds,
+        pooled_prompt_embeds: &inputs.pooled_prompt_embeds,
+    };
+    let mut run = |sched: Option<&Schedule>| {
+        let opts = super::flux::FluxDenoiseOptions {
+            steps: spec.steps,
+            guidance: spec.guidance,
+            height,
+            width,
+            vae_scale_factor,
+            schedule: sched,
+        };
+        super::flux::denoise_flux(be, model, scheduler, &inp, &opts, &mut |_, _| {})
+    };
+    run_bench_with(be, &target, spec, &mut run, tick)
+}
+
+/// The bench loop over the uncached baseline and every schedule of `spec`.
+pub fn run_bench_with<B: Backend>(
+    be: &B,
+    target: &BenchTarget,
+    spec: &BenchSpec<'_>,
+    run: &mut RunFn<'_, B>,
+    tick: &mut dyn FnMut(),
+) -> MResult<BenchReport> {
     let mut all: Vec<(String, Option<&Schedule>)> = vec![("uncached".into(), None)];
     for s in spec.schedules {
         all.push((s.name.clone(), Some(s)));
@@ -201,17 +334,12 @@ pub fn run_bench<B: Backend>(
     let mut rows: Vec<BenchRow> = Vec::new();
     let mut reference: Vec<f32> = Vec::new();
     for (name, sched) in &all {
-        let opts = DenoiseOptions {
-            steps: spec.steps,
-            guidance: spec.guidance,
-            schedule: *sched,
-        };
         let mut times = Vec::new();
         let mut last = None;
         for r in 0..spec.warmup + spec.reps {
             be.synchronize()?;
             let t0 = Instant::now();
-            let (lat, rep) = denoise(be, model, scheduler, &inp, &opts, &mut |_, _| {})?;
+            let (lat, rep) = run(*sched)?;
             be.synchronize()?;
             let ms = t0.elapsed().as_secs_f64() * 1e3;
             if r >= spec.warmup {
@@ -226,10 +354,10 @@ pub fn run_bench<B: Backend>(
             reference = x.clone();
         }
         let macs = ecad_macs(
-            sched.unwrap_or(&default),
-            &dims,
-            (h * 8) as u64,
-            (w * 8) as u64,
+            sched.unwrap_or(&target.default),
+            &target.dims,
+            target.image_hw.0 as u64,
+            target.image_hw.1 as u64,
         )
         .map_err(|e| crate::models::ModelError::Input(e.to_string()))?
         .total_macs;
@@ -262,9 +390,9 @@ pub fn run_bench<B: Backend>(
         threads: rayon::current_num_threads(),
         steps: spec.steps,
         guidance: spec.guidance,
-        prompts: inp.latents.shape[0],
-        latent: [h, w],
-        text_len: inp.prompt_embeds.shape[1],
+        prompts: target.prompts,
+        latent: target.latent,
+        text_len: target.text_len,
         warmup: spec.warmup,
         reps: spec.reps,
         rows,

@@ -38,6 +38,23 @@ impl FluxConfig {
         self.patch_size * self.patch_size * self.out_channels
     }
 
+    /// FLUX.1-dev's transformer config (flux-spec §1; `axes_dims_rope` defaulted).
+    pub fn flux1_dev() -> Self {
+        FluxConfig {
+            patch_size: 1,
+            in_channels: 64,
+            out_channels: 64,
+            num_layers: 19,
+            num_single_layers: 38,
+            attention_head_dim: 128,
+            num_attention_heads: 24,
+            joint_attention_dim: 4096,
+            pooled_projection_dim: 768,
+            guidance_embeds: true,
+            axes_dims_rope: vec![16, 56, 56],
+        }
+    }
+
     /// Whether a transformer config names the FLUX class.
     pub fn is_flux(c: &JsonConfig) -> bool {
         matches!(c.opt_str("_class_name"), Ok(Some(s)) if s == "FluxTransformer2DModel")
