@@ -57,11 +57,21 @@ __device__ void gate_residual_impl(const T *x, const T *gate, const T *branch, T
     }
 }
 
+// x[i] = bf16(x[i]) in place, round-to-nearest-even, kept in the storage dtype T (the bf16
+// precision decorator's rounding point on f32 storage; the identity on bf16 storage).
+template <typename T>
+__device__ void round_bf16_impl(T *x, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        x[i] = from_f32<T>(__bfloat162float(__float2bfloat16_rn(to_f32(x[i]))));
+    }
+}
+
 #define ECAD_ELEMENTWISE(SUF, T)                                                                        \
     extern "C" __global__ void activation_##SUF(T *x, long n, int act) { act_impl<T>(x, n, act); }        \
     extern "C" __global__ void bias_act_##SUF(T *y, const T *bias, long rows, int n, int act) {          \
         bias_act_impl<T>(y, bias, rows, n, act);                                                          \
     }                                                                                                     \
+    extern "C" __global__ void round_bf16_##SUF(T *x, long n) { round_bf16_impl<T>(x, n); }              \
     extern "C" __global__ void binary_##SUF(const T *a, const T *b, T *out, long n, long bn, int op) {    \
         binary_impl<T>(a, b, out, n, bn, op);                                                             \
     }                                                                                                     \

@@ -17,6 +17,7 @@
 //! - `synchronize` exists for timing; stream and CUDA-graph capture belong to the CUDA backend and
 //!   are driven by the pipeline through backend-specific hooks with no-op CPU defaults.
 
+pub mod bf16;
 pub mod cpu;
 pub mod cuda;
 
@@ -81,10 +82,29 @@ impl Precision {
     /// Rounds host values in place (see [`Precision::round`]).
     pub fn round_slice(self, v: &mut [f32]) {
         if self == Precision::Bf16 {
-            for x in v {
-                *x = half::bf16::from_f32(*x).to_f32();
-            }
+            round_bf16_slice(v);
         }
+    }
+}
+
+/// `f32 → bf16 → f32`, round-to-nearest-even (what `half::bf16::from_f32` and CUDA's
+/// `__float2bfloat16_rn` do), on the bit pattern so loops over slices vectorise. NaN stays NaN;
+/// finite values past the largest bf16 round to ±inf.
+#[inline]
+pub fn round_bf16(x: f32) -> f32 {
+    let b = x.to_bits();
+    let r = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+    if x.is_nan() {
+        x
+    } else {
+        f32::from_bits(r)
+    }
+}
+
+/// [`round_bf16`] over a slice, in place.
+pub fn round_bf16_slice(v: &mut [f32]) {
+    for x in v {
+        *x = round_bf16(*x);
     }
 }
 
@@ -132,6 +152,24 @@ impl<B: Backend> Tensor<B> {
     pub fn buffer_arc(&self) -> &Arc<B::Buffer> {
         &self.buf
     }
+    /// The same buffer and shape viewed as a tensor of another backend with the same buffer type
+    /// (the [`bf16::Bf16`] decorator and the backend it wraps). Free: an `Arc` clone.
+    pub(crate) fn into_parts(self) -> (Vec<usize>, Arc<B::Buffer>) {
+        (self.shape, self.buf)
+    }
+    pub(crate) fn rebrand<C: Backend<Buffer = B::Buffer>>(&self) -> Tensor<C> {
+        Tensor {
+            shape: self.shape.clone(),
+            buf: self.buf.clone(),
+        }
+    }
+    /// Like [`Tensor::rebrand`], consuming `self` (keeps the buffer uniquely owned when it was).
+    pub(crate) fn into_backend<C: Backend<Buffer = B::Buffer>>(self) -> Tensor<C> {
+        Tensor {
+            shape: self.shape,
+            buf: self.buf,
+        }
+    }
     /// True when both tensors share one buffer (a cache reuse is exactly this).
     pub fn same_buffer(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.buf, &other.buf)
@@ -178,6 +216,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn upload(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>>;
     /// Uploads a weight; the backend may store it in a narrower dtype.
     fn upload_weight(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
+        self.upload(data, shape)
+    }
+    /// Uploads host data that a reduced-precision pipeline keeps in float32 (FLUX's RoPE cos/sin
+    /// tables, diffusers' `.float()` islands). Same as `upload` for a float32 backend; the
+    /// [`bf16::Bf16`] decorator does not round these.
+    fn upload_f32(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
         self.upload(data, shape)
     }
     /// Copies a tensor back to the host as f32.
@@ -299,6 +343,10 @@ pub trait Backend: Send + Sync + Sized + 'static {
         sin: &Tensor<Self>,
         heads: usize,
     ) -> BResult<Tensor<Self>>;
+    /// Rounds every element to `precision` (round-to-nearest-even for bf16; identity for f32),
+    /// keeping the backend's storage type. Takes `x` by value so a uniquely owned buffer can be
+    /// rounded in place.
+    fn round_to(&self, x: Tensor<Self>, precision: Precision) -> BResult<Tensor<Self>>;
     /// Row gather `table[ids]`, `table: [V, D]` → `[ids.len(), D]`.
     fn embedding(&self, table: &Tensor<Self>, ids: &[u32]) -> BResult<Tensor<Self>>;
     /// Nearest-neighbour ×2 upsampling on NCHW.

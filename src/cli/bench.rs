@@ -114,10 +114,7 @@ fn load_schedules(
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    match a.device.device()? {
-        super::Device::Cpu(be) => run_on(&be, a),
-        super::Device::Cuda(be) => run_on(&*be, a),
-    }
+    super::with_backend!(a.device, |be| run_on(be, a))
 }
 
 fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()> {

@@ -49,10 +49,7 @@ pub struct DenoiseArgs {
 }
 
 pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
-    match a.device.device()? {
-        super::Device::Cpu(be) => run_on(&be, a),
-        super::Device::Cuda(be) => run_on(&*be, a),
-    }
+    super::with_backend!(a.device, |be| run_on(be, a))
 }
 
 fn run_on<B: Backend>(be: &B, a: DenoiseArgs) -> anyhow::Result<()> {

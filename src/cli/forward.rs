@@ -26,10 +26,7 @@ pub struct ForwardArgs {
 }
 
 pub fn run(a: ForwardArgs) -> anyhow::Result<()> {
-    match a.device.device()? {
-        super::Device::Cpu(be) => run_on(&be, a),
-        super::Device::Cuda(be) => run_on(&*be, a),
-    }
+    super::with_backend!(a.device, |be| run_on(be, a))
 }
 
 fn run_on<B: Backend>(be: &B, a: ForwardArgs) -> anyhow::Result<()> {

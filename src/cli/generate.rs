@@ -124,10 +124,7 @@ fn check_out_dir(out: &Path) -> anyhow::Result<()> {
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
-    match a.device.device()? {
-        super::Device::Cpu(be) => run_on(&be, a),
-        super::Device::Cuda(be) => run_on(&*be, a),
-    }
+    super::with_backend!(a.device, |be| run_on(be, a))
 }
 
 /// One finished image and where it came from.

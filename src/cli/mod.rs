@@ -70,28 +70,65 @@ pub struct DeviceOpts {
     /// Where to run: the CPU, a CUDA GPU, or CUDA when usable else the CPU.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
-    /// Arithmetic precision. f32 is true float32 (no TF32 shortcuts).
+    /// Arithmetic precision. f32 is true float32 (no TF32 shortcuts). bf16 computes what a
+    /// PyTorch bfloat16 pipeline computes: weights, inputs and every op output rounded to bf16
+    /// (f32 accumulation inside ops), emulated on f32 storage on both the CPU and CUDA. f16 is
+    /// not supported.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
 }
 
-/// A resolved device with its backend.
+/// A resolved device with its float32 backend (what `DeviceOpts::device` returns).
 pub enum Device {
     Cpu(crate::backend::cpu::CpuBackend),
     Cuda(Box<crate::backend::cuda::CudaBackend>),
 }
 
-impl DeviceOpts {
-    /// Resolves `--device` and `--dtype`. Both backends compute in f32 for now; `auto` uses
-    /// the CPU until the CUDA backend has passed its parity run on a GPU (scripts/gpu-check.sh).
-    pub fn device(&self) -> anyhow::Result<Device> {
-        if self.dtype != DtypeArg::F32 {
-            let name = match self.dtype {
-                DtypeArg::Bf16 => "bf16",
-                _ => "f16",
-            };
-            anyhow::bail!("--dtype {name} is not supported yet (both backends compute in f32); use --dtype f32");
+/// A resolved device and dtype: the backend a command runs on (`DeviceOpts::backend`).
+pub enum AnyBackend {
+    Cpu(crate::backend::cpu::CpuBackend),
+    Cuda(Box<crate::backend::cuda::CudaBackend>),
+    CpuBf16(crate::backend::bf16::Bf16<crate::backend::cpu::CpuBackend>),
+    CudaBf16(Box<crate::backend::bf16::Bf16<crate::backend::cuda::CudaBackend>>),
+}
+
+/// Runs `$body` with `$be: &impl Backend` bound to the backend `$opts` (a `DeviceOpts`)
+/// resolves to, for every device × dtype combination. Evaluates to `$body`'s value.
+macro_rules! with_backend {
+    ($opts:expr, |$be:ident| $body:expr) => {
+        match $opts.backend()? {
+            $crate::cli::AnyBackend::Cpu(b) => {
+                let $be = &b;
+                $body
+            }
+            $crate::cli::AnyBackend::Cuda(b) => {
+                let $be = &*b;
+                $body
+            }
+            $crate::cli::AnyBackend::CpuBf16(b) => {
+                let $be = &b;
+                $body
+            }
+            $crate::cli::AnyBackend::CudaBf16(b) => {
+                let $be = &*b;
+                $body
+            }
         }
+    };
+}
+pub(crate) use with_backend;
+
+impl DeviceOpts {
+    fn refuse_f16(&self) -> anyhow::Result<()> {
+        if self.dtype == DtypeArg::F16 {
+            anyhow::bail!(
+                "--dtype f16 is not supported (no f16 arithmetic); use --dtype f32 or --dtype bf16"
+            );
+        }
+        Ok(())
+    }
+
+    fn f32_device(&self) -> anyhow::Result<Device> {
         match self.device {
             DeviceArg::Cuda => {
                 if let Some(why) = crate::backend::cuda::driver_unavailable_reason() {
@@ -105,6 +142,31 @@ impl DeviceOpts {
                 Ok(Device::Cpu(crate::backend::cpu::CpuBackend::new()))
             }
         }
+    }
+
+    /// Resolves `--device` for a command that runs in float32 only; `--dtype bf16` is refused
+    /// (commands that support it use [`DeviceOpts::backend`]). `auto` uses the CPU until the
+    /// CUDA backend has passed its parity run on a GPU (scripts/gpu-check.sh).
+    pub fn device(&self) -> anyhow::Result<Device> {
+        self.refuse_f16()?;
+        if self.dtype == DtypeArg::Bf16 {
+            anyhow::bail!("--dtype bf16 is not supported by this command yet; use --dtype f32");
+        }
+        self.f32_device()
+    }
+
+    /// Resolves `--device` and `--dtype`: the f32 backend, or it wrapped in the bf16 precision
+    /// decorator ([`crate::backend::bf16::Bf16`]; emulated rounding on f32 storage).
+    pub fn backend(&self) -> anyhow::Result<AnyBackend> {
+        self.refuse_f16()?;
+        let bf16 = self.dtype == DtypeArg::Bf16;
+        use crate::backend::bf16::Bf16;
+        Ok(match (self.f32_device()?, bf16) {
+            (Device::Cpu(b), false) => AnyBackend::Cpu(b),
+            (Device::Cuda(b), false) => AnyBackend::Cuda(b),
+            (Device::Cpu(b), true) => AnyBackend::CpuBf16(Bf16::new(b)),
+            (Device::Cuda(b), true) => AnyBackend::CudaBf16(Box::new(Bf16::new(*b))),
+        })
     }
 }
 

@@ -151,10 +151,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
 }
 
 fn run_inner(a: SearchArgs) -> anyhow::Result<()> {
-    match a.device.device()? {
-        super::Device::Cpu(be) => run_on(&be, a),
-        super::Device::Cuda(be) => run_on(&*be, a),
-    }
+    super::with_backend!(a.device, |be| run_on(be, a))
 }
 
 fn run_on<B: crate::backend::Backend>(be: &B, a: SearchArgs) -> anyhow::Result<()> {

@@ -272,19 +272,34 @@ def generate_case(case, out_root):
                    num_inference_steps=case["steps"], guidance_scale=case["guidance"],
                    output_type="latent").images
     assert ref.shape == latents.shape, (ref.shape, latents.shape)
+    # The real pipeline's precision: transformer and inputs in bfloat16 (FluxPipeline casts the latents to
+    # the prompt embeddings' dtype; the scheduler steps in float32 and rounds back to bfloat16).
+    pipe_bf = FluxPipeline(scheduler=copy.deepcopy(scheduler), vae=None, text_encoder=None, tokenizer=None,
+                           text_encoder_2=None, tokenizer_2=None,
+                           transformer=copy.deepcopy(model).to(torch.bfloat16))
+    pipe_bf.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        ref_bf16 = pipe_bf(prompt_embeds=inputs["prompt_embeds"].to(torch.bfloat16),
+                           pooled_prompt_embeds=inputs["pooled_prompt_embeds"].to(torch.bfloat16),
+                           latents=inputs["latents"].to(torch.bfloat16), height=case["height"],
+                           width=case["width"], num_inference_steps=case["steps"],
+                           guidance_scale=case["guidance"], output_type="latent").images
+    assert ref_bf16.dtype == torch.bfloat16
     ours32 = sample_loop(model, case["scheduler"], inputs, case, torch.float32)
     loop_vs_pipe = float((ours32 - ref).abs().max())
     assert loop_vs_pipe <= 1e-6 * max(1.0, float(ref.abs().max())), f"{name}: loop != FluxPipeline ({loop_vs_pipe})"
     model64 = copy.deepcopy(model).double()
     with exact_f64():
         ref64 = sample_loop(model64, case["scheduler"], inputs, case, torch.float64)
-    expected = {"latents": ref.contiguous(), "latents_f64": ref64.contiguous()}
+    expected = {"latents": ref.contiguous(), "latents_f64": ref64.contiguous(),
+                "latents_bf16": ref_bf16.float().contiguous()}
     meta = {
         "case": name,
         "description": case["description"],
         "height": case["height"], "width": case["width"], "steps": case["steps"], "guidance": case["guidance"],
         "sigmas": [float(s) for s in _sigmas(case, latents.shape[1])],
         "rel_l2_f32_vs_f64": rel(ref, ref64),
+        "rel_l2_bf16_vs_f64": rel(ref_bf16.float(), ref64),
         "max_abs_loop_vs_pipeline": loop_vs_pipe,
         "latents_change_rel": rel(ref, latents),
         "schedules": {},

@@ -14,7 +14,17 @@ Output per case, in <out>/<case>/:
     inputs.safetensors      hidden_states, encoder_hidden_states, pooled_projections, timestep (t/1000),
                             img_ids, txt_ids (+ guidance when the config has guidance_embeds)
     expected.safetensors    sample (f32 model, f32 inputs), sample_f64 (float64 model, see exact_f64)
-    meta.json               case, description, rel_l2_f32_vs_f64, max_abs_f32_vs_f64, sample_std, versions
+    expected_bf16.safetensors
+                            sample_bf16: the same model run as a bf16 FluxPipeline runs it (weights and
+                            float inputs cast to torch.bfloat16, timestep a bf16 tensor t/1000, guidance
+                            float32), output as float32
+    meta.json               case, description, rel_l2_f32_vs_f64, max_abs_f32_vs_f64, sample_std, versions,
+                            rel_l2_bf16_vs_f64 / max_abs_bf16_vs_f64 (the bf16 reference's drift from the
+                            float64 truth; it includes the pipeline's own timestep/guidance quantization,
+                            e.g. guidance 5.0 -> 4992, so it is large where that moves the sinusoid)
+
+    --bf16-only adds expected_bf16.safetensors and the bf16 meta keys to existing case folders (reads the
+    committed transformer/ and inputs.safetensors; leaves every other file untouched).
 
 Deterministic: fixed seeds, CPU, one thread.
 """
@@ -218,6 +228,43 @@ def assert_all_parameters_matter(model, inputs: dict, gen: torch.Generator):
         assert p.grad is not None and float(p.grad.abs().max()) > 1e-8, f"parameter {name} has no effect"
 
 
+def run_bf16(tdir: str, inputs: dict) -> torch.Tensor:
+    """The model as a bf16 FluxPipeline runs it: `from_pretrained(torch_dtype=torch.bfloat16)`, latents,
+    prompt embeddings and pooled projections in bf16, `timestep` a bf16 tensor holding t/1000 (the
+    fixture's value cast to bf16), `guidance` float32 (the transformer casts it), float ids cast to bf16
+    (integer ids kept). Returns the bf16 output as float32."""
+    model = FluxTransformer2DModel.from_pretrained(tdir, torch_dtype=torch.bfloat16).eval()
+
+    def cast(t):
+        return t.to(torch.bfloat16) if t.is_floating_point() else t
+
+    guidance = inputs.get("guidance")
+    with torch.no_grad():
+        out = model(
+            hidden_states=cast(inputs["hidden_states"]),
+            encoder_hidden_states=cast(inputs["encoder_hidden_states"]),
+            pooled_projections=cast(inputs["pooled_projections"]),
+            timestep=cast(inputs["timestep"]),
+            img_ids=cast(inputs["img_ids"]),
+            txt_ids=cast(inputs["txt_ids"]),
+            guidance=None if guidance is None else guidance.to(torch.float32),
+            return_dict=True,
+        ).sample
+    assert out.dtype == torch.bfloat16, out.dtype
+    return out.float()
+
+
+def bf16_reference(case_dir: str) -> dict:
+    """Writes expected_bf16.safetensors and returns the bf16 meta keys for a generated case folder."""
+    tdir = os.path.join(case_dir, "transformer")
+    inputs = load_file(os.path.join(case_dir, "inputs.safetensors"))
+    sample64 = load_file(os.path.join(case_dir, "expected.safetensors"))["sample_f64"]
+    sample_bf16 = run_bf16(tdir, inputs)
+    save_file({"sample_bf16": sample_bf16.contiguous()}, os.path.join(case_dir, "expected_bf16.safetensors"))
+    rel, mx = drift(sample_bf16, sample64)
+    return {"rel_l2_bf16_vs_f64": rel, "max_abs_bf16_vs_f64": mx}
+
+
 def drift(a32: torch.Tensor, b64: torch.Tensor):
     a, b = a32.double(), b64.double()
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)), float((a - b).abs().max())
@@ -270,6 +317,7 @@ def generate_case(case, out_root: str) -> dict:
         "max_abs_f32_vs_f64": mx,
         "sample_std": std,
         "max_abs_f32_reloaded_vs_inmemory": reload_diff,
+        **bf16_reference(case_dir),
         "generator": {"torch": torch.__version__, "diffusers": diffusers.__version__, "seed": seed},
     }
     with open(os.path.join(case_dir, "meta.json"), "w") as f:
@@ -284,6 +332,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(REPO_ROOT, "tests", "fixtures", "flux"))
     ap.add_argument("--only", nargs="*", help="case names to (re)generate")
+    ap.add_argument("--bf16-only", action="store_true",
+                    help="only add the bf16 reference (expected_bf16.safetensors, meta keys) to existing cases")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -294,6 +344,23 @@ def main():
         sys.exit(f"unknown case(s): {sorted(unknown)}; known: {names}")
     sel = CASES if not args.only else [c for c in CASES if c["name"] in args.only]
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}")
+    if args.bf16_only:
+        print("| case | rel L2 bf16 vs f64 | max abs bf16 vs f64 |")
+        print("|---|---|---|")
+        for case in sel:
+            case_dir = os.path.join(args.out, case["name"])
+            keys = bf16_reference(case_dir)
+            mpath = os.path.join(case_dir, "meta.json")
+            with open(mpath) as f:
+                meta = json.load(f)
+            gen = meta.pop("generator")
+            meta.update(keys)
+            meta["generator"] = gen
+            with open(mpath, "w") as f:
+                json.dump(meta, f, indent=2)
+                f.write("\n")
+            print(f"| {case['name']} | {keys['rel_l2_bf16_vs_f64']:.3e} | {keys['max_abs_bf16_vs_f64']:.3e} |")
+        return
     print("| case | sample shape | output std | rel L2 f32 vs f64 | max abs f32 vs f64 | size |")
     print("|---|---|---|---|---|---|")
     for case in sel:

@@ -4,7 +4,7 @@
 
 mod vmath;
 
-use super::{shape_err, Activation, BResult, Backend, Tensor};
+use super::{round_bf16_slice, shape_err, Activation, BResult, Backend, Precision, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -866,6 +866,18 @@ impl Backend for CpuBackend {
             out.extend_from_slice(&table.buffer()[id * d..(id + 1) * d]);
         }
         Ok(self.wrap(out, vec![ids.len(), d]))
+    }
+
+    fn round_to(&self, x: Tensor<Self>, precision: Precision) -> BResult<Tensor<Self>> {
+        if precision == Precision::F32 {
+            return Ok(x);
+        }
+        let _p = profile::op("round_to");
+        let (shape, buf) = x.into_parts();
+        // In place when this op holds the only reference (the usual case: a fresh op output).
+        let mut out = Arc::try_unwrap(buf).unwrap_or_else(|b| (*b).clone());
+        par_chunks_mut(&mut out, 4096, |_, c| round_bf16_slice(c));
+        Ok(self.wrap(out, shape))
     }
 
     fn upsample_nearest2x(&self, x: &Tensor<Self>) -> BResult<Tensor<Self>> {

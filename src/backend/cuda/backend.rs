@@ -5,7 +5,7 @@
 //! op against the CPU backend when a CUDA driver is present and reports SKIPPED otherwise.
 
 use super::KERNEL_SOURCES;
-use crate::backend::{shape_err, Activation, BResult, Backend, BackendError, Tensor};
+use crate::backend::{shape_err, Activation, BResult, Backend, BackendError, Precision, Tensor};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -707,6 +707,20 @@ impl Backend for CudaBackend {
         Ok(self.wrap(out, vec![ids.len(), d]))
     }
 
+    fn round_to(&self, x: Tensor<Self>, precision: Precision) -> BResult<Tensor<Self>> {
+        if precision == Precision::F32 {
+            return Ok(x);
+        }
+        let shape = x.shape().to_vec();
+        let mut out = self.stream.clone_dtod(x.buffer()).map_err(dev_err)?;
+        let n = x.numel() as i64;
+        let f = self.f("round_bf16_f32")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&mut out).arg(&n);
+        unsafe { l.launch(grid_for(x.numel())) }.map_err(dev_err)?;
+        Ok(self.wrap(out, shape))
+    }
+
     fn upsample_nearest2x(&self, x: &Tensor<Self>) -> BResult<Tensor<Self>> {
         if x.dims() != 4 {
             return shape_err("upsample_nearest2x", format!("{:?}", x.shape()));
@@ -779,6 +793,7 @@ mod tests {
             "lincomb_f32",
             "binary_f32",
             "activation_f32",
+            "round_bf16_f32",
         ] {
             assert!(names.contains(&n.to_string()), "{n} missing from {names:?}");
         }

@@ -318,8 +318,8 @@ impl<B: Backend> FluxTransformer<B> {
         1.0 / (self.config.attention_head_dim as f32).sqrt()
     }
 
-    /// `time_text_embed` → `SiLU(temb)`. `timestep` is `t / 1000` (scaled back by 1000 in f32 as
-    /// diffusers does), `guidance` the raw guidance value (required iff `guidance_embeds`),
+    /// `time_text_embed` → `SiLU(temb)`. `timestep` is `t / 1000` (scaled back by 1000 in the
+    /// backend's precision, as diffusers does in the model dtype), `guidance` the raw guidance value (required iff `guidance_embeds`),
     /// `pooled: [B, pooled_projection_dim]`.
     pub fn condition(
         &self,
@@ -330,11 +330,22 @@ impl<B: Backend> FluxTransformer<B> {
     ) -> MResult<FluxConditioning<B>> {
         let n = pooled.dim(0);
         let tte = &self.time_text_embed;
+        // Rounding points of a reduced-precision run (flux-spec §5, §7.2–7.3, §9.2); all are the
+        // identity in f32. `timestep.to(bf16) * 1000` in bf16: the embedding sees
+        // `bf16(bf16(t/1000) · 1000)`; likewise `guidance.to(bf16) * 1000` (3.5 → 3504).
+        let pr = be.precision();
+        let scaled = |v: f32| pr.round(pr.round(v) * 1000.0);
+        // The sinusoid is computed in f32 and cast to the model dtype before `linear_1`.
+        let sinus = |v: &[f32]| {
+            let mut e = timestep_embeddings(v, 256, true, 0.0);
+            pr.round_slice(&mut e);
+            e
+        };
         let t: Vec<f32> = broadcast_batch(timestep, n, "timestep")?
             .into_iter()
-            .map(|v| v * 1000.0)
+            .map(scaled)
             .collect();
-        let tp = be.upload(timestep_embeddings(&t, 256, true, 0.0), &[n, 256])?;
+        let tp = be.upload(sinus(&t), &[n, 256])?;
         let mut temb = tte.timestep_embedder.forward(be, &tp)?;
         if let Some(ge) = &tte.guidance_embedder {
             let g = guidance.ok_or_else(|| {
@@ -342,11 +353,12 @@ impl<B: Backend> FluxTransformer<B> {
             })?;
             let g: Vec<f32> = broadcast_batch(g, n, "guidance")?
                 .into_iter()
-                .map(|v| v * 1000.0)
+                .map(scaled)
                 .collect();
-            let gp = be.upload(timestep_embeddings(&g, 256, true, 0.0), &[n, 256])?;
+            let gp = be.upload(sinus(&g), &[n, 256])?;
             temb = be.add(&temb, &ge.forward(be, &gp)?)?;
         }
+        // `(t_emb + g_emb) + p_emb`, in this order (each add rounds in a reduced precision).
         let p = tte.text_embedder.forward(be, pooled)?;
         let temb = be.add(&temb, &p)?;
         Ok(FluxConditioning {
@@ -365,9 +377,10 @@ impl<B: Backend> FluxTransformer<B> {
         let (cos, sin) = rope_tables(axes, &ids);
         let s = ids.len() / na;
         let half = self.config.attention_head_dim / 2;
+        // float32 tables even in a bf16 run (diffusers' `get_1d_rotary_pos_embed(...).float()`).
         Ok(RopeTables {
-            cos: be.upload(cos, &[s, half])?,
-            sin: be.upload(sin, &[s, half])?,
+            cos: be.upload_f32(cos, &[s, half])?,
+            sin: be.upload_f32(sin, &[s, half])?,
         })
     }
 
