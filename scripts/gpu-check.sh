@@ -1,33 +1,59 @@
 #!/usr/bin/env bash
-# The GPU check, for a GPU machine without cargo: runs the CUDA parity tests and the forward
-# benchmark from binaries built on the development machine, and prints a short table last.
+# The GPU check, for a GPU machine without cargo: runs the CUDA parity tests and the benchmarks
+# from binaries built on the development machine, and prints a short table last.
 # Prepare here (then carry target/gpu-check with the working tree):
 #   scripts/gpu-check.sh --prepare
 # Run there:
 #   scripts/gpu-check.sh            (logs into ${OUT:-/tmp}/gpu-check.log)
+#
+# What runs: tests/cuda_parity.rs (every op against the CPU backend, PixArt forward against
+# the diffusers fixtures), and the `*on_gpu*` tests of denoise_parity (PixArt sampling, ECAD's
+# paper schedule), flux_parity (FLUX forward, f32 and bf16), flux_denoise_parity (FLUX
+# sampling, cached, bf16) and flux_generate (the whole FLUX pipeline); then the PixArt forward
+# benchmark at 256 and 1024 px and the 20-step denoise benchmark with the paper schedules at
+# 256 px. Every test binary skips (prints SKIPPED) when no CUDA driver is usable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+TESTS="cuda_parity denoise_parity flux_parity flux_denoise_parity flux_generate"
 if [ "${1:-}" = "--prepare" ]; then
-    cargo build --release --bin ecad-native
-    bins=$(cargo test --release --no-run --test cuda_parity --message-format=json 2>/dev/null \
+    cargo build --release --bin ecad-native || exit 1
+    args=""
+    for t in $TESTS; do args="$args --test $t"; done
+    bins=$(cargo test --release --no-run $args --message-format=json 2>/dev/null \
            | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])')
-    mkdir -p target/gpu-check
+    rm -rf target/gpu-check
+    mkdir -p target/gpu-check/shared/reference/ecad/schedules
     cp target/release/ecad-native $bins target/gpu-check/
+    # The shared schedules the GPU tests and benchmarks read (shared/ sits outside the repo).
+    cp -r ../shared/reference/ecad/schedules/schedules_in_paper \
+        target/gpu-check/shared/reference/ecad/schedules/
     ls -la target/gpu-check
+    du -sh target/gpu-check
     exit 0
 fi
 LOG=${OUT:-/tmp}/gpu-check.log
 export ECAD_REPO_ROOT=$PWD
+export ECAD_SHARED=$PWD/target/gpu-check/shared
+P=$ECAD_SHARED/reference/ecad/schedules/schedules_in_paper
+B=target/gpu-check/ecad-native
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-    echo "== CUDA parity (kernels vs CPU, forward vs diffusers fixtures)"
-    for t in target/gpu-check/cuda_parity-*; do timeout 300 "$t" --nocapture --test-threads 1; done
+    git log -1 --format='commit %h %cd' 2>/dev/null
+    echo "== CUDA parity (kernels vs CPU, forwards and sampling vs diffusers fixtures)"
+    for t in target/gpu-check/cuda_parity-*; do timeout 240 "$t" --nocapture --test-threads 1; done
+    for n in denoise_parity flux_parity flux_denoise_parity flux_generate; do
+        for t in target/gpu-check/$n-*; do timeout 120 "$t" on_gpu --nocapture --test-threads 1; done
+    done
     echo "== forward benchmark, PixArt-XL-2 256 px and 1024 px, CFG batch 2 (f32)"
-    timeout 200 target/gpu-check/ecad-native bench --device cuda --arch xl2-256 --forward --reps 10 --warmup 3
-    timeout 200 target/gpu-check/ecad-native bench --device cuda --arch xl2-1024 --forward --reps 5 --warmup 2
+    timeout 120 $B bench --device cuda --arch xl2-256 --forward --reps 10 --warmup 3
+    timeout 120 $B bench --device cuda --arch xl2-1024 --forward --reps 5 --warmup 2
+    echo "== 20-step denoise, PixArt-XL-2 256 px, paper schedules (f32)"
+    timeout 150 $B bench --device cuda --arch xl2-256 --warmup 1 --reps 3 \
+        --schedule $P/pixart_alpha_256/ours_fast.json --schedule $P/pixart_alpha_256/ours_faster.json \
+        --schedule $P/pixart_alpha_256/ours_fastest.json
 } 2>&1 | tee "$LOG"
 echo "== summary"
-grep -E "rel L2|median|test result|SKIPPED|panicked" "$LOG" | tail -40
+grep -E "rel L2|median|test result|SKIPPED|panicked|^uncached|^[a-z_-]+gen_" "$LOG" | tail -50

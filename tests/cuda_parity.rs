@@ -1,24 +1,18 @@
-//! CUDA backend against the CPU backend: every op on fresh random inputs, the PixArt forward
-//! on the committed diffusers fixtures, and a cached denoise. Without a CUDA driver each test
+//! CUDA backend against the CPU backend: every op on fresh random inputs, and the PixArt and
+//! FLUX forwards on the committed diffusers fixtures (f32, and FLUX in bf16 against torch's
+//! bf16). The sampling loops and the FLUX pipeline on the GPU are the `*_on_gpu` tests of
+//! denoise_parity, flux_denoise_parity and flux_generate. Without a CUDA driver each test
 //! prints SKIPPED and why (CI has no GPU); scripts/gpu-check.sh runs them on a GPU machine.
 
 mod common;
 
 use common::*;
 use ecad_native::backend::cpu::CpuBackend;
-use ecad_native::backend::cuda::{driver_unavailable_reason, CudaBackend};
+use ecad_native::backend::cuda::CudaBackend;
 use ecad_native::backend::{Activation, Backend, Tensor};
 use ecad_native::models::{randn, rel_l2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-fn gpu() -> Option<CudaBackend> {
-    if let Some(why) = driver_unavailable_reason() {
-        println!("SKIPPED: {why}");
-        return None;
-    }
-    Some(CudaBackend::new(0).expect("CUDA driver present but the backend failed to start"))
-}
 
 struct Pair<'a> {
     cpu: &'a CpuBackend,

@@ -49,8 +49,11 @@ fn case(name: &str) -> Case {
 }
 
 fn run(c: &Case, schedule: Option<&Schedule>) -> Vec<f32> {
-    let be = CpuBackend::new();
-    let model = load_pixart(&be, &c.model).unwrap();
+    run_on(&CpuBackend::new(), c, schedule)
+}
+
+fn run_on<B: Backend>(be: &B, c: &Case, schedule: Option<&Schedule>) -> Vec<f32> {
+    let model = load_pixart(be, &c.model).unwrap();
     let sched = ModelDir::resolve(&c.model)
         .unwrap()
         .scheduler_config()
@@ -71,7 +74,7 @@ fn run(c: &Case, schedule: Option<&Schedule>) -> Vec<f32> {
         guidance,
         schedule,
     };
-    let (lat, _) = denoise(&be, &model, &sched, &inp, &opts, &mut |_, _| {}).unwrap();
+    let (lat, _) = denoise(be, &model, &sched, &inp, &opts, &mut |_, _| {}).unwrap();
     be.to_host(&lat).unwrap()
 }
 
@@ -165,4 +168,19 @@ fn denoise_cli_matches_reference() {
         err < DRIFT_FACTOR * c.meta["rel_l2_f32_vs_f64"].as_f64().unwrap(),
         "{err:.3e}"
     );
+}
+
+/// The PixArt sampling loop on the CUDA backend, uncached and with ECAD's paper schedule;
+/// SKIPPED without a CUDA driver.
+#[test]
+fn denoise_on_gpu_matches_references() {
+    let Some(gpu) = gpu() else { return };
+    for name in ["uncached_g45_s20", "ecad_alpha_fast"] {
+        let c = case(name);
+        let got = run_on(&gpu, &c, c.schedule.as_ref());
+        let err = rel_l2(&got, &c.tensors["expected_f64"].data);
+        let drift = c.meta["rel_l2_f32_vs_f64"].as_f64().unwrap();
+        println!("{name} on GPU: rel L2 {err:.3e} (reference drift {drift:.3e})");
+        assert!(err < DRIFT_FACTOR * drift, "{name}: {err:e}");
+    }
 }

@@ -405,3 +405,30 @@ fn bf16_denoise_tracks_torch_bf16() {
         );
     }
 }
+
+/// FLUX sampling on the CUDA backend: uncached and cached against the references, and bf16
+/// (`Bf16<CudaBackend>`) against torch's bf16 pipeline; SKIPPED without a CUDA driver.
+#[test]
+fn flux_denoise_on_gpu_matches_diffusers() {
+    let Some(gpu) = gpu() else { return };
+    let c = case("dev_dynamic");
+    let got = c.run_on(&gpu, &c.scheduler(), None);
+    let (err, drift) = c.check(
+        &got,
+        "latents",
+        c.meta["rel_l2_f32_vs_f64"].as_f64().unwrap(),
+    );
+    assert_within("GPU dev_dynamic", err, drift);
+    let s = c.schedule("mixed");
+    let got = c.run_on(&gpu, &c.scheduler(), Some(&s));
+    let d = c.meta["schedules"]["mixed"]["rel_l2_f32_vs_f64"]
+        .as_f64()
+        .unwrap();
+    let (err, drift) = c.check(&got, "cached_mixed", d);
+    assert_within("GPU dev_dynamic/mixed", err, drift);
+    let bf = ecad_native::backend::bf16::Bf16::new(gpu);
+    let got = c.run_on(&bf, &c.scheduler(), None);
+    let e = rel_l2(&got, &c.expected["latents_bf16"].data);
+    println!("GPU bf16 dev_dynamic: rel L2 vs torch bf16 {e:.3e}");
+    assert!(e <= 1e-2, "{e:e}");
+}

@@ -30,9 +30,9 @@ fn denorm(x: &[f32]) -> Vec<f32> {
     x.iter().map(|v| (v * 0.5 + 0.5).clamp(0.0, 1.0)).collect()
 }
 
-fn run(
-    pipe: &FluxGeneratePipeline<CpuBackend>,
-    be: &CpuBackend,
+fn run<B: Backend>(
+    pipe: &FluxGeneratePipeline<B>,
+    be: &B,
     texts: &mut HashMap<String, FluxText>,
 ) -> Vec<f32> {
     let m = meta(&dir());
@@ -195,4 +195,21 @@ fn cli_generate_flux_writes_reproducible_pngs() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no classifier-free guidance"));
     assert!(!c.exists());
+}
+
+/// The whole FLUX pipeline (CLIP, T5, transformer, VAE) on the CUDA backend; SKIPPED without
+/// a CUDA driver.
+#[test]
+fn flux_generate_on_gpu_matches_diffusers() {
+    let Some(gpu) = gpu() else { return };
+    let m = meta(&dir());
+    let l = m["max_sequence_length"].as_u64().unwrap() as usize;
+    let mut pipe = FluxGeneratePipeline::load(&gpu, &dir().join("root"), Some(l)).unwrap();
+    pipe.load_transformer(&gpu).unwrap();
+    let exp = read_inputs(&dir().join("expected.safetensors")).unwrap();
+    let drift = m["rel_l2_f32_vs_f64"].as_f64().unwrap();
+    let img = run(&pipe, &gpu, &mut HashMap::new());
+    let err = rel_l2(&denorm(&img), &exp["image_f64"].data);
+    println!("FLUX generate on GPU: rel L2 {err:.3e} (reference drift {drift:.3e})");
+    assert!(err <= DRIFT_FACTOR * drift, "{err:e}");
 }

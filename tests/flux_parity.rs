@@ -543,3 +543,26 @@ fn cli_forward_dtype_bf16_and_f16() {
     );
     assert!(!out.exists());
 }
+
+/// The FLUX forward on the CUDA backend, f32 against the float64 truth and bf16
+/// (`Bf16<CudaBackend>`) against torch's bf16 output; SKIPPED without a CUDA driver.
+#[test]
+fn flux_forward_on_gpu_matches_diffusers() {
+    let Some(gpu) = gpu() else { return };
+    for case in CASES {
+        let dir = fixtures().join("flux").join(case);
+        let (inp, exp, drift) = case_data(case);
+        let m = ecad_native::pipeline::load_flux(&gpu, &dir.join("transformer")).unwrap();
+        let out = m.forward(&gpu, &inputs(&inp)).unwrap();
+        let err = rel_l2(&gpu.to_host(&out).unwrap(), &exp["sample_f64"].data);
+        println!("{case} on GPU: rel L2 {err:.3e} (reference drift {drift:.3e})");
+        assert!(err < DRIFT_FACTOR * drift, "{case}: {err:e}");
+        let bf = Bf16::new(common::gpu().expect("a second CUDA backend"));
+        let m = ecad_native::pipeline::load_flux(&bf, &dir.join("transformer")).unwrap();
+        let out = bf.to_host(&m.forward(&bf, &inputs(&inp)).unwrap()).unwrap();
+        let (torch, _) = bf16_data(case);
+        let e = rel_l2(&out, &torch);
+        println!("{case} on GPU, bf16: rel L2 vs torch bf16 {e:.3e}");
+        assert!(e <= bf16_vs_torch_tol(case), "{case}: {e:e}");
+    }
+}

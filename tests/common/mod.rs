@@ -13,8 +13,25 @@ pub fn fixtures() -> PathBuf {
     repo_root().join("tests/fixtures")
 }
 
+/// The shared data folder: ECAD_SHARED when set (carried test binaries), else `../shared`
+/// next to the crate.
 pub fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
+    std::env::var_os("ECAD_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+}
+
+/// The CUDA backend for `*_on_gpu` tests, or None (printing SKIPPED and why) on a machine
+/// without a usable driver; scripts/gpu-check.sh runs these tests on a GPU machine.
+pub fn gpu() -> Option<ecad_native::backend::cuda::CudaBackend> {
+    if let Some(why) = ecad_native::backend::cuda::driver_unavailable_reason() {
+        println!("SKIPPED: {why}");
+        return None;
+    }
+    Some(
+        ecad_native::backend::cuda::CudaBackend::new(0)
+            .expect("CUDA driver present but the backend failed to start"),
+    )
 }
 
 pub fn meta(case_dir: &Path) -> serde_json::Value {
