@@ -16,6 +16,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 TESTS="cuda_parity denoise_parity flux_parity flux_denoise_parity flux_generate"
 if [ "${1:-}" = "--prepare" ]; then
+    # Embed nvcc-built kernel images (build.rs) so the GPU machine needs no NVRTC compile.
+    wheels=${ECAD_CUDA_WHEELS:-$HOME/.cache/ecad-native/cuda-wheels-13.0}
+    if [ -z "${NVCC:-}" ] && [ -x "$wheels/nvidia/cu13/bin/nvcc" ]; then
+        export NVCC="$wheels/nvidia/cu13/bin/nvcc"
+    fi
     cargo build --release --bin ecad-native || exit 1
     args=""
     for t in $TESTS; do args="$args --test $t"; done

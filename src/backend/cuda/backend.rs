@@ -1,5 +1,6 @@
 //! `Backend` over cudarc: device buffers (f32 storage for now), cuBLAS SGEMM (TF32 off: `--dtype
-//! f32` is true float32) and the kernels of kernels/*.cu compiled with NVRTC at start-up.
+//! f32` is true float32) and the kernels of kernels/*.cu (nvcc-built images embedded by build.rs,
+//! else NVRTC at start-up with a disk cache; see `super`).
 //!
 //! NOT YET RUN ON A GPU: this compiles and is covered by tests/cuda_parity.rs, which runs every
 //! op against the CPU backend when a CUDA driver is present and reports SKIPPED otherwise.
@@ -76,19 +77,22 @@ impl CudaBackend {
         let include = std::env::var("CUDA_HOME")
             .map(|h| format!("{h}/include"))
             .unwrap_or_else(|_| "/usr/local/cuda/include".into());
+        let cc = ctx.compute_capability().map_err(dev_err)?;
+        if cc.0 < 8 {
+            return Err(BackendError::Unavailable(
+                "cuda",
+                format!(
+                    "the GPU has compute capability {}.{}; the kernels need 8.0 (Ampere) or newer",
+                    cc.0, cc.1
+                ),
+            ));
+        }
+        let cache = crate::tokenizer::cache_dir();
         let mut funcs = HashMap::new();
         for (name, src) in KERNEL_SOURCES.iter().filter(|(n, _)| n.ends_with(".cu")) {
             // NVRTC has no file system view of kernels/: inline the shared header.
             let full = src.replace("#include \"common.cuh\"", common);
-            let opts = cudarc::nvrtc::CompileOptions {
-                include_paths: vec![include.clone()],
-                arch: Some("compute_80"),
-                name: Some(name.to_string()),
-                ..Default::default()
-            };
-            let ptx = cudarc::nvrtc::compile_ptx_with_opts(&full, opts)
-                .map_err(|e| BackendError::Device(format!("NVRTC failed on {name}: {e:?}")))?;
-            let module = ctx.load_module(ptx).map_err(dev_err)?;
+            let module = load_kernel_module(&ctx, cc, name, &full, &include, cache.as_deref())?;
             for f in kernel_names(&full) {
                 let func = module.load_function(&f).map_err(dev_err)?;
                 funcs.insert(f, func);
@@ -131,6 +135,56 @@ impl CudaBackend {
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
+}
+
+/// Loads one kernel file: the build-time sm_90 cubin on a 9.0 device, else the build-time
+/// compute_80 PTX, else the source through NVRTC (PTX cached on disk). A prebuilt image the
+/// driver refuses falls through to the next option; the last error is reported.
+fn load_kernel_module(
+    ctx: &Arc<CudaContext>,
+    cc: (i32, i32),
+    name: &str,
+    source: &str,
+    include: &str,
+    cache: Option<&std::path::Path>,
+) -> BResult<Arc<cudarc::driver::CudaModule>> {
+    use cudarc::nvrtc::Ptx;
+    let mut refused = Vec::new();
+    if let Some((_, ptx, cubin)) = super::PREBUILT_KERNELS.iter().find(|k| k.0 == name) {
+        if cc == (9, 0) {
+            match ctx.load_module(Ptx::from_binary(cubin.to_vec())) {
+                Ok(m) => return Ok(m),
+                Err(e) => refused.push(format!("sm_90 cubin: {e:?}")),
+            }
+        }
+        match ctx.load_module(Ptx::from_src(*ptx)) {
+            Ok(m) => return Ok(m),
+            Err(e) => refused.push(format!("compute_80 PTX: {e:?}")),
+        }
+    }
+    let arch = "compute_80";
+    let ptx = super::cached_ptx(cache, name, source, arch, include, || {
+        let opts = cudarc::nvrtc::CompileOptions {
+            include_paths: vec![include.to_string()],
+            arch: Some(arch),
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        cudarc::nvrtc::compile_ptx_with_opts(source, opts)
+            .map(|p| p.to_src())
+            .map_err(|e| format!("{e:?}"))
+    })
+    .map_err(|e| {
+        BackendError::Device(format!(
+            "NVRTC failed on {name}: {e}{}",
+            if refused.is_empty() {
+                String::new()
+            } else {
+                format!(" (prebuilt images refused: {})", refused.join("; "))
+            }
+        ))
+    })?;
+    ctx.load_module(Ptx::from_src(ptx)).map_err(dev_err)
 }
 
 /// `extern "C" __global__ void NAME_SUF(` names after macro expansion are not visible in the
