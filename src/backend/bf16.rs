@@ -142,6 +142,9 @@ impl<B: Backend> Backend for Bf16<B> {
     fn synchronize(&self) -> BResult<()> {
         self.inner.synchronize()
     }
+    fn device_time_ms(&self, f: &mut dyn FnMut() -> BResult<()>) -> BResult<Option<f64>> {
+        self.inner.device_time_ms(f)
+    }
 
     // ---- layout: data movement of bf16 values, nothing to round ----------------------------
     fn permute(&self, x: &Tensor<Self>, perm: &[usize]) -> BResult<Tensor<Self>> {

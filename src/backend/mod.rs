@@ -233,6 +233,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn synchronize(&self) -> BResult<()> {
         Ok(())
     }
+    /// Runs `f` (which enqueues work) and returns the device time of that work in
+    /// milliseconds, measured with device events on the backend's stream; `None` on a backend
+    /// without a device clock (the CPU), where callers time on the host.
+    fn device_time_ms(&self, f: &mut dyn FnMut() -> BResult<()>) -> BResult<Option<f64>> {
+        f()?;
+        Ok(None)
+    }
 
     // ---- layout ----------------------------------------------------------------------------
     /// Generic permutation (up to 6 dims): `out.shape[i] = x.shape[perm[i]]`.

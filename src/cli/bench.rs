@@ -185,25 +185,28 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()
     let runs = if a.forward { 1 } else { 1 + schedules.len() } * (a.warmup + a.reps);
     let bar = super::progress::Progress::new("bench", runs);
     if a.forward {
-        let t = bench_forward(be, &model, &inputs, a.warmup, a.reps, &mut || bar.inc())?;
+        let (t, dev) = bench_forward(be, &model, &inputs, a.warmup, a.reps, &mut || bar.inc())?;
         bar.finish();
         if let Some(p) = crate::backend::cpu::profile_report() {
             eprint!("{p}");
         }
         let med = median(&t);
+        let dev_med = (!dev.is_empty()).then(|| median(&dev));
         println!(
-            "forward {name}: batch {} ({} prompts with CFG), {} tokens, text {}: median {med:.2} ms over {} runs ({} threads)",
+            "forward {name}: batch {} ({} prompts with CFG), {} tokens, text {}: median {med:.2} ms{} over {} runs ({} threads)",
             2 * a.prompts,
             a.prompts,
             (side / cfg.patch_size).pow(2),
             text_len,
+            dev_med.map(|d| format!(" (device events: median {d:.2} ms)")).unwrap_or_default(),
             a.reps,
             rayon::current_num_threads()
         );
         if let Some(j) = &a.json {
             let v = serde_json::json!({"model": name, "mode": "forward", "batch": 2 * a.prompts,
                 "latent": side, "text_len": text_len, "threads": rayon::current_num_threads(),
-                "median_ms": med, "timings_ms": t});
+                "median_ms": med, "timings_ms": t, "median_device_ms": dev_med,
+                "device_timings_ms": dev});
             crate::weights::atomic_write(j, serde_json::to_string_pretty(&v)?.as_bytes())?;
         }
         return Ok(());
@@ -341,6 +344,15 @@ fn print_report(
             r.rel_error,
             r.psnr_db
         );
+    }
+    if report.rows.iter().any(|r| r.median_device_ms.is_some()) {
+        for r in &report.rows {
+            println!(
+                "{:<40} device-event median {:>11.2} ms",
+                r.schedule,
+                r.median_device_ms.unwrap_or(f64::NAN)
+            );
+        }
     }
     if let Some(j) = json {
         crate::weights::atomic_write(j, serde_json::to_string_pretty(&report)?.as_bytes())?;

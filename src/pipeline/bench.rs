@@ -91,6 +91,8 @@ pub struct BenchRow {
     pub mac_speedup: f64,
     pub median_ms: f64,
     pub min_ms: f64,
+    /// Median device time from device events (CUDA), when the backend has a device clock.
+    pub median_device_ms: Option<f64>,
     pub latency_speedup: f64,
     /// latency speedup / MAC speedup: how much of the MAC saving turns into time.
     pub efficiency: f64,
@@ -335,15 +337,24 @@ pub fn run_bench_with<B: Backend>(
     let mut reference: Vec<f32> = Vec::new();
     for (name, sched) in &all {
         let mut times = Vec::new();
+        let mut device_times = Vec::new();
         let mut last = None;
         for r in 0..spec.warmup + spec.reps {
             be.synchronize()?;
             let t0 = Instant::now();
-            let (lat, rep) = run(*sched)?;
+            let mut out = None;
+            let dev = be.device_time_ms(&mut || {
+                out = Some(run(*sched));
+                Ok(())
+            })?;
+            let (lat, rep) = out.expect("the run was called")?;
             be.synchronize()?;
             let ms = t0.elapsed().as_secs_f64() * 1e3;
             if r >= spec.warmup {
                 times.push(ms);
+                if let Some(d) = dev {
+                    device_times.push(d);
+                }
             }
             last = Some((lat, rep));
             tick();
@@ -374,6 +385,7 @@ pub fn run_bench_with<B: Backend>(
             mac_speedup,
             median_ms: med,
             min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
+            median_device_ms: (!device_times.is_empty()).then(|| median(&device_times)),
             latency_speedup,
             efficiency: latency_speedup / mac_speedup,
             cache_bytes: rep.cache.peak_bytes,
@@ -407,7 +419,7 @@ pub fn bench_forward<B: Backend>(
     warmup: usize,
     reps: usize,
     tick: &mut dyn FnMut(),
-) -> MResult<Vec<f64>> {
+) -> MResult<(Vec<f64>, Vec<f64>)> {
     let b = inputs.latents.shape[0];
     let lat = &inputs.latents;
     let mut x = lat.data.clone();
@@ -423,30 +435,43 @@ pub fn bench_forward<B: Backend>(
     m.extend_from_slice(&inputs.prompt_attention_mask.data);
     let yt = be.upload(y, &ys)?;
     let mut times = Vec::new();
+    let mut device_times = Vec::new();
     for r in 0..warmup + reps {
         be.synchronize()?;
         let t0 = Instant::now();
-        // The whole forward, text projection included, as `forward` computes it.
-        let text = model.prepare_text(be, &yt, Some(&m))?;
-        let cond = if model.config.use_additional_conditions {
-            let (h, w) = (lat.shape[2] as f32 * 8.0, lat.shape[3] as f32 * 8.0);
-            let res: Vec<f32> = (0..2 * b).flat_map(|_| [h, w]).collect();
-            model.condition(
-                be,
-                &vec![500.0; 2 * b],
-                Some(&res),
-                Some(&vec![h / w; 2 * b]),
-            )?
-        } else {
-            model.condition(be, &vec![500.0; 2 * b], None, None)?
-        };
-        let out = model.forward_prepared(be, &xt, &cond, &text, &mut crate::cache::NoCache)?;
+        let mut result: MResult<()> = Ok(());
+        let dev = be.device_time_ms(&mut || {
+            result = (|| {
+                // The whole forward, text projection included, as `forward` computes it.
+                let text = model.prepare_text(be, &yt, Some(&m))?;
+                let cond = if model.config.use_additional_conditions {
+                    let (h, w) = (lat.shape[2] as f32 * 8.0, lat.shape[3] as f32 * 8.0);
+                    let res: Vec<f32> = (0..2 * b).flat_map(|_| [h, w]).collect();
+                    model.condition(
+                        be,
+                        &vec![500.0; 2 * b],
+                        Some(&res),
+                        Some(&vec![h / w; 2 * b]),
+                    )?
+                } else {
+                    model.condition(be, &vec![500.0; 2 * b], None, None)?
+                };
+                let out =
+                    model.forward_prepared(be, &xt, &cond, &text, &mut crate::cache::NoCache)?;
+                drop(out);
+                Ok(())
+            })();
+            Ok(())
+        })?;
+        result?;
         be.synchronize()?;
-        drop(out);
         if r >= warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
+            if let Some(d) = dev {
+                device_times.push(d);
+            }
         }
         tick();
     }
-    Ok(times)
+    Ok((times, device_times))
 }

@@ -247,6 +247,22 @@ impl Backend for CudaBackend {
         self.stream.synchronize().map_err(dev_err)
     }
 
+    fn device_time_ms(&self, f: &mut dyn FnMut() -> BResult<()>) -> BResult<Option<f64>> {
+        use cudarc::driver::sys::CUevent_flags;
+        // Timing-enabled events (the default flags disable timing).
+        let start = self
+            .stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(dev_err)?;
+        f()?;
+        let end = self
+            .stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(dev_err)?;
+        let ms = start.elapsed_ms(&end).map_err(dev_err)?;
+        Ok(Some(ms as f64))
+    }
+
     fn permute(&self, x: &Tensor<Self>, perm: &[usize]) -> BResult<Tensor<Self>> {
         let nd = x.dims();
         if perm.len() != nd || nd > 6 {
