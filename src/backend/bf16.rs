@@ -145,6 +145,9 @@ impl<B: Backend> Backend for Bf16<B> {
     fn device_time_ms(&self, f: &mut dyn FnMut() -> BResult<()>) -> BResult<Option<f64>> {
         self.inner.device_time_ms(f)
     }
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        self.inner.device_memory()
+    }
 
     // ---- layout: data movement of bf16 values, nothing to round ----------------------------
     fn permute(&self, x: &Tensor<Self>, perm: &[usize]) -> BResult<Tensor<Self>> {

@@ -233,6 +233,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn synchronize(&self) -> BResult<()> {
         Ok(())
     }
+    /// Device memory in use and in total, in bytes (whole device, as the driver reports it),
+    /// or `None` for host backends. Callers sample it to report peak device memory.
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// Runs `f` (which enqueues work) and returns the device time of that work in
     /// milliseconds, measured with device events on the backend's stream; `None` on a backend
     /// without a device clock (the CPU), where callers time on the host.

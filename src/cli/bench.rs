@@ -192,6 +192,13 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()
         }
         let med = median(&t);
         let dev_med = (!dev.is_empty()).then(|| median(&dev));
+        if let Some((used, total)) = be.device_memory() {
+            eprintln!(
+                "device memory in use after the runs: {:.2} of {:.2} GiB",
+                used as f64 / (1u64 << 30) as f64,
+                total as f64 / (1u64 << 30) as f64
+            );
+        }
         println!(
             "forward {name}: batch {} ({} prompts with CFG), {} tokens, text {}: median {med:.2} ms{} over {} runs ({} threads)",
             2 * a.prompts,
@@ -348,9 +355,10 @@ fn print_report(
     if report.rows.iter().any(|r| r.median_device_ms.is_some()) {
         for r in &report.rows {
             println!(
-                "{:<40} device-event median {:>11.2} ms",
+                "{:<40} device-event median {:>11.2} ms, device memory in use {:.2} GiB",
                 r.schedule,
-                r.median_device_ms.unwrap_or(f64::NAN)
+                r.median_device_ms.unwrap_or(f64::NAN),
+                r.peak_device_bytes.unwrap_or(0) as f64 / (1u64 << 30) as f64
             );
         }
     }

@@ -93,6 +93,8 @@ pub struct BenchRow {
     pub min_ms: f64,
     /// Median device time from device events (CUDA), when the backend has a device clock.
     pub median_device_ms: Option<f64>,
+    /// Largest device memory in use sampled after each run of this row (whole device, bytes).
+    pub peak_device_bytes: Option<u64>,
     pub latency_speedup: f64,
     /// latency speedup / MAC speedup: how much of the MAC saving turns into time.
     pub efficiency: f64,
@@ -338,6 +340,7 @@ pub fn run_bench_with<B: Backend>(
     for (name, sched) in &all {
         let mut times = Vec::new();
         let mut device_times = Vec::new();
+        let mut peak_dev: Option<u64> = None;
         let mut last = None;
         for r in 0..spec.warmup + spec.reps {
             be.synchronize()?;
@@ -349,6 +352,9 @@ pub fn run_bench_with<B: Backend>(
             })?;
             let (lat, rep) = out.expect("the run was called")?;
             be.synchronize()?;
+            if let Some((used, _)) = be.device_memory() {
+                peak_dev = Some(peak_dev.unwrap_or(0).max(used));
+            }
             let ms = t0.elapsed().as_secs_f64() * 1e3;
             if r >= spec.warmup {
                 times.push(ms);
@@ -386,6 +392,7 @@ pub fn run_bench_with<B: Backend>(
             median_ms: med,
             min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
             median_device_ms: (!device_times.is_empty()).then(|| median(&device_times)),
+            peak_device_bytes: peak_dev,
             latency_speedup,
             efficiency: latency_speedup / mac_speedup,
             cache_bytes: rep.cache.peak_bytes,

@@ -247,6 +247,12 @@ impl Backend for CudaBackend {
         self.stream.synchronize().map_err(dev_err)
     }
 
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        self.ctx.bind_to_thread().ok()?;
+        let (free, total) = cudarc::driver::result::mem_get_info().ok()?;
+        Some(((total - free) as u64, total as u64))
+    }
+
     fn device_time_ms(&self, f: &mut dyn FnMut() -> BResult<()>) -> BResult<Option<f64>> {
         use cudarc::driver::sys::CUevent_flags;
         // Timing-enabled events (the default flags disable timing).
