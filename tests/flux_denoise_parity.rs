@@ -351,17 +351,7 @@ fn cli_bench_flux() {
     let cfg =
         ecad_native::models::flux::FluxConfig::from_file(&c.dir.join("transformer/config.json"))
             .unwrap();
-    let dims = ecad_native::cache::macs::ModelDims::Flux(ecad_native::cache::macs::FluxDims {
-        num_layers: cfg.num_layers as u64,
-        num_single_layers: cfg.num_single_layers as u64,
-        attention_head_dim: cfg.attention_head_dim as u64,
-        num_attention_heads: cfg.num_attention_heads as u64,
-        in_channels: cfg.in_channels as u64,
-        joint_attention_dim: cfg.joint_attention_dim as u64,
-        pooled_projection_dim: cfg.pooled_projection_dim as u64,
-        guidance_embeds: cfg.guidance_embeds,
-        out_channels: None,
-    });
+    let dims = ecad_native::pipeline::bench::flux_dims(&cfg);
     let macs = ecad_native::cache::macs::ecad_macs(&sched, &dims, 96, 128)
         .unwrap()
         .total_macs;

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use ecad_native::cache::macs::{ecad_macs, FluxDims, ModelDims};
+use ecad_native::cache::macs::ecad_macs;
 use ecad_native::cache::schedule::{ModelFamily, Schedule};
 use ecad_native::models::flux::FluxConfig;
 use serde_json::Value;
@@ -56,17 +56,7 @@ fn flux_search_runs_with_ecad_flux_defaults() {
     assert!(stdout.contains("objectives identical: true"), "{stdout}");
 
     let cfg = FluxConfig::from_file(&model.join("transformer/config.json")).unwrap();
-    let dims = ModelDims::Flux(FluxDims {
-        num_layers: cfg.num_layers as u64,
-        num_single_layers: cfg.num_single_layers as u64,
-        attention_head_dim: cfg.attention_head_dim as u64,
-        num_attention_heads: cfg.num_attention_heads as u64,
-        in_channels: cfg.in_channels as u64,
-        joint_attention_dim: cfg.joint_attention_dim as u64,
-        pooled_projection_dim: cfg.pooled_projection_dim as u64,
-        guidance_embeds: cfg.guidance_embeds,
-        out_channels: None,
-    });
+    let dims = ecad_native::pipeline::bench::flux_dims(&cfg);
     let front = json(&out.join("front.json"));
     assert_eq!(front["model_family"], "FLUX");
     assert_eq!(

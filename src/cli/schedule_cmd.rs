@@ -1,4 +1,4 @@
-use crate::cache::macs::{ecad_macs, true_macs, FluxDims, ModelDims, TrueCostOptions};
+use crate::cache::macs::{ecad_macs, true_macs, TrueCostOptions};
 use crate::cache::schedule::Schedule;
 use crate::pipeline::bench::pixart_dims;
 use crate::pipeline::ModelDir;
@@ -47,17 +47,7 @@ pub fn run(cmd: ScheduleCommand) -> anyhow::Result<()> {
             let json_cfg = dir.transformer_config()?;
             let dims = if crate::models::flux::FluxConfig::is_flux(&json_cfg) {
                 let c = crate::models::flux::FluxConfig::from_json(&json_cfg)?;
-                ModelDims::Flux(FluxDims {
-                    num_layers: c.num_layers as u64,
-                    num_single_layers: c.num_single_layers as u64,
-                    attention_head_dim: c.attention_head_dim as u64,
-                    num_attention_heads: c.num_attention_heads as u64,
-                    in_channels: c.in_channels as u64,
-                    joint_attention_dim: c.joint_attention_dim as u64,
-                    pooled_projection_dim: c.pooled_projection_dim as u64,
-                    guidance_embeds: c.guidance_embeds,
-                    out_channels: Some(c.out_channels as u64),
-                })
+                crate::pipeline::bench::flux_dims(&c)
             } else {
                 pixart_dims(&crate::models::pixart::PixArtConfig::from_json(&json_cfg)?)
             };

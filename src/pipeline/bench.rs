@@ -168,6 +168,21 @@ pub fn pixart_dims(c: &PixArtConfig) -> ModelDims {
     })
 }
 
+/// ECAD cost-model dimensions of a FLUX config.
+pub fn flux_dims(c: &crate::models::flux::FluxConfig) -> ModelDims {
+    ModelDims::Flux(crate::cache::macs::FluxDims {
+        num_layers: c.num_layers as u64,
+        num_single_layers: c.num_single_layers as u64,
+        attention_head_dim: c.attention_head_dim as u64,
+        num_attention_heads: c.num_attention_heads as u64,
+        in_channels: c.in_channels as u64,
+        joint_attention_dim: c.joint_attention_dim as u64,
+        pooled_projection_dim: c.pooled_projection_dim as u64,
+        guidance_embeds: c.guidance_embeds,
+        out_channels: Some(c.out_channels as u64),
+    })
+}
+
 pub struct BenchSpec<'a> {
     pub model_name: String,
     pub steps: usize,
@@ -284,14 +299,7 @@ pub fn run_bench_flux<B: Backend>(
     let c = &model.config;
     let grid = super::flux::FluxGrid::new(height, width, vae_scale_factor)?;
     let target = BenchTarget {
-        dims: crate::search::evaluate::SearchModel::Flux {
-            model,
-            scheduler: scheduler.clone(),
-            height,
-            width,
-            vae_scale_factor,
-        }
-        .dims(),
+        dims: flux_dims(c),
         default: crate::cache::heuristics::default_schedule(
             crate::cache::schedule::ModelFamily::Flux,
             spec.steps,

@@ -93,13 +93,7 @@ pub fn denoise<B: Backend>(
     on_step: &mut dyn FnMut(usize, usize),
 ) -> MResult<(Tensor<B>, DenoiseReport)> {
     let prepared = PreparedDenoise::new(be, model, scheduler, inp, opts)?;
-    let mut state = prepared.start(inp.latents)?;
-    let n = prepared.steps();
-    for i in 0..n {
-        prepared.step(&mut state, opts.schedule)?;
-        on_step(i + 1, n);
-    }
-    Ok((state.latents, state.report))
+    super::run::PreparedRun::PixArt(prepared).run_to_end(inp.latents, opts.schedule, on_step)
 }
 
 /// The state of a sampling run between two steps: the latents, the solver's state and the

@@ -342,13 +342,7 @@ pub fn denoise_flux<B: Backend>(
     on_step: &mut dyn FnMut(usize, usize),
 ) -> MResult<(Tensor<B>, DenoiseReport)> {
     let prepared = PreparedFluxDenoise::new(be, model, scheduler, inp, opts)?;
-    let mut state = prepared.start(inp.latents)?;
-    let n = prepared.steps();
-    for i in 0..n {
-        prepared.step(&mut state, opts.schedule)?;
-        on_step(i + 1, n);
-    }
-    Ok((state.latents, state.report))
+    super::run::PreparedRun::Flux(prepared).run_to_end(inp.latents, opts.schedule, on_step)
 }
 
 #[cfg(test)]

@@ -69,6 +69,26 @@ impl<B: Backend> PreparedRun<'_, B> {
         })
     }
 
+    /// The whole loop from `latents`, with one schedule for every step; `on_step(i, n)` after
+    /// each step. Returns the final latents and the run's report.
+    pub fn run_to_end(
+        &self,
+        latents: &HostTensor,
+        schedule: Option<&Schedule>,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> MResult<(Tensor<B>, DenoiseReport)> {
+        let mut state = self.start(latents)?;
+        let n = self.steps();
+        for i in 0..n {
+            self.step(&mut state, schedule)?;
+            on_step(i + 1, n);
+        }
+        Ok(match state {
+            RunState::PixArt(s) => (s.latents, s.report),
+            RunState::Flux(s) => (s.latents, s.report),
+        })
+    }
+
     /// Advances the state by one step (see the family's `step`).
     pub fn step(&self, state: &mut RunState<B>, schedule: Option<&Schedule>) -> MResult<()> {
         match (self, state) {

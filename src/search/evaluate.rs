@@ -16,12 +16,12 @@ use super::nsga2::Genome;
 use super::prefix::{Node, PrefixCache, PrefixKey};
 use super::{SResult, SearchError};
 use crate::backend::Backend;
-use crate::cache::macs::{ecad_macs, FluxDims, ModelDims};
+use crate::cache::macs::{ecad_macs, ModelDims};
 use crate::cache::schedule::{ModelFamily, Schedule};
 use crate::models::flux::FluxTransformer;
 use crate::models::pixart::PixArtTransformer;
 use crate::models::rel_l2;
-use crate::pipeline::bench::{pixart_dims, psnr};
+use crate::pipeline::bench::{flux_dims, pixart_dims, psnr};
 use crate::pipeline::denoise::{DenoiseInputs, DenoiseOptions, PreparedDenoise};
 use crate::pipeline::flux::{FluxDenoiseInputs, FluxDenoiseOptions, FluxGrid, PreparedFluxDenoise};
 use crate::pipeline::run::PreparedRun;
@@ -201,20 +201,7 @@ impl<B: Backend> SearchModel<'_, B> {
     pub fn dims(&self) -> ModelDims {
         match self {
             SearchModel::PixArt { model, .. } => pixart_dims(&model.config),
-            SearchModel::Flux { model, .. } => {
-                let c = &model.config;
-                ModelDims::Flux(FluxDims {
-                    num_layers: c.num_layers as u64,
-                    num_single_layers: c.num_single_layers as u64,
-                    attention_head_dim: c.attention_head_dim as u64,
-                    num_attention_heads: c.num_attention_heads as u64,
-                    in_channels: c.in_channels as u64,
-                    joint_attention_dim: c.joint_attention_dim as u64,
-                    pooled_projection_dim: c.pooled_projection_dim as u64,
-                    guidance_embeds: c.guidance_embeds,
-                    out_channels: Some(c.out_channels as u64),
-                })
-            }
+            SearchModel::Flux { model, .. } => flux_dims(&model.config),
         }
     }
 }
