@@ -474,10 +474,10 @@ impl<B: Backend> FluxTransformer<B> {
             normed = Some(t.clone());
             Ok(t)
         };
+        // Cached before the GELU (ECAD re-applies `act_mlp` to a reused value every step).
         let mlp = cache.component(cache_block, SINGLE_PROJ_MLP, &mut || {
             blk.proj_mlp.forward(be, &norm()?)
         })?;
-        let mlp = be.activation(&mlp, Activation::GeluTanh)?;
         let attn = cache.component(cache_block, SINGLE_ATTN, &mut || {
             let n = norm()?;
             let at = &blk.attn;
@@ -488,8 +488,11 @@ impl<B: Backend> FluxTransformer<B> {
             let k = be.rope(&k, &rope.cos, &rope.sin, heads)?;
             be.attention(&q, &k, &v, heads, scale, None, None, false)
         })?;
+        // The GELU feeds only proj_out: when proj_out is reused its result is never read, so it
+        // runs inside proj_out's computation (ECAD computes it regardless; same outputs).
         let p = cache.component(cache_block, SINGLE_PROJ_OUT, &mut || {
-            blk.proj_out.forward(be, &be.concat(&[&attn, &mlp], 2)?)
+            let act = be.activation(&mlp, Activation::GeluTanh)?;
+            blk.proj_out.forward(be, &be.concat(&[&attn, &act], 2)?)
         })?;
         be.gate_residual(&s, Some(&chunk(be, &e, 2, d)?), &p)
     }
