@@ -31,26 +31,37 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])')
     rm -rf target/gpu-check
     mkdir -p target/gpu-check/shared/reference/ecad/schedules
-    cp target/release/ecad-native $bins target/gpu-check/
+    cp target/release/ecad-native target/gpu-check/
+    for b in $bins; do
+        case "$(basename "$b")" in ecad-native) ;; *) cp "$b" target/gpu-check/ ;; esac
+    done
+    # The device tool carries at most 64 MiB with the working tree: strip the debug info
+    # (~80 MB -> ~7 MB a binary) and pack the binaries (gzip, unpacked into /tmp there).
+    strip target/gpu-check/ecad-native target/gpu-check/*-*
+    (cd target/gpu-check && tar czf bins.tar.gz ecad-native ./*-* && rm -f ecad-native ./*-*)
     # The shared schedules the GPU tests and benchmarks read (shared/ sits outside the repo).
     cp -r ../shared/reference/ecad/schedules/schedules_in_paper \
         target/gpu-check/shared/reference/ecad/schedules/
     ls -la target/gpu-check
-    du -sh target/gpu-check
+    size=$(du -sm target/gpu-check | cut -f1)
+    echo "target/gpu-check: ${size} MiB (the device tool carries at most 64 MiB)"
+    [ "$size" -lt 60 ] || { echo "too large to carry"; exit 1; }
     exit 0
 fi
 LOG=${OUT:-/tmp}/gpu-check.log
 export ECAD_REPO_ROOT=$PWD
 export ECAD_SHARED=$PWD/target/gpu-check/shared
 P=$ECAD_SHARED/reference/ecad/schedules/schedules_in_paper
-B=target/gpu-check/ecad-native
+G=/tmp/gpu-check-bin
+rm -rf $G && mkdir -p $G && tar xzf target/gpu-check/bins.tar.gz -C $G || { echo "no binaries: run --prepare first"; exit 1; }
+B=$G/ecad-native
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     git log -1 --format='commit %h %cd' 2>/dev/null
     echo "== CUDA parity (kernels vs CPU, forwards and sampling vs diffusers fixtures)"
-    for t in target/gpu-check/cuda_parity-*; do timeout 240 "$t" --nocapture --test-threads 1; done
+    for t in $G/cuda_parity-*; do timeout 240 "$t" --nocapture --test-threads 1; done
     for n in denoise_parity flux_parity flux_denoise_parity flux_generate; do
-        for t in target/gpu-check/$n-*; do timeout 120 "$t" on_gpu --nocapture --test-threads 1; done
+        for t in $G/$n-*; do timeout 120 "$t" on_gpu --nocapture --test-threads 1; done
     done
     echo "== forward benchmark, PixArt-XL-2 256 px and 1024 px, CFG batch 2 (f32)"
     timeout 120 $B bench --device cuda --arch xl2-256 --forward --reps 10 --warmup 3
