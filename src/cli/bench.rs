@@ -121,12 +121,7 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
-    let flux_dir = match &a.model {
-        Some(m) => {
-            crate::models::flux::FluxConfig::is_flux(&ModelDir::resolve(m)?.transformer_config()?)
-        }
-        None => false,
-    };
+    let flux_dir = crate::pipeline::is_flux_model(a.model.as_deref())?;
     if flux_dir || a.arch.and_then(|x| x.flux_config()).is_some() {
         return run_flux(be, a);
     }

@@ -1,7 +1,5 @@
 use super::DeviceOpts;
 use crate::backend::Backend;
-use crate::cache::schedule::Schedule;
-use crate::models::flux::FluxConfig;
 use crate::pipeline::denoise::{denoise, DenoiseInputs, DenoiseOptions};
 use crate::pipeline::flux::{
     denoise_flux, validate_flux_schedule, FluxDenoiseInputs, FluxDenoiseOptions,
@@ -53,8 +51,8 @@ pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
 }
 
 fn run_on<B: Backend>(be: &B, a: DenoiseArgs) -> anyhow::Result<()> {
-    if let Some(m) = &a.model {
-        if FluxConfig::is_flux(&ModelDir::resolve(m)?.transformer_config()?) {
+    if let Some(m) = a.model.as_deref() {
+        if crate::pipeline::is_flux_model(Some(m))? {
             return run_flux(be, &a, m);
         }
     }
@@ -62,10 +60,7 @@ fn run_on<B: Backend>(be: &B, a: DenoiseArgs) -> anyhow::Result<()> {
         bail!("--height/--width are for FLUX models; a PixArt run takes its size from `latents`");
     }
     let guidance = a.guidance.unwrap_or(4.5);
-    let schedule = match &a.schedule {
-        Some(p) => Some(Schedule::from_path(p)?),
-        None => None,
-    };
+    let schedule = super::read_schedule(a.schedule.as_deref())?;
     let (model, sched_cfg) = match &a.model {
         Some(m) => {
             let dir = ModelDir::resolve(m)?;
@@ -84,11 +79,7 @@ fn run_on<B: Backend>(be: &B, a: DenoiseArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}", a.schedule.as_ref().unwrap().display()))?;
     }
     let inputs = read_inputs(&a.inputs)?;
-    let get = |name: &str| -> anyhow::Result<&HostTensor> {
-        inputs
-            .get(name)
-            .with_context(|| format!("{}: missing input tensor `{name}`", a.inputs.display()))
-    };
+    let get = |name: &str| super::input_tensor(&inputs, &a.inputs, name);
     let need_neg = guidance > 1.0;
     let inp = DenoiseInputs {
         latents: get("latents")?,
@@ -137,10 +128,7 @@ fn run_flux<B: Backend>(be: &B, a: &DenoiseArgs, m: &Path) -> anyhow::Result<()>
     let dir = ModelDir::resolve(m)?;
     let sched_cfg = dir.flow_match_config()?;
     let vae_scale_factor = dir.vae_scale_factor()?;
-    let schedule = match &a.schedule {
-        Some(p) => Some(Schedule::from_path(p)?),
-        None => None,
-    };
+    let schedule = super::read_schedule(a.schedule.as_deref())?;
     let model = crate::pipeline::load_flux(be, m)?;
     if let (Some(s), Some(p)) = (&schedule, &a.schedule) {
         let c = &model.config;
@@ -148,11 +136,7 @@ fn run_flux<B: Backend>(be: &B, a: &DenoiseArgs, m: &Path) -> anyhow::Result<()>
             .with_context(|| p.display().to_string())?;
     }
     let inputs = read_inputs(&a.inputs)?;
-    let get = |name: &str| -> anyhow::Result<&HostTensor> {
-        inputs
-            .get(name)
-            .with_context(|| format!("{}: missing input tensor `{name}`", a.inputs.display()))
-    };
+    let get = |name: &str| super::input_tensor(&inputs, &a.inputs, name);
     let inp = FluxDenoiseInputs {
         latents: get("latents")?,
         prompt_embeds: get("prompt_embeds")?,

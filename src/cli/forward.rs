@@ -1,8 +1,7 @@
 use super::DeviceOpts;
 use crate::backend::Backend;
-use crate::models::flux::{FluxConfig, FluxForwardInputs};
+use crate::models::flux::FluxForwardInputs;
 use crate::models::pixart::ForwardInputs;
-use crate::pipeline::ModelDir;
 use crate::weights::{read_inputs, write_outputs, HostTensor};
 use anyhow::{bail, Context};
 use std::path::PathBuf;
@@ -30,8 +29,8 @@ pub fn run(a: ForwardArgs) -> anyhow::Result<()> {
 }
 
 fn run_on<B: Backend>(be: &B, a: ForwardArgs) -> anyhow::Result<()> {
-    if let Some(m) = &a.model {
-        if FluxConfig::is_flux(&ModelDir::resolve(m)?.transformer_config()?) {
+    if let Some(m) = a.model.as_deref() {
+        if crate::pipeline::is_flux_model(Some(m))? {
             return run_flux(be, &a, m);
         }
     }
@@ -40,11 +39,7 @@ fn run_on<B: Backend>(be: &B, a: ForwardArgs) -> anyhow::Result<()> {
         None => crate::pipeline::load_demo(be)?,
     };
     let inputs = read_inputs(&a.inputs)?;
-    let get = |name: &str| -> anyhow::Result<&HostTensor> {
-        inputs
-            .get(name)
-            .with_context(|| format!("{}: missing input tensor `{name}`", a.inputs.display()))
-    };
+    let get = |name: &str| super::input_tensor(&inputs, &a.inputs, name);
     let x = get("hidden_states")?;
     let y = get("encoder_hidden_states")?;
     let t = get("timestep")?;
@@ -97,11 +92,7 @@ fn run_on<B: Backend>(be: &B, a: ForwardArgs) -> anyhow::Result<()> {
 fn run_flux<B: Backend>(be: &B, a: &ForwardArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     let model = crate::pipeline::load_flux(be, dir)?;
     let inputs = read_inputs(&a.inputs)?;
-    let get = |name: &str| -> anyhow::Result<&HostTensor> {
-        inputs
-            .get(name)
-            .with_context(|| format!("{}: missing input tensor `{name}`", a.inputs.display()))
-    };
+    let get = |name: &str| super::input_tensor(&inputs, &a.inputs, name);
     let x = get("hidden_states")?;
     let y = get("encoder_hidden_states")?;
     let p = get("pooled_projections")?;

@@ -152,6 +152,44 @@ pub(super) fn resolve_steps(
     Ok(steps)
 }
 
+/// Runs every prompt's batch through `generate(prompt, seeds, on_step)` with a progress bar:
+/// image k (over prompts, then the batch) gets seed `--seed + k`.
+#[allow(clippy::type_complexity)]
+pub(super) fn generate_all(
+    a: &GenerateArgs,
+    prompts: &[String],
+    steps: usize,
+    generate: &mut dyn FnMut(
+        &str,
+        &[u64],
+        &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<Vec<RgbImage>>,
+) -> anyhow::Result<Vec<ImageOut>> {
+    let mut images = Vec::with_capacity(prompts.len() * a.batch);
+    for (pi, prompt) in prompts.iter().enumerate() {
+        let seeds: Vec<u64> = (0..a.batch)
+            .map(|j| a.seed.wrapping_add((pi * a.batch + j) as u64))
+            .collect();
+        let label = if prompts.len() > 1 {
+            format!("prompt {}/{}", pi + 1, prompts.len())
+        } else {
+            "denoise".to_string()
+        };
+        let bar = super::progress::Progress::new(&label, steps);
+        let out = generate(prompt, &seeds, &mut |i, _| bar.set(i))?;
+        bar.finish();
+        for (j, image) in out.into_iter().enumerate() {
+            images.push(ImageOut {
+                prompt_index: pi,
+                batch_index: j,
+                seed: seeds[j],
+                image,
+            });
+        }
+    }
+    Ok(images)
+}
+
 /// Encodes every image as PNG (with its parameters as a text chunk), adds the manifest for
 /// several images, writes everything atomically (all or nothing) and prints the paths.
 pub(super) fn write_images(
@@ -227,13 +265,9 @@ fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
     }
     let prompts = read_prompts(&a)?;
     check_out_dir(&a.out)?;
-    let schedule = match &a.schedule {
-        Some(p) => Some(Schedule::from_path(p)?),
-        None => None,
-    };
-    if let Some(m) = &a.model {
-        let dir = crate::pipeline::ModelDir::resolve(m)?;
-        if crate::models::flux::FluxConfig::is_flux(&dir.transformer_config()?) {
+    let schedule = super::read_schedule(a.schedule.as_deref())?;
+    if let Some(m) = a.model.as_deref() {
+        if crate::pipeline::is_flux_model(Some(m))? {
             return super::generate_flux::run_flux(be, &a, m, &prompts, schedule.as_ref(), t_start);
         }
     }
@@ -261,7 +295,6 @@ fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
     let n_images = prompts.len() * a.batch;
     let mut texts = HashMap::new();
     let mut timings = Timings::default();
-    let mut images = Vec::with_capacity(n_images);
     let common = json!({
         "model": pipe.source,
         "negative_prompt": a.negative_prompt,
@@ -295,22 +328,13 @@ fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
         }
     }
     pipe.release_text_encoder();
-    for (pi, prompt) in prompts.iter().enumerate() {
-        let seeds: Vec<u64> = (0..a.batch)
-            .map(|j| a.seed.wrapping_add((pi * a.batch + j) as u64))
-            .collect();
-        let label = if prompts.len() > 1 {
-            format!("prompt {}/{}", pi + 1, prompts.len())
-        } else {
-            "denoise".to_string()
-        };
-        let bar = super::progress::Progress::new(&label, steps);
-        let out = pipe.generate(
+    let images = generate_all(&a, &prompts, steps, &mut |prompt, seeds, on_step| {
+        Ok(pipe.generate(
             be,
             &GenerateRequest {
                 prompt,
                 negative_prompt: &a.negative_prompt,
-                seeds: &seeds,
+                seeds,
                 steps,
                 guidance,
                 size,
@@ -318,18 +342,9 @@ fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
             },
             &mut texts,
             &mut timings,
-            &mut |i, _| bar.set(i),
-        )?;
-        bar.finish();
-        for (j, image) in out.into_iter().enumerate() {
-            images.push(ImageOut {
-                prompt_index: pi,
-                batch_index: j,
-                seed: seeds[j],
-                image,
-            });
-        }
-    }
+            on_step,
+        )?)
+    })?;
     write_images(&a, &prompts, &common, images)?;
     if a.verbose {
         let total = t_start.elapsed();

@@ -1,7 +1,7 @@
 //! `generate` for FLUX pipelines (the PixArt path is in generate.rs; both share the argument
 //! set, the prompt reading and the PNG/manifest writer).
 
-use super::generate::{resolve_steps, write_images, GenerateArgs, ImageOut};
+use super::generate::{generate_all, resolve_steps, write_images, GenerateArgs};
 use crate::backend::Backend;
 use crate::cache::schedule::Schedule;
 use crate::pipeline::flux::validate_flux_schedule;
@@ -70,22 +70,12 @@ pub(super) fn run_flux<B: Backend>(
     }
     pipe.release_text_encoders();
     pipe.load_transformer(be)?;
-    let mut images = Vec::with_capacity(n_images);
-    for (pi, prompt) in prompts.iter().enumerate() {
-        let seeds: Vec<u64> = (0..a.batch)
-            .map(|j| a.seed.wrapping_add((pi * a.batch + j) as u64))
-            .collect();
-        let label = if prompts.len() > 1 {
-            format!("prompt {}/{}", pi + 1, prompts.len())
-        } else {
-            "denoise".to_string()
-        };
-        let bar = super::progress::Progress::new(&label, steps);
-        let out = pipe.generate(
+    let images = generate_all(a, prompts, steps, &mut |prompt, seeds, on_step| {
+        Ok(pipe.generate(
             be,
             &FluxRequest {
                 prompt,
-                seeds: &seeds,
+                seeds,
                 steps,
                 guidance,
                 height,
@@ -94,18 +84,9 @@ pub(super) fn run_flux<B: Backend>(
             },
             &mut texts,
             &mut timings,
-            &mut |i, _| bar.set(i),
-        )?;
-        bar.finish();
-        for (j, image) in out.into_iter().enumerate() {
-            images.push(ImageOut {
-                prompt_index: pi,
-                batch_index: j,
-                seed: seeds[j],
-                image,
-            });
-        }
-    }
+            on_step,
+        )?)
+    })?;
     write_images(a, prompts, &common, images)?;
     if a.verbose {
         let total = t_start.elapsed();

@@ -170,6 +170,27 @@ impl DeviceOpts {
     }
 }
 
+/// The input tensor `name` of the `--inputs` file `path`, or an error naming both.
+pub(crate) fn input_tensor<'a>(
+    inputs: &'a std::collections::BTreeMap<String, crate::weights::HostTensor>,
+    path: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<&'a crate::weights::HostTensor> {
+    use anyhow::Context;
+    inputs
+        .get(name)
+        .with_context(|| format!("{}: missing input tensor `{name}`", path.display()))
+}
+
+/// Reads `--schedule` when given.
+pub(crate) fn read_schedule(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<Option<crate::cache::schedule::Schedule>> {
+    Ok(path
+        .map(crate::cache::schedule::Schedule::from_path)
+        .transpose()?)
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -3,7 +3,7 @@
 use super::bench::Arch;
 use super::progress::Progress;
 use super::DeviceOpts;
-use crate::models::flux::{FluxConfig, FluxTransformer};
+use crate::models::flux::FluxTransformer;
 use crate::models::pixart::{PixArtConfig, PixArtTransformer};
 use crate::models::RandomSource;
 use crate::pipeline::flux::FluxGrid;
@@ -187,10 +187,8 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: SearchArgs) -> anyhow::Result<(
     if seed_from != "heuristics" && seed_from != "random" && !Path::new(&seed_from).is_dir() {
         bail!("--seed-from {seed_from}: not a folder, and not `heuristics` or `random`");
     }
-    let is_flux = match &a.model {
-        Some(m) => FluxConfig::is_flux(&ModelDir::resolve(m)?.transformer_config()?),
-        None => a.arch.and_then(|x| x.flux_config()).is_some(),
-    };
+    let is_flux = crate::pipeline::is_flux_model(a.model.as_deref())?
+        || a.arch.and_then(|x| x.flux_config()).is_some();
     if !is_flux && (a.height.is_some() || a.width.is_some()) {
         bail!("--height/--width are for FLUX models; a PixArt search runs at its sample size");
     }

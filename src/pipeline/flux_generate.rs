@@ -109,20 +109,17 @@ impl<B: Backend> FluxGeneratePipeline<B> {
                 "this is a transformer folder; `generate` needs the FLUX pipeline root (transformer/, scheduler/, text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/, vae/)",
             ));
         };
-        for (sub, what) in [
-            ("text_encoder", "the CLIP text encoder"),
-            ("tokenizer", "the CLIP tokenizer"),
-            ("text_encoder_2", "the T5 text encoder"),
-            ("tokenizer_2", "the T5 tokenizer"),
-            ("vae", "the VAE"),
-        ] {
-            if !r.join(sub).is_dir() {
-                return Err(layout(
-                    &r,
-                    format!("no {sub}/ folder ({what}): a FLUX `generate` needs text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/ and vae/ next to transformer/; `denoise` works without them"),
-                ));
-            }
-        }
+        super::generate::require_parts(
+            &r,
+            &[
+                ("text_encoder", "the CLIP text encoder"),
+                ("tokenizer", "the CLIP tokenizer"),
+                ("text_encoder_2", "the T5 text encoder"),
+                ("tokenizer_2", "the T5 tokenizer"),
+                ("vae", "the VAE"),
+            ],
+            "a FLUX `generate` needs text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/ and vae/ next to transformer/; `denoise` works without them",
+        )?;
         let max_sequence_length = max_len.unwrap_or(FLUX_MAX_SEQUENCE_LENGTH);
         if max_sequence_length == 0 || max_sequence_length > FLUX_MAX_SEQUENCE_LENGTH {
             return Err(input(format!(

@@ -174,20 +174,15 @@ impl<B: Backend> GeneratePipeline<B> {
                 "this is a transformer folder; `generate` needs the pipeline root (the folder holding transformer/, scheduler/, text_encoder/, tokenizer/ and vae/)",
             ));
         };
-        for (sub, what) in [
-            ("text_encoder", "the T5 text encoder"),
-            ("tokenizer", "the T5 tokenizer"),
-            ("vae", "the VAE"),
-        ] {
-            if !r.join(sub).is_dir() {
-                return Err(layout(
-                    &r,
-                    format!(
-                        "no {sub}/ folder ({what}): `generate` needs text_encoder/, tokenizer/ and vae/ next to transformer/; `denoise` works without them (it takes prompt embeddings as input)"
-                    ),
-                ));
-            }
-        }
+        require_parts(
+            &r,
+            &[
+                ("text_encoder", "the T5 text encoder"),
+                ("tokenizer", "the T5 tokenizer"),
+                ("vae", "the VAE"),
+            ],
+            "`generate` needs text_encoder/, tokenizer/ and vae/ next to transformer/; `denoise` works without them (it takes prompt embeddings as input)",
+        )?;
         let scheduler = dir.scheduler_config()?;
         let tokenizer = T5Tokenizer::from_dir(&r.join("tokenizer"))?;
         let t5_cfg = T5Config::from_file(&r.join("text_encoder").join("config.json"))?;
@@ -456,6 +451,17 @@ impl<B: Backend> GeneratePipeline<B> {
         timings.decode += t2.elapsed();
         Ok(images)
     }
+}
+
+/// Refuses a pipeline root that lacks one of `parts` (`(subfolder, what it holds)`), naming
+/// it and then `needs` (what the command needs instead).
+pub(super) fn require_parts(root: &Path, parts: &[(&str, &str)], needs: &str) -> MResult<()> {
+    for (sub, what) in parts {
+        if !root.join(sub).is_dir() {
+            return Err(layout(root, format!("no {sub}/ folder ({what}): {needs}")));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a size that is not a positive multiple of `m`, naming the nearest valid ones.

@@ -107,6 +107,17 @@ fn manifest_config(m: &Manifest) -> JsonConfig {
     }
 }
 
+/// Whether `--model PATH` (`None`: the embedded demo) is a FLUX model (FluxTransformer2DModel
+/// in its transformer config).
+pub fn is_flux_model(path: Option<&Path>) -> WResult<bool> {
+    match path {
+        Some(p) => Ok(FluxConfig::is_flux(
+            &ModelDir::resolve(p)?.transformer_config()?,
+        )),
+        None => Ok(false),
+    }
+}
+
 /// The process's peak resident memory (`VmHWM` of /proc/self/status), when the OS reports it.
 pub fn peak_host_memory_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -145,24 +156,18 @@ pub fn match_flux_manifest(config: &FluxConfig) -> Option<Manifest> {
 pub fn check_model_dir(path: &Path) -> WResult<CheckReport> {
     let dir = ModelDir::resolve(path)?;
     let json = dir.transformer_config()?;
-    if FluxConfig::is_flux(&json) {
+    // The family's manifest when one matches, else the tensors its config implies.
+    let (matched, implied) = if FluxConfig::is_flux(&json) {
         let config = FluxConfig::from_json(&json)?;
-        let store = dir.transformer_weights()?;
-        let matched = match_flux_manifest(&config);
-        let expected = match &matched {
-            Some(m) => m.tensors.clone(),
-            None => config.expected_tensors(),
-        };
-        let mut report = check_store(&store, &expected)?;
-        report.matched = matched.map(|m| m.name);
-        return Ok(report);
-    }
-    let config = PixArtConfig::from_json(&json)?;
+        (match_flux_manifest(&config), config.expected_tensors())
+    } else {
+        let config = PixArtConfig::from_json(&json)?;
+        (match_manifest(&config), config.expected_tensors())
+    };
     let store = dir.transformer_weights()?;
-    let matched = match_manifest(&config);
     let expected = match &matched {
         Some(m) => m.tensors.clone(),
-        None => config.expected_tensors(),
+        None => implied,
     };
     let mut report = check_store(&store, &expected)?;
     report.matched = matched.map(|m| m.name);
