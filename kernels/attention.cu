@@ -14,8 +14,10 @@
 //   probabilities are broadcast with shuffles.
 // - Any head dim up to 128 works (64, 72 and 128 are PixArt's, FLUX's and the VAE-free paths');
 //   shared memory stays under the 48 KB static limit: Q 16×128, K 32×129, V 32×128 floats.
-// This is the CUDA-core baseline; a tensor-core (mma) variant is the planned next step.
+// This CUDA-core kernel serves f32 storage and unusual head dims; 16-bit storage at head dims
+// 64, 72 and 128 uses the tensor-core kernel further down.
 #include "common.cuh"
+#include "mma.cuh"
 
 using namespace ecad;
 
@@ -115,3 +117,190 @@ __device__ void attention_impl(const T *__restrict__ q, const T *__restrict__ k,
     ECAD_ATTN_DPL(SUF, T, 1) ECAD_ATTN_DPL(SUF, T, 2) ECAD_ATTN_DPL(SUF, T, 3) ECAD_ATTN_DPL(SUF, T, 4)
 
 ECAD_FOR_DTYPES(ECAD_ATTN)
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core attention for bf16/f16 storage (FlashAttention-2's structure on mma.sync
+// m16n8k16, f32 accumulation; fragment layouts in mma.cuh).
+//
+// - A block of 4 warps handles MQ = 64 queries of one (batch, head), 16 rows per warp; the
+//   warp keeps its Q rows as A fragments in registers for the whole pass (Q is read once).
+// - K and V stream through shared memory in tiles of MK = 64 keys, stored [key][dim] in T with
+//   rows padded by 8 elements (16 bytes) so that the quads of a warp, which read rows 2t apart,
+//   start in different banks. DP is the head dim rounded up to 16 (72 -> 80); the padding
+//   dims are zero-filled, so they add nothing to Q·Kᵀ and produce columns that are not written.
+// - S = Q·Kᵀ for 16 x 64 lands in registers in the C layout; a quad (4 lanes) shares each row,
+//   so row max and row sum are two xor-shuffles. The probabilities are re-packed from the C
+//   layout of two adjacent 8-key tiles straight into the A layout of the next mma (no shared
+//   memory round trip), rounded to T as FlashAttention does; the row sums use the f32 values.
+// - Shared memory: 2 x 64 x (128 + 8) x 2 bytes = 34 KB at DP = 128, under the 48 KB static
+//   limit, so two blocks fit per SM alongside the ~170 registers a thread needs.
+#define MQ 64
+#define MK 64
+#define SPAD 8
+
+template <typename T>
+__device__ __forceinline__ unsigned q_pair(const T *qb, long hd, int row, int sq, int c, int d) {
+    // d is even, so c < d implies c + 1 < d.
+    if (row >= sq || c >= d) return 0u;
+    const T *p = qb + (long)row * hd + c;
+    return pack2t<T>(p[0], p[1]);
+}
+
+template <typename T, int DP>
+__device__ void attention_mma_impl(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
+                                   T *__restrict__ out, const float *__restrict__ key_bias,
+                                   const float *__restrict__ head_bias, int sq, int sk, int heads, int d,
+                                   float scale, int causal) {
+    __shared__ T ks[MK][DP + SPAD];
+    __shared__ T vs[MK][DP + SPAD];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int r0 = blockIdx.x * MQ + warp * 16 + g, r1 = r0 + 8;
+    const long hd = (long)heads * d;
+    const T zero = from_f32<T>(0.0f);
+
+    const T *qb = q + (long)b * sq * hd + (long)h * d;
+    unsigned qa[DP / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; ++kk) {
+        const int c = kk * 16 + 2 * t;
+        qa[kk][0] = q_pair(qb, hd, r0, sq, c, d);
+        qa[kk][1] = q_pair(qb, hd, r1, sq, c, d);
+        qa[kk][2] = q_pair(qb, hd, r0, sq, c + 8, d);
+        qa[kk][3] = q_pair(qb, hd, r1, sq, c + 8, d);
+    }
+
+    float o[DP / 8][4];
+#pragma unroll
+    for (int i = 0; i < DP / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+    const int kend = causal ? min(sk, (int)(blockIdx.x + 1) * MQ) : sk;
+    for (int k0 = 0; k0 < kend; k0 += MK) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < MK * DP; i += blockDim.x) {
+            const int r = i / DP, c = i % DP;
+            const bool ok = (k0 + r < sk) && (c < d);
+            const long off = ((long)b * sk + k0 + r) * hd + (long)h * d + c;
+            ks[r][c] = ok ? k[off] : zero;
+            vs[r][c] = ok ? v[off] : zero;
+        }
+        __syncthreads();
+
+        // S = Q·Kᵀ (16 rows x 64 keys per warp).
+        float s[MK / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < MK / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < DP / 16; ++kk) {
+#pragma unroll
+            for (int nt = 0; nt < MK / 8; ++nt) {
+                const T *kr = &ks[nt * 8 + g][kk * 16 + 2 * t];
+                const unsigned bb[2] = {pack2t<T>(kr[0], kr[1]), pack2t<T>(kr[8], kr[9])};
+                mma_16816<T>(s[nt], qa[kk], bb);
+            }
+        }
+
+        // Scale, biases, masks; this thread's rows r0 (elements 0, 1) and r1 (2, 3).
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < MK / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = k0 + nt * 8 + 2 * t + (e & 1);
+                const int row = e < 2 ? r0 : r1;
+                float x = -INFINITY;
+                if (key < sk && row < sq && !(causal && key > row)) {
+                    x = s[nt][e] * scale;
+                    if (key_bias) x += key_bias[(long)b * sk + key];
+                    if (head_bias) x += head_bias[((long)h * sq + row) * sk + key];
+                }
+                s[nt][e] = x;
+                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        }
+        float alpha[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+            const float m_new = fmaxf(m[i], mx[i]);
+            // A row with nothing visible yet keeps m = -inf; exponentiate against 0 so that
+            // exp(-inf - m) is 0, never NaN.
+            const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+            alpha[i] = __expf(m[i] - m_use);
+            m[i] = m_new;
+            mx[i] = m_use;
+        }
+        float rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int nt = 0; nt < MK / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float p = __expf(s[nt][e] - mx[e >> 1]);
+                s[nt][e] = p;
+                rs[e >> 1] += p;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            rs[i] += __shfl_xor_sync(0xffffffffu, rs[i], 1);
+            rs[i] += __shfl_xor_sync(0xffffffffu, rs[i], 2);
+            l[i] = l[i] * alpha[i] + rs[i];
+        }
+#pragma unroll
+        for (int nt = 0; nt < DP / 8; ++nt) {
+            o[nt][0] *= alpha[0];
+            o[nt][1] *= alpha[0];
+            o[nt][2] *= alpha[1];
+            o[nt][3] *= alpha[1];
+        }
+
+        // O += P·V, 16 keys per mma k-step.
+#pragma unroll
+        for (int kk = 0; kk < MK / 16; ++kk) {
+            const unsigned pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                                    pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            const int kr = kk * 16 + 2 * t;
+#pragma unroll
+            for (int nt = 0; nt < DP / 8; ++nt) {
+                const int c = nt * 8 + g;
+                const unsigned bb[2] = {pack2t<T>(vs[kr][c], vs[kr + 1][c]),
+                                        pack2t<T>(vs[kr + 8][c], vs[kr + 9][c])};
+                mma_16816<T>(o[nt], pa, bb);
+            }
+        }
+    }
+
+    const float inv0 = l[0] > 0.0f ? 1.0f / l[0] : 0.0f, inv1 = l[1] > 0.0f ? 1.0f / l[1] : 0.0f;
+    T *ob = out + (long)b * sq * hd + (long)h * d;
+#pragma unroll
+    for (int nt = 0; nt < DP / 8; ++nt) {
+        const int c = nt * 8 + 2 * t;
+        if (c >= d) continue;
+        if (r0 < sq) {
+            ob[(long)r0 * hd + c] = from_f32<T>(o[nt][0] * inv0);
+            ob[(long)r0 * hd + c + 1] = from_f32<T>(o[nt][1] * inv0);
+        }
+        if (r1 < sq) {
+            ob[(long)r1 * hd + c] = from_f32<T>(o[nt][2] * inv1);
+            ob[(long)r1 * hd + c + 1] = from_f32<T>(o[nt][3] * inv1);
+        }
+    }
+}
+
+// Launch: grid (ceil(Sq / 64), H, B), block 128 threads; DP = head dim rounded up to 16.
+#define ECAD_ATTN_MMA(SUF, T, DP)                                                                      \
+    extern "C" __global__ void __launch_bounds__(128) attention_mma_d##DP##_##SUF(                     \
+        const T *q, const T *k, const T *v, T *out, const float *key_bias, const float *head_bias,     \
+        int sq, int sk, int heads, int d, float scale, int causal) {                                   \
+        attention_mma_impl<T, DP>(q, k, v, out, key_bias, head_bias, sq, sk, heads, d, scale, causal); \
+    }
+ECAD_ATTN_MMA(bf16, __nv_bfloat16, 64)
+ECAD_ATTN_MMA(bf16, __nv_bfloat16, 80)
+ECAD_ATTN_MMA(bf16, __nv_bfloat16, 128)
+ECAD_ATTN_MMA(f16, __half, 64)
+ECAD_ATTN_MMA(f16, __half, 80)
+ECAD_ATTN_MMA(f16, __half, 128)

@@ -66,12 +66,45 @@ __device__ void round_bf16_impl(T *x, long n) {
     }
 }
 
+// x[i] = f16(x[i]) in place (the f16 rounding point on f32 storage; the identity on f16 storage).
+template <typename T>
+__device__ void round_f16_impl(T *x, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        x[i] = from_f32<T>(__half2float(__float2half_rn(to_f32(x[i]))));
+    }
+}
+
+// Rotary embedding, FLUX's interleaved pairs: for each row r of x [rows, heads·d] at sequence
+// position s = r % seq, pair i of every head is rotated by (cos, sin)[s, i]. The tables stay
+// f32 (diffusers computes them in float32 whatever the model dtype); one thread per pair.
+template <typename T>
+__device__ void rope_impl(const T *x, const float *cos, const float *sin, T *out, long rows, long seq, int hd,
+                          int d) {
+    const int half_d = d / 2, pairs = hd / 2;
+    const long n = rows * pairs;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const long r = i / pairs;
+        const int p = (int)(i % pairs), pi = p % half_d;
+        const long s = r % seq;
+        const float c = cos[s * half_d + pi], sn = sin[s * half_d + pi];
+        const long o = r * hd + 2L * p;
+        const float a = to_f32(x[o]), b = to_f32(x[o + 1]);
+        out[o] = from_f32<T>(a * c - b * sn);
+        out[o + 1] = from_f32<T>(a * sn + b * c);
+    }
+}
+
 #define ECAD_ELEMENTWISE(SUF, T)                                                                        \
     extern "C" __global__ void activation_##SUF(T *x, long n, int act) { act_impl<T>(x, n, act); }        \
     extern "C" __global__ void bias_act_##SUF(T *y, const T *bias, long rows, int n, int act) {          \
         bias_act_impl<T>(y, bias, rows, n, act);                                                          \
     }                                                                                                     \
     extern "C" __global__ void round_bf16_##SUF(T *x, long n) { round_bf16_impl<T>(x, n); }              \
+    extern "C" __global__ void round_f16_##SUF(T *x, long n) { round_f16_impl<T>(x, n); }                \
+    extern "C" __global__ void rope_##SUF(const T *x, const float *cos, const float *sin, T *out, long rows, \
+                                          long seq, int hd, int d) {                                      \
+        rope_impl<T>(x, cos, sin, out, rows, seq, hd, d);                                                 \
+    }                                                                                                     \
     extern "C" __global__ void binary_##SUF(const T *a, const T *b, T *out, long n, long bn, int op) {    \
         binary_impl<T>(a, b, out, n, bn, op);                                                             \
     }                                                                                                     \

@@ -66,6 +66,20 @@ __device__ void im2col_impl(const T *x, T *cols, int c, int h, int w, int kh, in
     }
 }
 
+// Storage-dtype conversions (f32 <-> T, round-to-nearest-even): uploads of f32 islands such as
+// attention masks into a bf16/f16 run, and mixed-dtype op inputs.
+template <typename T>
+__device__ void to_f32_impl(const T *x, float *out, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        out[i] = to_f32(x[i]);
+}
+
+template <typename T>
+__device__ void from_f32_impl(const float *x, T *out, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        out[i] = from_f32<T>(x[i]);
+}
+
 #define ECAD_LAYOUT(SUF, T)                                                                                \
     extern "C" __global__ void permute_##SUF(const T *x, T *out, long n, Perm6 p) { permute_impl<T>(x, out, n, p); } \
     extern "C" __global__ void copy_window_##SUF(const T *x, T *out, long outer, long dim, long len, long inner,      \
@@ -81,6 +95,8 @@ __device__ void im2col_impl(const T *x, T *cols, int c, int h, int w, int kh, in
     extern "C" __global__ void im2col_##SUF(const T *x, T *cols, int c, int h, int w, int kh, int kw, int stride,      \
                                             int pad, int ho, int wo) {                                                 \
         im2col_impl<T>(x, cols, c, h, w, kh, kw, stride, pad, ho, wo);                                                 \
-    }
+    }                                                                                                                  \
+    extern "C" __global__ void to_f32_##SUF(const T *x, float *out, long n) { to_f32_impl<T>(x, out, n); }             \
+    extern "C" __global__ void from_f32_##SUF(const float *x, T *out, long n) { from_f32_impl<T>(x, out, n); }
 
 ECAD_FOR_DTYPES(ECAD_LAYOUT)

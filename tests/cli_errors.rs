@@ -273,5 +273,5 @@ fn unsupported_device_and_dtype_are_refused() {
     let mut a = forward_args(&c);
     a.extend(["--dtype".into(), "f16".into()]);
     let a2: Vec<&str> = a.iter().map(String::as_str).collect();
-    fails(&a2, &c.out, &["f16", "not supported"]);
+    fails(&a2, &c.out, &["f16", "CUDA only"]);
 }

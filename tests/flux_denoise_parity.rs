@@ -419,6 +419,13 @@ fn flux_denoise_on_gpu_matches_diffusers() {
     let bf = ecad_native::backend::bf16::Bf16::new(gpu);
     let got = c.run_on(&bf, &c.scheduler(), None);
     let e = rel_l2(&got, &c.expected["latents_bf16"].data);
-    println!("GPU bf16 dev_dynamic: rel L2 vs torch bf16 {e:.3e}");
+    println!("GPU bf16 (emulated on f32) dev_dynamic: rel L2 vs torch bf16 {e:.3e}");
+    assert!(e <= 1e-2, "{e:e}");
+    // Native bf16 storage: fused ops round once where torch rounds op by op, so the bound is
+    // the same 1e-2 (the f32 engine is 2.3e-1 away from torch's bf16 run).
+    let native = gpu_dtype(ecad_native::backend::cuda::DType::Bf16).expect("CUDA backend");
+    let got = c.run_on(&native, &c.scheduler(), None);
+    let e = rel_l2(&got, &c.expected["latents_bf16"].data);
+    println!("GPU bf16 (native storage) dev_dynamic: rel L2 vs torch bf16 {e:.3e}");
     assert!(e <= 1e-2, "{e:e}");
 }

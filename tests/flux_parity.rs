@@ -562,7 +562,15 @@ fn flux_forward_on_gpu_matches_diffusers() {
         let out = bf.to_host(&m.forward(&bf, &inputs(&inp)).unwrap()).unwrap();
         let (torch, _) = bf16_data(case);
         let e = rel_l2(&out, &torch);
-        println!("{case} on GPU, bf16: rel L2 vs torch bf16 {e:.3e}");
+        println!("{case} on GPU, bf16 (emulated on f32): rel L2 vs torch bf16 {e:.3e}");
         assert!(e <= bf16_vs_torch_tol(case), "{case}: {e:e}");
+        // Native bf16 storage rounds once per fused op (torch rounds op by op): twice the
+        // decorator's bound until a GPU run measures it.
+        let nb = common::gpu_dtype(ecad_native::backend::cuda::DType::Bf16).expect("CUDA");
+        let m = ecad_native::pipeline::load_flux(&nb, &dir.join("transformer")).unwrap();
+        let out = nb.to_host(&m.forward(&nb, &inputs(&inp)).unwrap()).unwrap();
+        let e = rel_l2(&out, &torch);
+        println!("{case} on GPU, bf16 (native storage): rel L2 vs torch bf16 {e:.3e}");
+        assert!(e <= 2.0 * bf16_vs_torch_tol(case), "{case}: {e:e}");
     }
 }

@@ -68,6 +68,8 @@ pub enum Precision {
     /// Every op output (and every upload) is rounded to bfloat16, as a PyTorch bf16 pipeline
     /// rounds; reductions and softmax inside an op still accumulate in f32.
     Bf16,
+    /// The same with IEEE half precision (the CUDA backend's f16 storage).
+    F16,
 }
 
 impl Precision {
@@ -76,13 +78,16 @@ impl Precision {
         match self {
             Precision::F32 => v,
             Precision::Bf16 => half::bf16::from_f32(v).to_f32(),
+            Precision::F16 => half::f16::from_f32(v).to_f32(),
         }
     }
 
     /// Rounds host values in place (see [`Precision::round`]).
     pub fn round_slice(self, v: &mut [f32]) {
-        if self == Precision::Bf16 {
-            round_bf16_slice(v);
+        match self {
+            Precision::F32 => {}
+            Precision::Bf16 => round_bf16_slice(v),
+            Precision::F16 => v.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
         }
     }
 }

@@ -72,8 +72,9 @@ pub struct DeviceOpts {
     pub device: DeviceArg,
     /// Arithmetic precision. f32 is true float32 (no TF32 shortcuts). bf16 computes what a
     /// PyTorch bfloat16 pipeline computes: weights, inputs and every op output rounded to bf16
-    /// (f32 accumulation inside ops), emulated on f32 storage on both the CPU and CUDA. f16 is
-    /// not supported.
+    /// (f32 accumulation inside ops); on CUDA tensors are stored in bf16 (tensor-core GEMMs and
+    /// attention), on the CPU it is emulated on f32 storage. f16 (IEEE half, stored as such) is
+    /// CUDA only.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DtypeArg,
 }
@@ -84,12 +85,13 @@ pub enum Device {
     Cuda(Box<crate::backend::cuda::CudaBackend>),
 }
 
-/// A resolved device and dtype: the backend a command runs on (`DeviceOpts::backend`).
+/// A resolved device and dtype: the backend a command runs on (`DeviceOpts::backend`). The CUDA
+/// backend carries its storage dtype itself; the CPU computes bf16 through the precision
+/// decorator.
 pub enum AnyBackend {
     Cpu(crate::backend::cpu::CpuBackend),
     Cuda(Box<crate::backend::cuda::CudaBackend>),
     CpuBf16(crate::backend::bf16::Bf16<crate::backend::cpu::CpuBackend>),
-    CudaBf16(Box<crate::backend::bf16::Bf16<crate::backend::cuda::CudaBackend>>),
 }
 
 /// Runs `$body` with `$be: &impl Backend` bound to the backend `$opts` (a `DeviceOpts`)
@@ -109,63 +111,71 @@ macro_rules! with_backend {
                 let $be = &b;
                 $body
             }
-            $crate::cli::AnyBackend::CudaBf16(b) => {
-                let $be = &*b;
-                $body
-            }
         }
     };
 }
 pub(crate) use with_backend;
 
 impl DeviceOpts {
-    fn refuse_f16(&self) -> anyhow::Result<()> {
-        if self.dtype == DtypeArg::F16 {
-            anyhow::bail!(
-                "--dtype f16 is not supported (no f16 arithmetic); use --dtype f32 or --dtype bf16"
-            );
+    /// Opens the CUDA backend with tensors stored in `dtype`.
+    fn cuda(&self, dtype: crate::backend::cuda::DType) -> anyhow::Result<Device> {
+        if let Some(why) = crate::backend::cuda::driver_unavailable_reason() {
+            anyhow::bail!("--device cuda: {why}; use --device cpu");
         }
-        Ok(())
+        let be = crate::backend::cuda::CudaBackend::with_dtype(0, dtype)
+            .map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?;
+        Ok(Device::Cuda(Box::new(be)))
     }
 
     fn f32_device(&self) -> anyhow::Result<Device> {
         match self.device {
-            DeviceArg::Cuda => {
-                if let Some(why) = crate::backend::cuda::driver_unavailable_reason() {
-                    anyhow::bail!("--device cuda: {why}; use --device cpu");
-                }
-                let be = crate::backend::cuda::CudaBackend::new(0)
-                    .map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?;
-                Ok(Device::Cuda(Box::new(be)))
-            }
+            DeviceArg::Cuda => self.cuda(crate::backend::cuda::DType::F32),
             DeviceArg::Auto | DeviceArg::Cpu => {
                 Ok(Device::Cpu(crate::backend::cpu::CpuBackend::new()))
             }
         }
     }
 
-    /// Resolves `--device` for a command that runs in float32 only; `--dtype bf16` is refused
-    /// (commands that support it use [`DeviceOpts::backend`]). `auto` uses the CPU until the
-    /// CUDA backend has passed its parity run on a GPU (scripts/gpu-check.sh).
+    /// Resolves `--device` for a command that runs in float32 only; `--dtype bf16/f16` are
+    /// refused (commands that support them use [`DeviceOpts::backend`]). `auto` uses the CPU
+    /// until the CUDA backend has passed its parity run on a GPU (scripts/gpu-check.sh).
     pub fn device(&self) -> anyhow::Result<Device> {
-        self.refuse_f16()?;
-        if self.dtype == DtypeArg::Bf16 {
-            anyhow::bail!("--dtype bf16 is not supported by this command yet; use --dtype f32");
+        if self.dtype != DtypeArg::F32 {
+            anyhow::bail!(
+                "--dtype {} is not supported by this command yet; use --dtype f32",
+                if self.dtype == DtypeArg::Bf16 { "bf16" } else { "f16" }
+            );
         }
         self.f32_device()
     }
 
-    /// Resolves `--device` and `--dtype`: the f32 backend, or it wrapped in the bf16 precision
-    /// decorator ([`crate::backend::bf16::Bf16`]; emulated rounding on f32 storage).
+    /// Resolves `--device` and `--dtype`: CUDA in the asked storage dtype, or the CPU in f32 or
+    /// wrapped in the bf16 precision decorator ([`crate::backend::bf16::Bf16`]: rounding
+    /// emulated on f32 storage).
     pub fn backend(&self) -> anyhow::Result<AnyBackend> {
-        self.refuse_f16()?;
-        let bf16 = self.dtype == DtypeArg::Bf16;
         use crate::backend::bf16::Bf16;
-        Ok(match (self.f32_device()?, bf16) {
-            (Device::Cpu(b), false) => AnyBackend::Cpu(b),
-            (Device::Cuda(b), false) => AnyBackend::Cuda(b),
-            (Device::Cpu(b), true) => AnyBackend::CpuBf16(Bf16::new(b)),
-            (Device::Cuda(b), true) => AnyBackend::CudaBf16(Box::new(Bf16::new(*b))),
+        use crate::backend::cuda::DType;
+        let on_cuda = self.device == DeviceArg::Cuda;
+        Ok(match (self.dtype, on_cuda) {
+            (DtypeArg::F16, false) => anyhow::bail!(
+                "--dtype f16 runs on CUDA only (the CPU has no f16 arithmetic); use --device cuda, \
+                 or --dtype f32 / --dtype bf16 on the CPU"
+            ),
+            (dt, true) => {
+                let storage = match dt {
+                    DtypeArg::F32 => DType::F32,
+                    DtypeArg::Bf16 => DType::Bf16,
+                    DtypeArg::F16 => DType::F16,
+                };
+                match self.cuda(storage)? {
+                    Device::Cuda(b) => AnyBackend::Cuda(b),
+                    Device::Cpu(b) => AnyBackend::Cpu(b),
+                }
+            }
+            (DtypeArg::F32, false) => AnyBackend::Cpu(crate::backend::cpu::CpuBackend::new()),
+            (DtypeArg::Bf16, false) => {
+                AnyBackend::CpuBf16(Bf16::new(crate::backend::cpu::CpuBackend::new()))
+            }
         })
     }
 }

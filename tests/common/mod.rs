@@ -34,6 +34,22 @@ pub fn gpu() -> Option<ecad_native::backend::cuda::CudaBackend> {
     )
 }
 
+/// The CUDA backend with tensors stored in `dtype` (bf16/f16: native 16-bit storage), or None
+/// (SKIPPED printed) without a driver.
+#[allow(dead_code)]
+pub fn gpu_dtype(
+    dtype: ecad_native::backend::cuda::DType,
+) -> Option<ecad_native::backend::cuda::CudaBackend> {
+    if let Some(why) = ecad_native::backend::cuda::driver_unavailable_reason() {
+        println!("SKIPPED: {why}");
+        return None;
+    }
+    Some(
+        ecad_native::backend::cuda::CudaBackend::with_dtype(0, dtype)
+            .expect("CUDA driver present but the backend failed to start"),
+    )
+}
+
 pub fn meta(case_dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(case_dir.join("meta.json")).unwrap()).unwrap()
 }

@@ -4,7 +4,7 @@
 
 mod vmath;
 
-use super::{round_bf16_slice, shape_err, Activation, BResult, Backend, Precision, Tensor};
+use super::{shape_err, Activation, BResult, Backend, Precision, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -876,7 +876,7 @@ impl Backend for CpuBackend {
         let (shape, buf) = x.into_parts();
         // In place when this op holds the only reference (the usual case: a fresh op output).
         let mut out = Arc::try_unwrap(buf).unwrap_or_else(|b| (*b).clone());
-        par_chunks_mut(&mut out, 4096, |_, c| round_bf16_slice(c));
+        par_chunks_mut(&mut out, 4096, |_, c| precision.round_slice(c));
         Ok(self.wrap(out, shape))
     }
 

@@ -1,21 +1,154 @@
-//! `Backend` over cudarc: device buffers (f32 storage for now), cuBLAS SGEMM (TF32 off: `--dtype
-//! f32` is true float32) and the kernels of kernels/*.cu (nvcc-built images embedded by build.rs,
-//! else NVRTC at start-up with a disk cache; see `super`).
+//! `Backend` over cudarc: device buffers in a storage dtype chosen at start-up (f32, bf16 or
+//! f16), GEMMs through cuBLASLt with bias/GELU epilogues and a per-shape plan cache, and the
+//! kernels of kernels/*.cu (nvcc-built images embedded by build.rs, else NVRTC at start-up with a
+//! disk cache; see `super`).
 //!
-//! NOT YET RUN ON A GPU: this compiles and is covered by tests/cuda_parity.rs, which runs every
-//! op against the CPU backend when a CUDA driver is present and reports SKIPPED otherwise.
+//! Numerics: every kernel computes in f32 whatever the storage dtype and rounds its output once
+//! (round-to-nearest-even); GEMMs accumulate in f32 (`CUBLAS_COMPUTE_32F`: no TF32 shortcut, so
+//! f32 storage is true float32). A bf16-storage backend therefore computes what the
+//! [`crate::backend::bf16::Bf16`] decorator emulates, except that a fused op rounds once where
+//! the decorator mirrors PyTorch's op-by-op rounding (differences at the bf16 unit roundoff).
+//!
+//! Memory: one stream (created, not the legacy default stream, so that it can be captured into
+//! CUDA graphs); allocations are stream-ordered from the device's default memory pool, whose
+//! release threshold is raised to "never" so that after the first denoising step every buffer
+//! (activations and cache slots alike) is served from memory the pool already holds. cudarc's
+//! per-buffer event tracking is disabled: with a single stream it only adds two events per
+//! allocation. An allocation failure is [`BackendError::OutOfMemory`] with the bytes asked for
+//! and the bytes free.
+//!
+//! NOT YET RUN ON A GPU: this compiles, the kernels run on the CPU emulator
+//! (tests/kernel_emu.rs), and tests/cuda_parity.rs runs every op against the CPU backend when a
+//! CUDA driver is present (SKIPPED otherwise; scripts/gpu-check.sh runs it on a GPU machine).
 
 use super::KERNEL_SOURCES;
 use crate::backend::{shape_err, Activation, BResult, Backend, BackendError, Precision, Tensor};
-use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+use cudarc::cublas::CudaBlas;
+use cudarc::cublaslt::{result as lt, sys as ltsys};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    DriverError, LaunchConfig, PushKernelArg,
 };
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 fn dev_err(e: impl std::fmt::Debug) -> BackendError {
     BackendError::Device(format!("{e:?}"))
+}
+
+/// The element type device buffers are stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::Bf16 | DType::F16 => 2,
+        }
+    }
+    /// The kernel-name suffix of this dtype's instantiation (kernels/common.cuh).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::Bf16 => "bf16",
+            DType::F16 => "f16",
+        }
+    }
+    /// The precision tensors stored in this dtype carry.
+    pub fn precision(self) -> Precision {
+        match self {
+            DType::F32 => Precision::F32,
+            DType::Bf16 => Precision::Bf16,
+            DType::F16 => Precision::F16,
+        }
+    }
+    fn lt_type(self) -> ltsys::cudaDataType {
+        match self {
+            DType::F32 => ltsys::cudaDataType_t::CUDA_R_32F,
+            DType::Bf16 => ltsys::cudaDataType_t::CUDA_R_16BF,
+            DType::F16 => ltsys::cudaDataType_t::CUDA_R_16F,
+        }
+    }
+    fn blas_type(self) -> cudarc::cublas::sys::cudaDataType {
+        use cudarc::cublas::sys::cudaDataType_t as T;
+        match self {
+            DType::F32 => T::CUDA_R_32F,
+            DType::Bf16 => T::CUDA_R_16BF,
+            DType::F16 => T::CUDA_R_16F,
+        }
+    }
+    /// Host f32 values encoded in this dtype (round-to-nearest-even), as bytes.
+    fn encode(self, data: &[f32]) -> Vec<u8> {
+        match self {
+            DType::F32 => bytemuck::cast_slice(data).to_vec(),
+            DType::Bf16 => data
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes())
+                .collect(),
+            DType::F16 => data
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+                .collect(),
+        }
+    }
+    /// Bytes of this dtype decoded to f32 (exact).
+    fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            DType::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::Bf16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                .collect(),
+            DType::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                .collect(),
+        }
+    }
+}
+
+/// A device buffer: `len` elements of `dtype`.
+pub struct DevBuf {
+    dtype: DType,
+    len: usize,
+    data: CudaSlice<u8>,
+}
+
+impl DevBuf {
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// An op input in the dtype a kernel wants: the tensor's own buffer, or a converted copy.
+enum In<'a> {
+    Ref(&'a DevBuf),
+    Own(DevBuf),
+}
+
+impl std::ops::Deref for In<'_> {
+    type Target = DevBuf;
+    fn deref(&self) -> &DevBuf {
+        match self {
+            In::Ref(b) => b,
+            In::Own(b) => b,
+        }
+    }
 }
 
 /// Output shape and input strides for the `permute` kernel (6 dims, outermost first).
@@ -28,19 +161,67 @@ struct Perm6 {
 // SAFETY: plain-old-data with the layout of the kernel's `Perm6` struct.
 unsafe impl DeviceRepr for Perm6 {}
 
+/// A cuBLASLt matmul for one (shape, dtype, epilogue): descriptors and the algorithm the
+/// heuristic chose, built on first use and kept, so that later calls of the same shape skip
+/// descriptor creation and the heuristic query (tens of microseconds of host time per GEMM,
+/// which at 256 px is a large share of a step).
+struct LtPlan {
+    desc: ltsys::cublasLtMatmulDesc_t,
+    a: ltsys::cublasLtMatrixLayout_t,
+    b: ltsys::cublasLtMatrixLayout_t,
+    c: ltsys::cublasLtMatrixLayout_t,
+    algo: ltsys::cublasLtMatmulAlgo_t,
+}
+
+impl Drop for LtPlan {
+    fn drop(&mut self) {
+        unsafe {
+            let _ = lt::destroy_matrix_layout(self.a);
+            let _ = lt::destroy_matrix_layout(self.b);
+            let _ = lt::destroy_matrix_layout(self.c);
+            let _ = lt::destroy_matmul_desc(self.desc);
+        }
+    }
+}
+
+/// The plan-cache key: (m, n, k) of the column-major product, dtype, epilogue.
+type PlanKey = (usize, usize, usize, DType, i32);
+
+struct Lt {
+    handle: ltsys::cublasLtHandle_t,
+    workspace: CudaSlice<u8>,
+    /// `None`: cuBLASLt has no algorithm for the key (the GEMM goes through cublasGemmEx).
+    plans: HashMap<PlanKey, Option<LtPlan>>,
+}
+
+impl Drop for Lt {
+    fn drop(&mut self) {
+        self.plans.clear();
+        unsafe {
+            let _ = lt::destroy_handle(self.handle);
+        }
+    }
+}
+
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    lt: Mutex<Lt>,
     funcs: HashMap<String, CudaFunction>,
+    dtype: DType,
+    /// Compute capability (major, minor).
+    cc: (i32, i32),
 }
 
-// SAFETY: cuBLAS handles are bound to our one stream; every call goes through &self methods
-// that enqueue on that stream, which CUDA serialises.
+// SAFETY: the cuBLAS/cuBLASLt handles and every launch are bound to our one stream; all calls
+// go through &self methods that enqueue on it (the plan cache is behind a mutex).
 unsafe impl Send for CudaBackend {}
 unsafe impl Sync for CudaBackend {}
 
 const BLOCK: u32 = 256;
+/// cuBLASLt workspace: NVIDIA's recommendation for Hopper (32 MiB; 4 MiB suffices before it).
+const LT_WORKSPACE: usize = 32 << 20;
 
 fn grid_for(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535 * 8) as u32;
@@ -54,29 +235,37 @@ fn grid_for(n: usize) -> LaunchConfig {
 /// One block of BLOCK threads per normalised row (the norm kernels).
 fn row_blocks(rows: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
+        grid_dim: (rows.max(1) as u32, 1, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }
 }
 
+fn act_code(act: Activation) -> i32 {
+    match act {
+        Activation::None => 0,
+        Activation::GeluTanh => 1,
+        Activation::Silu => 2,
+        Activation::QuickGelu => 3,
+        Activation::GeluErf => 4,
+    }
+}
+
 impl CudaBackend {
-    /// Opens device `ordinal`, compiles the kernels and creates the cuBLAS handle.
+    /// Opens device `ordinal` with f32 storage (true float32 arithmetic).
     pub fn new(ordinal: usize) -> BResult<Self> {
+        Self::with_dtype(ordinal, DType::F32)
+    }
+
+    /// Opens device `ordinal` with tensors stored in `dtype`: compiles or loads the kernels,
+    /// creates the stream and the cuBLAS/cuBLASLt handles.
+    pub fn with_dtype(ordinal: usize, dtype: DType) -> BResult<Self> {
         if let Some(why) = super::driver_unavailable_reason() {
             return Err(BackendError::Unavailable("cuda", why));
         }
         let ctx = CudaContext::new(ordinal).map_err(dev_err)?;
-        let stream = ctx.default_stream();
-        let blas = CudaBlas::new(stream.clone()).map_err(dev_err)?;
-        let common = KERNEL_SOURCES
-            .iter()
-            .find(|(n, _)| *n == "common.cuh")
-            .map(|(_, s)| *s)
-            .unwrap_or_default();
-        let include = std::env::var("CUDA_HOME")
-            .map(|h| format!("{h}/include"))
-            .unwrap_or_else(|_| "/usr/local/cuda/include".into());
+        // One stream only: cross-stream event tracking is pure overhead here.
+        unsafe { ctx.disable_event_tracking() };
         let cc = ctx.compute_capability().map_err(dev_err)?;
         if cc.0 < 8 {
             return Err(BackendError::Unavailable(
@@ -87,13 +276,26 @@ impl CudaBackend {
                 ),
             ));
         }
+        let stream = ctx.new_stream().map_err(dev_err)?;
+        keep_pool_memory(&ctx);
+        let blas = CudaBlas::new(stream.clone()).map_err(dev_err)?;
+        let workspace = unsafe { stream.alloc::<u8>(LT_WORKSPACE) }.map_err(dev_err)?;
+        let lt = Lt {
+            handle: lt::create_handle().map_err(dev_err)?,
+            workspace,
+            plans: HashMap::new(),
+        };
+        let include = std::env::var("CUDA_HOME")
+            .map(|h| format!("{h}/include"))
+            .unwrap_or_else(|_| "/usr/local/cuda/include".into());
         let cache = crate::tokenizer::cache_dir();
         let mut funcs = HashMap::new();
         for (name, src) in KERNEL_SOURCES.iter().filter(|(n, _)| n.ends_with(".cu")) {
-            // NVRTC has no file system view of kernels/: inline the shared header.
-            let full = src.replace("#include \"common.cuh\"", common);
-            let module = load_kernel_module(&ctx, cc, name, &full, &include, cache.as_deref())?;
-            for f in kernel_names(&full) {
+            // NVRTC has no file system view of kernels/: inline the shared headers.
+            let full = inline_headers(src);
+            let (module, ptx) =
+                load_kernel_module(&ctx, cc, name, &full, &include, cache.as_deref())?;
+            for f in ptx_entries(&ptx) {
                 let func = module.load_function(&f).map_err(dev_err)?;
                 funcs.insert(f, func);
             }
@@ -102,8 +304,29 @@ impl CudaBackend {
             ctx,
             stream,
             blas,
+            lt: Mutex::new(lt),
             funcs,
+            dtype,
+            cc,
         })
+    }
+
+    /// The storage dtype of this backend's tensors.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Compute capability (major, minor).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.cc
     }
 
     fn f(&self, name: &str) -> BResult<&CudaFunction> {
@@ -112,34 +335,429 @@ impl CudaBackend {
             .ok_or_else(|| BackendError::Device(format!("kernel `{name}` not found")))
     }
 
-    fn alloc(&self, n: usize) -> BResult<CudaSlice<f32>> {
-        self.stream.alloc_zeros::<f32>(n.max(1)).map_err(|e| {
-            let free = cudarc::driver::result::mem_get_info()
-                .map(|m| m.0)
-                .unwrap_or(0);
-            if format!("{e:?}").contains("OUT_OF_MEMORY") {
-                BackendError::OutOfMemory {
-                    requested: n * 4,
-                    free,
-                }
-            } else {
-                dev_err(e)
-            }
+    /// The kernel `base` instantiated for dtype `dt`.
+    fn kf(&self, base: &str, dt: DType) -> BResult<&CudaFunction> {
+        self.f(&format!("{base}_{}", dt.suffix()))
+    }
+
+    /// An uninitialised buffer of `n` elements of `dtype` (every op writes all of its output).
+    fn alloc_dt(&self, n: usize, dtype: DType) -> BResult<DevBuf> {
+        let bytes = n.max(1) * dtype.size();
+        let data = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(|e| self.alloc_err(e, bytes))?;
+        Ok(DevBuf {
+            dtype,
+            len: n,
+            data,
         })
     }
 
-    fn wrap(&self, buf: CudaSlice<f32>, shape: Vec<usize>) -> Tensor<Self> {
+    fn alloc(&self, n: usize) -> BResult<DevBuf> {
+        self.alloc_dt(n, self.dtype)
+    }
+
+    fn alloc_err(&self, e: DriverError, bytes: usize) -> BackendError {
+        if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            let _ = self.ctx.bind_to_thread();
+            let free = cudarc::driver::result::mem_get_info()
+                .map(|m| m.0)
+                .unwrap_or(0);
+            BackendError::OutOfMemory {
+                requested: bytes,
+                free,
+            }
+        } else {
+            dev_err(e)
+        }
+    }
+
+    fn wrap(&self, buf: DevBuf, shape: Vec<usize>) -> Tensor<Self> {
         Tensor::from_parts(shape, Arc::new(buf))
     }
 
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
+    /// `b` in dtype `dt`: itself, or a converted copy (through f32 between two 16-bit dtypes).
+    fn as_dtype<'a>(&self, b: &'a DevBuf, dt: DType) -> BResult<In<'a>> {
+        if b.dtype == dt {
+            return Ok(In::Ref(b));
+        }
+        let n = b.len as i64;
+        let to_f32 = |src: &DevBuf| -> BResult<DevBuf> {
+            let mut out = self.alloc_dt(src.len, DType::F32)?;
+            let mut l = self.stream.launch_builder(self.kf("to_f32", src.dtype)?);
+            l.arg(&src.data).arg(&mut out.data).arg(&n);
+            unsafe { l.launch(grid_for(src.len)) }.map_err(dev_err)?;
+            Ok(out)
+        };
+        let wide = if b.dtype == DType::F32 {
+            None
+        } else {
+            Some(to_f32(b)?)
+        };
+        if dt == DType::F32 {
+            return Ok(In::Own(wide.expect("converted above")));
+        }
+        let src = wide.as_ref().unwrap_or(b);
+        let mut out = self.alloc_dt(b.len, dt)?;
+        let mut l = self.stream.launch_builder(self.kf("from_f32", dt)?);
+        l.arg(&src.data).arg(&mut out.data).arg(&n);
+        unsafe { l.launch(grid_for(b.len)) }.map_err(dev_err)?;
+        Ok(In::Own(out))
     }
+
+    /// A tensor's buffer in the storage dtype.
+    fn input<'a>(&self, t: &'a Tensor<Self>) -> BResult<In<'a>> {
+        self.as_dtype(t.buffer(), self.dtype)
+    }
+
+    /// A tensor's buffer in f32 (masks, biases and tables that kernels read as float).
+    fn input_f32<'a>(&self, t: &'a Tensor<Self>) -> BResult<In<'a>> {
+        self.as_dtype(t.buffer(), DType::F32)
+    }
+
+    fn upload_as(&self, data: &[f32], shape: &[usize], dtype: DType) -> BResult<Tensor<Self>> {
+        if data.len() != shape.iter().product::<usize>() {
+            return shape_err("upload", format!("{} values for {shape:?}", data.len()));
+        }
+        let buf = if data.is_empty() {
+            self.alloc_dt(0, dtype)?
+        } else {
+            let bytes = dtype.encode(data);
+            let mut b = self.alloc_dt(data.len(), dtype)?;
+            self.stream
+                .memcpy_htod(&bytes[..], &mut b.data)
+                .map_err(dev_err)?;
+            b
+        };
+        Ok(self.wrap(buf, shape.to_vec()))
+    }
+
+    /// `y[rows×n] = x[rows×k] · wᵀ (+ bias) (then act)`, row-major, all in the storage dtype.
+    /// Row-major Y = X·Wᵀ is column-major Yᶜ[n×rows] = op(Wᶜ)·Xᶜ with Wᶜ the stored [n, k]
+    /// weight read as a k×n column-major matrix and transposed. cuBLASLt fuses the bias (added
+    /// per row of Yᶜ, i.e. per output feature) and the tanh GELU; other activations run as a
+    /// separate in-place kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        x: &DevBuf,
+        w: &DevBuf,
+        bias: Option<&DevBuf>,
+        act: Activation,
+        out: &mut DevBuf,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> BResult<()> {
+        if rows == 0 || n == 0 {
+            return Ok(());
+        }
+        let dt = self.dtype;
+        let fused_act = act == Activation::GeluTanh;
+        let epi = match (bias.is_some(), fused_act) {
+            (false, false) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
+            (true, false) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
+            (false, true) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU,
+            (true, true) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
+        };
+        let key: PlanKey = (n, rows, k, dt, epi as i32);
+        let mut ltg = self
+            .lt
+            .lock()
+            .map_err(|_| BackendError::Device("cuBLASLt state poisoned".into()))?;
+        let lt_state = &mut *ltg;
+        if !lt_state.plans.contains_key(&key) {
+            let plan = unsafe { make_plan(lt_state.handle, key, epi) };
+            lt_state.plans.insert(key, plan.ok());
+        }
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let s = &self.stream;
+        if k == 0 {
+            // An empty reduction: zeros, then the bias/activation pass.
+            s.memset_zeros(&mut out.data).map_err(dev_err)?;
+            drop(ltg);
+            return self.bias_act(out, bias, act, rows, n);
+        }
+        let mut done = false;
+        if let Some(Some(plan)) = lt_state.plans.get(&key) {
+            let (wp, _g1) = w.data.device_ptr(s);
+            let (xp, _g2) = x.data.device_ptr(s);
+            let (wsp, _g3) = lt_state.workspace.device_ptr(s);
+            let bp = bias.map(|b| b.data.device_ptr(s));
+            let (yp, _g4) = out.data.device_ptr_mut(s);
+            unsafe {
+                if let Some((bptr, _)) = &bp {
+                    lt::set_matmul_desc_attribute(
+                        plan.desc,
+                        ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                        bptr as *const sys::CUdeviceptr as *const _,
+                        std::mem::size_of::<sys::CUdeviceptr>(),
+                    )
+                    .map_err(dev_err)?;
+                }
+                lt::matmul(
+                    lt_state.handle,
+                    plan.desc,
+                    &alpha as *const f32 as *const _,
+                    &beta as *const f32 as *const _,
+                    wp as *const _,
+                    plan.a,
+                    xp as *const _,
+                    plan.b,
+                    yp as *const _,
+                    plan.c,
+                    yp as *mut _,
+                    plan.c,
+                    &plan.algo as *const _,
+                    wsp as *mut _,
+                    LT_WORKSPACE,
+                    s.cu_stream() as *mut _,
+                )
+                .map_err(dev_err)?;
+            }
+            done = true;
+        }
+        drop(ltg);
+        if done {
+            if !fused_act && act != Activation::None {
+                self.bias_act(out, None, act, rows, n)?;
+            }
+            return Ok(());
+        }
+        // No cuBLASLt algorithm for this shape: cublasGemmEx, then the epilogue kernel.
+        {
+            use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t};
+            let (wp, _g1) = w.data.device_ptr(s);
+            let (xp, _g2) = x.data.device_ptr(s);
+            let (yp, _g4) = out.data.device_ptr_mut(s);
+            unsafe {
+                cudarc::cublas::result::gemm_ex(
+                    *self.blas.handle(),
+                    cublasOperation_t::CUBLAS_OP_T,
+                    cublasOperation_t::CUBLAS_OP_N,
+                    n as i32,
+                    rows as i32,
+                    k as i32,
+                    &alpha as *const f32 as *const _,
+                    wp as *const _,
+                    dt.blas_type(),
+                    k as i32,
+                    xp as *const _,
+                    dt.blas_type(),
+                    k as i32,
+                    &beta as *const f32 as *const _,
+                    yp as *mut _,
+                    dt.blas_type(),
+                    n as i32,
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+                .map_err(dev_err)?;
+            }
+        }
+        self.bias_act(out, bias, act, rows, n)
+    }
+
+    /// In place: `y[r, j] = act(y[r, j] + bias[j])`.
+    fn bias_act(
+        &self,
+        y: &mut DevBuf,
+        bias: Option<&DevBuf>,
+        act: Activation,
+        rows: usize,
+        n: usize,
+    ) -> BResult<()> {
+        if bias.is_none() && act == Activation::None {
+            return Ok(());
+        }
+        let (rows64, n32, code) = (rows as i64, n as i32, act_code(act));
+        let null: u64 = 0;
+        let mut l = self.stream.launch_builder(self.kf("bias_act", self.dtype)?);
+        l.arg(&mut y.data);
+        match bias {
+            Some(b) => l.arg(&b.data),
+            None => l.arg(&null),
+        };
+        l.arg(&rows64).arg(&n32).arg(&code);
+        unsafe { l.launch(grid_for(rows * n)) }.map_err(dev_err)?;
+        Ok(())
+    }
+
+    fn binary(&self, a: &Tensor<Self>, b: &Tensor<Self>, op: i32) -> BResult<Tensor<Self>> {
+        let bn = b.numel();
+        let trimmed: Vec<usize> = b.shape().iter().copied().skip_while(|&d| d == 1).collect();
+        if bn == 0
+            || trimmed.len() > a.dims()
+            || a.shape()[a.dims() - trimmed.len()..] != trimmed[..]
+        {
+            return shape_err(
+                "binary",
+                format!("cannot broadcast {:?} onto {:?}", b.shape(), a.shape()),
+            );
+        }
+        let (ai, bi) = (self.input(a)?, self.input(b)?);
+        let n = a.numel();
+        let mut out = self.alloc(n)?;
+        let (n64, bn64) = (n as i64, bn as i64);
+        let mut l = self.stream.launch_builder(self.kf("binary", self.dtype)?);
+        l.arg(&ai.data)
+            .arg(&bi.data)
+            .arg(&mut out.data)
+            .arg(&n64)
+            .arg(&bn64)
+            .arg(&op);
+        unsafe { l.launch(grid_for(n)) }.map_err(dev_err)?;
+        Ok(self.wrap(out, a.shape().to_vec()))
+    }
+
+    /// Copies a `[outer, len, inner]` window of `x` (viewed `[outer, dim, inner]`, from
+    /// `start`) into `out` (viewed `[outer, dst_dim, inner]`, at `dst_start`).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_window(
+        &self,
+        x: &DevBuf,
+        out: &mut DevBuf,
+        outer: usize,
+        dim: usize,
+        len: usize,
+        inner: usize,
+        start: usize,
+        dst_dim: usize,
+        dst_start: usize,
+    ) -> BResult<()> {
+        let n = outer * len * inner;
+        if n == 0 {
+            return Ok(());
+        }
+        let a: [i64; 7] = [
+            outer as i64,
+            dim as i64,
+            len as i64,
+            inner as i64,
+            start as i64,
+            dst_dim as i64,
+            dst_start as i64,
+        ];
+        let mut b = self.stream.launch_builder(self.kf("copy_window", x.dtype)?);
+        b.arg(&x.data).arg(&mut out.data);
+        for v in &a {
+            b.arg(v);
+        }
+        unsafe { b.launch(grid_for(n)) }.map_err(dev_err)?;
+        Ok(())
+    }
+}
+
+/// Raises the release threshold of the device's default memory pool to "never", so that memory
+/// freed back to the pool stays with it: after the first step of a run, every activation and
+/// cache buffer is served from memory the pool already holds. Best effort: a failure only
+/// costs re-allocation from the driver.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) {
+    if !ctx.has_async_alloc() {
+        return;
+    }
+    unsafe {
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS
+        {
+            let mut threshold: u64 = u64::MAX;
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut _,
+            );
+        }
+    }
+}
+
+/// Builds the cuBLASLt plan for column-major `D[m×n] = op(A)·B` with A the stored `[m, k]`
+/// weight (k×m column-major, transposed) and B the `k×n` activations.
+unsafe fn make_plan(
+    handle: ltsys::cublasLtHandle_t,
+    key: PlanKey,
+    epi: ltsys::cublasLtEpilogue_t,
+) -> Result<LtPlan, lt::CublasError> {
+    let (m, n, k, dt, _) = key;
+    let ty = dt.lt_type();
+    let a = lt::create_matrix_layout(ty, k as u64, m as u64, k as i64)?;
+    let b = lt::create_matrix_layout(ty, k as u64, n as u64, k as i64)?;
+    let c = lt::create_matrix_layout(ty, m as u64, n as u64, m as i64)?;
+    let desc = lt::create_matmul_desc(
+        ltsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        ltsys::cudaDataType_t::CUDA_R_32F,
+    )?;
+    // The plan owns the handles from here on (Drop destroys them on every error path below).
+    let mut plan = LtPlan {
+        desc,
+        a,
+        b,
+        c,
+        algo: std::mem::zeroed(),
+    };
+    // cublasOperation_t values: 1 = transpose, 0 = as stored.
+    let (op_t, op_n) = (1i32, 0i32);
+    lt::set_matmul_desc_attribute(
+        desc,
+        ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+        &op_t as *const _ as *const _,
+        std::mem::size_of::<i32>(),
+    )?;
+    lt::set_matmul_desc_attribute(
+        desc,
+        ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+        &op_n as *const _ as *const _,
+        std::mem::size_of::<i32>(),
+    )?;
+    lt::set_matmul_desc_attribute(
+        desc,
+        ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+        &epi as *const _ as *const _,
+        std::mem::size_of::<ltsys::cublasLtEpilogue_t>(),
+    )?;
+    let pref = lt::create_matmul_pref()?;
+    let ws = LT_WORKSPACE;
+    let heuristic = lt::set_matmul_pref_attribute(
+        pref,
+        ltsys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+        &ws as *const usize as *const _,
+        std::mem::size_of::<usize>(),
+    )
+    .and_then(|_| lt::get_matmul_algo_heuristic(handle, desc, a, b, c, c, pref));
+    let _ = lt::destroy_matmul_pref(pref);
+    plan.algo = heuristic?.algo;
+    Ok(plan)
+}
+
+/// Inlines `#include "X.cuh"` lines with the embedded header X, each header once (NVRTC sees
+/// no files; the headers' `#pragma once` has nothing to act on once inlined).
+fn inline_headers(src: &str) -> String {
+    fn go(src: &str, seen: &mut Vec<&'static str>, out: &mut String) {
+        for line in src.lines() {
+            let header = line
+                .trim()
+                .strip_prefix("#include \"")
+                .and_then(|r| r.strip_suffix('"'));
+            match header.and_then(|h| KERNEL_SOURCES.iter().find(|(n, _)| *n == h)) {
+                Some((name, text)) => {
+                    if !seen.contains(name) {
+                        seen.push(name);
+                        go(text, seen, out);
+                    }
+                }
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    let mut out = String::with_capacity(src.len() * 2);
+    go(src, &mut Vec::new(), &mut out);
+    out
 }
 
 /// Loads one kernel file: the build-time sm_90 cubin on a 9.0 device, else the build-time
 /// compute_80 PTX, else the source through NVRTC (PTX cached on disk). A prebuilt image the
-/// driver refuses falls through to the next option; the last error is reported.
+/// driver refuses falls through to the next option; the last error is reported. Returns the
+/// module and the PTX text its kernel names are read from.
 fn load_kernel_module(
     ctx: &Arc<CudaContext>,
     cc: (i32, i32),
@@ -147,18 +765,18 @@ fn load_kernel_module(
     source: &str,
     include: &str,
     cache: Option<&std::path::Path>,
-) -> BResult<Arc<cudarc::driver::CudaModule>> {
+) -> BResult<(Arc<cudarc::driver::CudaModule>, String)> {
     use cudarc::nvrtc::Ptx;
     let mut refused = Vec::new();
     if let Some((_, ptx, cubin)) = super::PREBUILT_KERNELS.iter().find(|k| k.0 == name) {
         if cc == (9, 0) {
             match ctx.load_module(Ptx::from_binary(cubin.to_vec())) {
-                Ok(m) => return Ok(m),
+                Ok(m) => return Ok((m, ptx.to_string())),
                 Err(e) => refused.push(format!("sm_90 cubin: {e:?}")),
             }
         }
         match ctx.load_module(Ptx::from_src(*ptx)) {
-            Ok(m) => return Ok(m),
+            Ok(m) => return Ok((m, ptx.to_string())),
             Err(e) => refused.push(format!("compute_80 PTX: {e:?}")),
         }
     }
@@ -184,63 +802,60 @@ fn load_kernel_module(
             }
         ))
     })?;
-    ctx.load_module(Ptx::from_src(ptx)).map_err(dev_err)
+    let m = ctx.load_module(Ptx::from_src(ptx.clone())).map_err(dev_err)?;
+    Ok((m, ptx))
 }
 
-/// `extern "C" __global__ void NAME_SUF(` names after macro expansion are not visible in the
-/// source, so list them from the instantiation macros' known suffixes.
-fn kernel_names(src: &str) -> Vec<String> {
-    let mut bases = Vec::new();
-    for line in src.lines() {
-        if let Some(pos) = line.find("__global__ void ") {
-            let rest = &line[pos + "__global__ void ".len()..];
-            let rest = rest.trim_start_matches("__launch_bounds__(256) ");
-            let rest = rest.trim_start_matches("__launch_bounds__(128) ");
-            if let Some(end) = rest.find("##SUF") {
-                bases.push(rest[..end].to_string());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for b in bases {
-        for suf in ["f32", "bf16", "f16"] {
-            if b.contains("DPL") {
-                for dpl in 1..=4 {
-                    out.push(format!("attention_d{dpl}_{suf}"));
-                }
-            } else {
-                out.push(format!("{b}{suf}"));
-            }
-        }
-    }
+/// The kernel entry points of a PTX module (`.entry NAME(` / `.visible .entry NAME(`).
+pub(crate) fn ptx_entries(ptx: &str) -> Vec<String> {
+    let mut out: Vec<String> = ptx
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(".entry ")? + ".entry ".len()..];
+            let end = rest.find(|c: char| c == '(' || c.is_whitespace())?;
+            Some(rest[..end].to_string())
+        })
+        .collect();
     out.sort();
     out.dedup();
     out
 }
 
 impl Backend for CudaBackend {
-    type Buffer = CudaSlice<f32>;
+    type Buffer = DevBuf;
 
     fn name(&self) -> &'static str {
-        "cuda"
+        match self.dtype {
+            DType::F32 => "cuda",
+            DType::Bf16 => "cuda-bf16",
+            DType::F16 => "cuda-f16",
+        }
+    }
+
+    fn precision(&self) -> Precision {
+        self.dtype.precision()
     }
 
     fn upload(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
-        if data.len() != shape.iter().product::<usize>() {
-            return shape_err("upload", format!("{} values for {shape:?}", data.len()));
-        }
-        let buf = if data.is_empty() {
-            self.alloc(1)?
-        } else {
-            self.stream.clone_htod(&data).map_err(dev_err)?
-        };
-        Ok(self.wrap(buf, shape.to_vec()))
+        self.upload_as(&data, shape, self.dtype)
+    }
+
+    fn upload_f32(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
+        self.upload_as(&data, shape, DType::F32)
     }
 
     fn to_host(&self, t: &Tensor<Self>) -> BResult<Vec<f32>> {
-        let mut v = self.stream.clone_dtoh(t.buffer()).map_err(dev_err)?;
+        let b = t.buffer();
+        let bytes = self.stream.clone_dtoh(&b.data).map_err(dev_err)?;
+        let mut v = b.dtype.decode(&bytes);
         v.truncate(t.numel());
         Ok(v)
+    }
+
+    fn zeros(&self, shape: &[usize]) -> BResult<Tensor<Self>> {
+        let mut b = self.alloc(shape.iter().product())?;
+        self.stream.memset_zeros(&mut b.data).map_err(dev_err)?;
+        Ok(self.wrap(b, shape.to_vec()))
     }
 
     fn synchronize(&self) -> BResult<()> {
@@ -282,19 +897,21 @@ impl Backend for CudaBackend {
             out_shape: [1; 6],
             in_stride: [0; 6],
         };
+        let mut seen = [false; 6];
         for (i, &pi) in perm.iter().enumerate() {
-            if pi >= nd {
+            if pi >= nd || seen[pi] {
                 return shape_err("permute", format!("invalid perm {perm:?}"));
             }
+            seen[pi] = true;
             p.out_shape[6 - nd + i] = x.dim(pi) as i64;
             p.in_stride[6 - nd + i] = istride[pi];
         }
+        let xb = x.buffer();
         let n = x.numel();
-        let mut out = self.alloc(n)?;
+        let mut out = self.alloc_dt(n, xb.dtype)?;
         let n64 = n as i64;
-        let f = self.f("permute_f32")?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(x.buffer()).arg(&mut out).arg(&n64).arg(&p);
+        let mut b = self.stream.launch_builder(self.kf("permute", xb.dtype)?);
+        b.arg(&xb.data).arg(&mut out.data).arg(&n64).arg(&p);
         unsafe { b.launch(grid_for(n)) }.map_err(dev_err)?;
         Ok(self.wrap(out, perm.iter().map(|&i| x.dim(i)).collect()))
     }
@@ -314,23 +931,9 @@ impl Backend for CudaBackend {
         }
         let outer: usize = x.shape()[..dim].iter().product();
         let inner: usize = x.shape()[dim + 1..].iter().product();
-        let mut out = self.alloc(outer * len * inner)?;
-        let a: [i64; 7] = [
-            outer as i64,
-            x.dim(dim) as i64,
-            len as i64,
-            inner as i64,
-            start as i64,
-            len as i64,
-            0,
-        ];
-        let f = self.f("copy_window_f32")?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(x.buffer()).arg(&mut out);
-        for v in &a {
-            b.arg(v);
-        }
-        unsafe { b.launch(grid_for(outer * len * inner)) }.map_err(dev_err)?;
+        let xb = x.buffer();
+        let mut out = self.alloc_dt(outer * len * inner, xb.dtype)?;
+        self.copy_window(xb, &mut out, outer, x.dim(dim), len, inner, start, len, 0)?;
         let mut shape = x.shape().to_vec();
         shape[dim] = len;
         Ok(self.wrap(out, shape))
@@ -348,29 +951,21 @@ impl Backend for CudaBackend {
         {
             return shape_err("concat", format!("incompatible shapes along {dim}"));
         }
+        // Mixed dtypes meet in the storage dtype; all-f32 islands stay f32.
+        let dt = if xs.iter().all(|x| x.buffer().dtype == first.buffer().dtype) {
+            first.buffer().dtype
+        } else {
+            self.dtype
+        };
         let outer: usize = first.shape()[..dim].iter().product();
         let inner: usize = first.shape()[dim + 1..].iter().product();
         let total: usize = xs.iter().map(|x| x.dim(dim)).sum();
-        let mut out = self.alloc(outer * total * inner)?;
-        let f = self.f("copy_window_f32")?;
+        let mut out = self.alloc_dt(outer * total * inner, dt)?;
         let mut offset = 0usize;
         for x in xs {
             let len = x.dim(dim);
-            let a: [i64; 7] = [
-                outer as i64,
-                len as i64,
-                len as i64,
-                inner as i64,
-                0,
-                total as i64,
-                offset as i64,
-            ];
-            let mut b = self.stream.launch_builder(f);
-            b.arg(x.buffer()).arg(&mut out);
-            for v in &a {
-                b.arg(v);
-            }
-            unsafe { b.launch(grid_for(outer * len * inner)) }.map_err(dev_err)?;
+            let xb = self.as_dtype(x.buffer(), dt)?;
+            self.copy_window(&xb, &mut out, outer, len, len, inner, 0, total, offset)?;
             offset += len;
         }
         let mut shape = first.shape().to_vec();
@@ -385,49 +980,25 @@ impl Backend for CudaBackend {
         b: Option<&Tensor<Self>>,
         act: Activation,
     ) -> BResult<Tensor<Self>> {
-        if w.dims() != 2 || x.last_dim() != w.dim(1) {
-            return shape_err("linear", format!("{:?} · {:?}ᵀ", x.shape(), w.shape()));
+        if w.dims() != 2 || x.last_dim() != w.dim(1) || b.is_some_and(|b| b.numel() != w.dim(0))
+        {
+            return shape_err(
+                "linear",
+                format!(
+                    "{:?} · {:?}ᵀ + {:?}",
+                    x.shape(),
+                    w.shape(),
+                    b.map(|b| b.shape().to_vec())
+                ),
+            );
         }
         let (m, k, n) = (x.rows(), w.dim(1), w.dim(0));
+        let (xi, wi) = (self.input(x)?, self.input(w)?);
+        let bi = b.map(|b| self.input(b)).transpose()?;
         let mut out = self.alloc(m * n)?;
-        // Row-major C[m×n] = X[m×k]·Wᵀ is column-major Cᵀ = W·Xᵀ: op(A = W as stored) = T.
-        let cfg = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_T,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            alpha: 1.0f32,
-            lda: k as i32,
-            ldb: k as i32,
-            beta: 0.0f32,
-            ldc: n as i32,
-        };
-        if m > 0 && n > 0 && k > 0 {
-            unsafe { self.blas.gemm(cfg, w.buffer(), x.buffer(), &mut out) }.map_err(dev_err)?;
-        }
-        if b.is_some() || act != Activation::None {
-            let code: i32 = match act {
-                Activation::None => 0,
-                Activation::GeluTanh => 1,
-                Activation::Silu => 2,
-                Activation::QuickGelu => 3,
-                Activation::GeluErf => 4,
-            };
-            let (rows, ni) = (m as i64, n as i32);
-            let null: u64 = 0;
-            let f = self.f("bias_act_f32")?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&mut out);
-            match b {
-                Some(bt) => l.arg(bt.buffer()),
-                None => l.arg(&null),
-            };
-            l.arg(&rows).arg(&ni).arg(&code);
-            unsafe { l.launch(grid_for(m * n)) }.map_err(dev_err)?;
-        }
+        self.gemm(&xi, &wi, bi.as_deref(), act, &mut out, m, n, k)?;
         let mut shape = x.shape().to_vec();
-        *shape.last_mut().unwrap() = n;
+        *shape.last_mut().expect("x has a last dim") = n;
         Ok(self.wrap(out, shape))
     }
 
@@ -451,11 +1022,13 @@ impl Backend for CudaBackend {
         let wo = (wd + 2 * padding - kw) / stride + 1;
         let (kk, hw) = (cin * kh * kw, ho * wo);
         let wmat = w.reshape(&[cout, kk])?;
+        let xi = self.input(x)?;
         let mut planes = Vec::with_capacity(bn);
         for bi in 0..bn {
-            let img = self.narrow(x, 0, bi, 1)?;
+            let mut img = self.alloc(cin * h * wd)?;
+            self.copy_window(&xi, &mut img, 1, bn * cin * h * wd, cin * h * wd, 1, bi * cin * h * wd, cin * h * wd, 0)?;
             let mut cols = self.alloc(kk * hw)?;
-            let a: [i32; 10] = [
+            let a: [i32; 9] = [
                 cin as i32,
                 h as i32,
                 wd as i32,
@@ -465,12 +1038,10 @@ impl Backend for CudaBackend {
                 padding as i32,
                 ho as i32,
                 wo as i32,
-                0,
             ];
-            let f = self.f("im2col_f32")?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(img.buffer()).arg(&mut cols);
-            for v in &a[..9] {
+            let mut l = self.stream.launch_builder(self.kf("im2col", self.dtype)?);
+            l.arg(&img.data).arg(&mut cols.data);
+            for v in &a {
                 l.arg(v);
             }
             unsafe { l.launch(grid_for(kk * hw)) }.map_err(dev_err)?;
@@ -509,24 +1080,56 @@ impl Backend for CudaBackend {
                 ),
             );
         }
+        if key_bias.is_some_and(|t| t.numel() != b * sk)
+            || head_bias.is_some_and(|t| t.numel() != heads * sq * sk)
+        {
+            return shape_err(
+                "attention",
+                format!("bias shapes for B={b}, H={heads}, Sq={sq}, Sk={sk}"),
+            );
+        }
         let d = hd / heads;
+        let (qi, ki, vi) = (self.input(q)?, self.input(k)?, self.input(v)?);
+        let kb = key_bias.map(|t| self.input_f32(t)).transpose()?;
+        let hb = head_bias.map(|t| self.input_f32(t)).transpose()?;
         let mut out = self.alloc(b * sq * hd)?;
-        let name = format!("attention_d{}_f32", d.div_ceil(32));
-        let f = self.f(&name)?;
         let null: u64 = 0;
         let (sq32, sk32, h32, d32, c32) =
             (sq as i32, sk as i32, heads as i32, d as i32, causal as i32);
-        let mut l = self.stream.launch_builder(f);
-        l.arg(q.buffer())
-            .arg(k.buffer())
-            .arg(v.buffer())
-            .arg(&mut out);
-        match key_bias {
-            Some(t) => l.arg(t.buffer()),
+        // Tensor cores for 16-bit storage at the head dims the models use (mma.sync m16n8k16:
+        // head dims padded to a multiple of 16); the CUDA-core kernel otherwise.
+        let mma = self.dtype != DType::F32 && matches!(d, 64 | 72 | 128);
+        let (name, cfg) = if mma {
+            let dp = d.div_ceil(16) * 16;
+            (
+                format!("attention_mma_d{dp}_{}", self.dtype.suffix()),
+                LaunchConfig {
+                    grid_dim: (sq.div_ceil(64) as u32, heads as u32, b as u32),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            )
+        } else {
+            (
+                format!("attention_d{}_{}", d.div_ceil(32), self.dtype.suffix()),
+                LaunchConfig {
+                    grid_dim: (sq.div_ceil(16) as u32, heads as u32, b as u32),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            )
+        };
+        let mut l = self.stream.launch_builder(self.f(&name)?);
+        l.arg(&qi.data)
+            .arg(&ki.data)
+            .arg(&vi.data)
+            .arg(&mut out.data);
+        match &kb {
+            Some(t) => l.arg(&t.data),
             None => l.arg(&null),
         };
-        match head_bias {
-            Some(t) => l.arg(t.buffer()),
+        match &hb {
+            Some(t) => l.arg(&t.data),
             None => l.arg(&null),
         };
         l.arg(&sq32)
@@ -535,11 +1138,6 @@ impl Backend for CudaBackend {
             .arg(&d32)
             .arg(&scale)
             .arg(&c32);
-        let cfg = LaunchConfig {
-            grid_dim: (sq.div_ceil(16) as u32, heads as u32, b as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
         unsafe { l.launch(cfg) }.map_err(dev_err)?;
         Ok(self.wrap(out, vec![b, sq, hd]))
     }
@@ -552,21 +1150,26 @@ impl Backend for CudaBackend {
         eps: f32,
     ) -> BResult<Tensor<Self>> {
         let d = x.last_dim();
+        if weight.is_some_and(|t| t.numel() != d) || bias.is_some_and(|t| t.numel() != d) {
+            return shape_err("layer_norm", format!("affine params for width {d}"));
+        }
+        let xi = self.input(x)?;
+        let wi = weight.map(|t| self.input(t)).transpose()?;
+        let bi = bias.map(|t| self.input(t)).transpose()?;
         let mut out = self.alloc(x.numel())?;
         let null: u64 = 0;
         let d32 = d as i32;
-        let f = self.f("layer_norm_f32")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(x.buffer());
-        match weight {
-            Some(t) => l.arg(t.buffer()),
+        let mut l = self.stream.launch_builder(self.kf("layer_norm", self.dtype)?);
+        l.arg(&xi.data);
+        match &wi {
+            Some(t) => l.arg(&t.data),
             None => l.arg(&null),
         };
-        match bias {
-            Some(t) => l.arg(t.buffer()),
+        match &bi {
+            Some(t) => l.arg(&t.data),
             None => l.arg(&null),
         };
-        l.arg(&mut out).arg(&d32).arg(&eps);
+        l.arg(&mut out.data).arg(&d32).arg(&eps);
         unsafe { l.launch(row_blocks(x.rows())) }.map_err(dev_err)?;
         Ok(self.wrap(out, x.shape().to_vec()))
     }
@@ -581,14 +1184,16 @@ impl Backend for CudaBackend {
         if x.dims() != 3 || shift.numel() != x.dim(0) * x.dim(2) || scale.numel() != shift.numel() {
             return shape_err("layer_norm_modulate", format!("{:?}", x.shape()));
         }
+        let (xi, sh, sc) = (self.input(x)?, self.input(shift)?, self.input(scale)?);
         let mut out = self.alloc(x.numel())?;
         let (tokens, d) = (x.dim(1) as i64, x.dim(2) as i32);
-        let f = self.f("layer_norm_modulate_f32")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(x.buffer())
-            .arg(shift.buffer())
-            .arg(scale.buffer())
-            .arg(&mut out);
+        let mut l = self
+            .stream
+            .launch_builder(self.kf("layer_norm_modulate", self.dtype)?);
+        l.arg(&xi.data)
+            .arg(&sh.data)
+            .arg(&sc.data)
+            .arg(&mut out.data);
         l.arg(&tokens).arg(&d).arg(&eps);
         unsafe { l.launch(row_blocks(x.rows())) }.map_err(dev_err)?;
         Ok(self.wrap(out, x.shape().to_vec()))
@@ -600,17 +1205,22 @@ impl Backend for CudaBackend {
         weight: Option<&Tensor<Self>>,
         eps: f32,
     ) -> BResult<Tensor<Self>> {
+        let d = x.last_dim();
+        if weight.is_some_and(|t| t.numel() != d) {
+            return shape_err("rms_norm", format!("weight for width {d}"));
+        }
+        let xi = self.input(x)?;
+        let wi = weight.map(|t| self.input(t)).transpose()?;
         let mut out = self.alloc(x.numel())?;
         let null: u64 = 0;
-        let d = x.last_dim() as i32;
-        let f = self.f("rms_norm_f32")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(x.buffer());
-        match weight {
-            Some(t) => l.arg(t.buffer()),
+        let d32 = d as i32;
+        let mut l = self.stream.launch_builder(self.kf("rms_norm", self.dtype)?);
+        l.arg(&xi.data);
+        match &wi {
+            Some(t) => l.arg(&t.data),
             None => l.arg(&null),
         };
-        l.arg(&mut out).arg(&d).arg(&eps);
+        l.arg(&mut out.data).arg(&d32).arg(&eps);
         unsafe { l.launch(row_blocks(x.rows())) }.map_err(dev_err)?;
         Ok(self.wrap(out, x.shape().to_vec()))
     }
@@ -624,12 +1234,18 @@ impl Backend for CudaBackend {
         eps: f32,
         silu: bool,
     ) -> BResult<Tensor<Self>> {
-        if x.dims() != 4 || groups == 0 || x.dim(1) % groups != 0 {
+        if x.dims() != 4
+            || groups == 0
+            || x.dim(1) % groups != 0
+            || weight.numel() != x.dim(1)
+            || bias.numel() != x.dim(1)
+        {
             return shape_err(
                 "group_norm",
                 format!("{:?} into {groups} groups", x.shape()),
             );
         }
+        let (xi, wi, bi) = (self.input(x)?, self.input(weight)?, self.input(bias)?);
         let mut out = self.alloc(x.numel())?;
         let (c, g, hw, s) = (
             x.dim(1) as i32,
@@ -637,15 +1253,14 @@ impl Backend for CudaBackend {
             (x.dim(2) * x.dim(3)) as i64,
             silu as i32,
         );
-        let f = self.f("group_norm_f32")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(x.buffer())
-            .arg(weight.buffer())
-            .arg(bias.buffer())
-            .arg(&mut out);
+        let mut l = self.stream.launch_builder(self.kf("group_norm", self.dtype)?);
+        l.arg(&xi.data)
+            .arg(&wi.data)
+            .arg(&bi.data)
+            .arg(&mut out.data);
         l.arg(&c).arg(&g).arg(&hw).arg(&eps).arg(&s);
         let cfg = LaunchConfig {
-            grid_dim: ((x.dim(0) * groups) as u32, 1, 1),
+            grid_dim: ((x.dim(0) * groups).max(1) as u32, 1, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -654,19 +1269,17 @@ impl Backend for CudaBackend {
     }
 
     fn activation(&self, x: &Tensor<Self>, act: Activation) -> BResult<Tensor<Self>> {
-        let mut out = self.stream.clone_dtod(x.buffer()).map_err(dev_err)?;
-        let code: i32 = match act {
-            Activation::None => return Ok(self.wrap(out, x.shape().to_vec())),
-            Activation::GeluTanh => 1,
-            Activation::Silu => 2,
-            Activation::QuickGelu => 3,
-            Activation::GeluErf => 4,
-        };
-        let n = x.numel() as i64;
-        let f = self.f("activation_f32")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&mut out).arg(&n).arg(&code);
-        unsafe { l.launch(grid_for(x.numel())) }.map_err(dev_err)?;
+        let xi = self.input(x)?;
+        let mut out = self.alloc(x.numel())?;
+        self.stream
+            .memcpy_dtod(&xi.data, &mut out.data)
+            .map_err(dev_err)?;
+        if act != Activation::None {
+            let (n, code) = (x.numel() as i64, act_code(act));
+            let mut l = self.stream.launch_builder(self.kf("activation", self.dtype)?);
+            l.arg(&mut out.data).arg(&n).arg(&code);
+            unsafe { l.launch(grid_for(x.numel())) }.map_err(dev_err)?;
+        }
         Ok(self.wrap(out, x.shape().to_vec()))
     }
 
@@ -686,35 +1299,47 @@ impl Backend for CudaBackend {
             return shape_err("lincomb", "terms differ in shape");
         }
         let n = first.numel();
-        let mut acc: Option<CudaSlice<f32>> = None;
-        // Three terms per launch; longer combinations accumulate.
-        for chunk in terms.chunks(3) {
+        let n64 = n as i64;
+        let null: u64 = 0;
+        // Three terms per launch; a longer combination carries the partial sum as the first
+        // term of the next launch (coefficient 1).
+        let mut acc: Option<DevBuf> = None;
+        let mut rest = terms;
+        while !rest.is_empty() {
+            let take = if acc.is_some() { 2 } else { 3 }.min(rest.len());
+            let (chunk, tail) = rest.split_at(take);
+            rest = tail;
+            let ins: Vec<In> = chunk
+                .iter()
+                .map(|(_, t)| self.input(t))
+                .collect::<BResult<_>>()?;
+            let mut srcs: Vec<(f32, &DevBuf)> = Vec::with_capacity(3);
+            if let Some(a) = &acc {
+                srcs.push((1.0, a));
+            }
+            for (i, (c, _)) in chunk.iter().enumerate() {
+                srcs.push((*c, &ins[i]));
+            }
             let mut out = self.alloc(n)?;
-            let null: u64 = 0;
-            let c: Vec<f32> = (0..3).map(|i| chunk.get(i).map_or(0.0, |t| t.0)).collect();
-            let f = self.f("lincomb_f32")?;
-            let mut l = self.stream.launch_builder(f);
+            let c: Vec<f32> = (0..3).map(|i| srcs.get(i).map_or(0.0, |t| t.0)).collect();
+            let mut l = self.stream.launch_builder(self.kf("lincomb", self.dtype)?);
             for i in 0..3 {
-                match chunk.get(i) {
-                    Some((_, t)) => l.arg(t.buffer()),
+                match srcs.get(i) {
+                    Some((_, t)) => l.arg(&t.data),
                     None => l.arg(&null),
                 };
             }
-            let n64 = n as i64;
-            l.arg(&c[0]).arg(&c[1]).arg(&c[2]).arg(&mut out).arg(&n64);
+            l.arg(&c[0])
+                .arg(&c[1])
+                .arg(&c[2])
+                .arg(&mut out.data)
+                .arg(&n64);
             unsafe { l.launch(grid_for(n)) }.map_err(dev_err)?;
-            acc = Some(match acc {
-                None => out,
-                Some(prev) => {
-                    let p = self.wrap(prev, first.shape().to_vec());
-                    let o = self.wrap(out, first.shape().to_vec());
-                    let s = self.binary(&p, &o, 0)?;
-                    Arc::try_unwrap(s.buffer_arc().clone())
-                        .map_err(|_| BackendError::Device("lincomb buffer shared".into()))?
-                }
-            });
+            drop(l);
+            drop(srcs);
+            acc = Some(out);
         }
-        Ok(self.wrap(acc.expect("at least one chunk"), first.shape().to_vec()))
+        Ok(self.wrap(acc.expect("at least one term"), first.shape().to_vec()))
     }
 
     fn gate_residual(
@@ -723,24 +1348,28 @@ impl Backend for CudaBackend {
         gate: Option<&Tensor<Self>>,
         branch: &Tensor<Self>,
     ) -> BResult<Tensor<Self>> {
-        if x.shape() != branch.shape() || x.dims() != 3 {
+        if x.shape() != branch.shape()
+            || x.dims() != 3
+            || gate.is_some_and(|g| g.numel() != x.dim(0) * x.dim(2))
+        {
             return shape_err(
                 "gate_residual",
                 format!("{:?} vs {:?}", x.shape(), branch.shape()),
             );
         }
+        let (xi, bi) = (self.input(x)?, self.input(branch)?);
+        let gi = gate.map(|g| self.input(g)).transpose()?;
         let mut out = self.alloc(x.numel())?;
         let null: u64 = 0;
         let (total, tokens, d) = (x.numel() as i64, x.dim(1) as i64, x.dim(2) as i32);
-        let f = self.f("gate_residual_f32")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(x.buffer());
-        match gate {
-            Some(g) => l.arg(g.buffer()),
+        let mut l = self.stream.launch_builder(self.kf("gate_residual", self.dtype)?);
+        l.arg(&xi.data);
+        match &gi {
+            Some(g) => l.arg(&g.data),
             None => l.arg(&null),
         };
-        l.arg(branch.buffer())
-            .arg(&mut out)
+        l.arg(&bi.data)
+            .arg(&mut out.data)
             .arg(&total)
             .arg(&tokens)
             .arg(&d);
@@ -755,44 +1384,81 @@ impl Backend for CudaBackend {
         sin: &Tensor<Self>,
         heads: usize,
     ) -> BResult<Tensor<Self>> {
-        // RoPE is needed by FLUX only; until a kernel lands it runs through the host.
-        let cpu = crate::backend::cpu::CpuBackend::new();
-        let xc = cpu.upload(self.to_host(x)?, x.shape())?;
-        let cc = cpu.upload(self.to_host(cos)?, cos.shape())?;
-        let sc = cpu.upload(self.to_host(sin)?, sin.shape())?;
-        let y = cpu.rope(&xc, &cc, &sc, heads)?;
-        self.upload(cpu.to_host(&y)?, y.shape())
+        if x.dims() != 3 || heads == 0 || x.dim(2) % heads != 0 {
+            return shape_err("rope", format!("x {:?} with {heads} heads", x.shape()));
+        }
+        let (s, hd) = (x.dim(1), x.dim(2));
+        let d = hd / heads;
+        if d % 2 != 0 || cos.numel() != s * d / 2 || sin.numel() != s * d / 2 {
+            return shape_err("rope", format!("tables {:?} for S={s}, D={d}", cos.shape()));
+        }
+        let xi = self.input(x)?;
+        let (ci, si) = (self.input_f32(cos)?, self.input_f32(sin)?);
+        let mut out = self.alloc(x.numel())?;
+        let (rows, seq, hd32, d32) = (x.rows() as i64, s as i64, hd as i32, d as i32);
+        let mut l = self.stream.launch_builder(self.kf("rope", self.dtype)?);
+        l.arg(&xi.data)
+            .arg(&ci.data)
+            .arg(&si.data)
+            .arg(&mut out.data)
+            .arg(&rows)
+            .arg(&seq)
+            .arg(&hd32)
+            .arg(&d32);
+        unsafe { l.launch(grid_for(x.numel() / 2)) }.map_err(dev_err)?;
+        Ok(self.wrap(out, x.shape().to_vec()))
     }
 
     fn embedding(&self, table: &Tensor<Self>, ids: &[u32]) -> BResult<Tensor<Self>> {
-        if table.dims() != 2 || ids.iter().any(|&i| i as usize >= table.dim(0)) {
-            return shape_err("embedding", "token id outside the vocabulary");
+        if table.dims() != 2 {
+            return shape_err("embedding", format!("table {:?}", table.shape()));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= table.dim(0)) {
+            return shape_err(
+                "embedding",
+                format!("token id {bad} outside the vocabulary of {}", table.dim(0)),
+            );
         }
         let d = table.dim(1);
-        let idsd = self.stream.clone_htod(ids).map_err(dev_err)?;
-        let mut out = self.alloc(ids.len() * d)?;
-        let (n, d32) = (ids.len() as i64, d as i32);
-        let f = self.f("embedding_f32")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(table.buffer())
-            .arg(&idsd)
-            .arg(&mut out)
-            .arg(&n)
-            .arg(&d32);
-        unsafe { l.launch(grid_for(ids.len() * d)) }.map_err(dev_err)?;
+        let tb = table.buffer();
+        let mut out = self.alloc_dt(ids.len() * d, tb.dtype)?;
+        if !ids.is_empty() {
+            let idsd = self.stream.clone_htod(ids).map_err(dev_err)?;
+            let (n, d32) = (ids.len() as i64, d as i32);
+            let mut l = self.stream.launch_builder(self.kf("embedding", tb.dtype)?);
+            l.arg(&tb.data)
+                .arg(&idsd)
+                .arg(&mut out.data)
+                .arg(&n)
+                .arg(&d32);
+            unsafe { l.launch(grid_for(ids.len() * d)) }.map_err(dev_err)?;
+        }
         Ok(self.wrap(out, vec![ids.len(), d]))
     }
 
     fn round_to(&self, x: Tensor<Self>, precision: Precision) -> BResult<Tensor<Self>> {
-        if precision == Precision::F32 {
+        let dt = x.buffer().dtype;
+        // Values stored in a 16-bit dtype already carry that precision.
+        if precision == Precision::F32 || dt.precision() == precision {
             return Ok(x);
         }
+        if dt != DType::F32 {
+            return Err(BackendError::Device(format!(
+                "cannot round {dt:?} tensors to {precision:?}"
+            )));
+        }
+        let kernel = match precision {
+            Precision::Bf16 => "round_bf16_f32",
+            _ => "round_f16_f32",
+        };
         let shape = x.shape().to_vec();
-        let mut out = self.stream.clone_dtod(x.buffer()).map_err(dev_err)?;
+        let mut out = self.alloc_dt(x.numel(), DType::F32)?;
+        self.stream
+            .memcpy_dtod(&x.buffer().data, &mut out.data)
+            .map_err(dev_err)?;
         let n = x.numel() as i64;
-        let f = self.f("round_bf16_f32")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&mut out).arg(&n);
+        let mut l = self.stream.launch_builder(self.f(kernel)?);
+        l.arg(&mut out.data).arg(&n);
         unsafe { l.launch(grid_for(x.numel())) }.map_err(dev_err)?;
         Ok(self.wrap(out, shape))
     }
@@ -802,12 +1468,14 @@ impl Backend for CudaBackend {
             return shape_err("upsample_nearest2x", format!("{:?}", x.shape()));
         }
         let (n, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
-        let mut out = self.alloc(n * c * 4 * h * w)?;
+        let xb = x.buffer();
+        let mut out = self.alloc_dt(n * c * 4 * h * w, xb.dtype)?;
         let (planes, h32, w32) = ((n * c) as i64, h as i32, w as i32);
-        let f = self.f("upsample_nearest2x_f32")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(x.buffer())
-            .arg(&mut out)
+        let mut l = self
+            .stream
+            .launch_builder(self.kf("upsample_nearest2x", xb.dtype)?);
+        l.arg(&xb.data)
+            .arg(&mut out.data)
             .arg(&planes)
             .arg(&h32)
             .arg(&w32);
@@ -816,72 +1484,34 @@ impl Backend for CudaBackend {
     }
 }
 
-impl CudaBackend {
-    fn binary(&self, a: &Tensor<Self>, b: &Tensor<Self>, op: i32) -> BResult<Tensor<Self>> {
-        let bn = b.numel();
-        let trimmed: Vec<usize> = b.shape().iter().copied().skip_while(|&d| d == 1).collect();
-        if bn == 0
-            || trimmed.len() > a.dims()
-            || a.shape()[a.dims() - trimmed.len()..] != trimmed[..]
-        {
-            return shape_err(
-                "binary",
-                format!("cannot broadcast {:?} onto {:?}", b.shape(), a.shape()),
-            );
-        }
-        let n = a.numel();
-        let mut out = self.alloc(n)?;
-        let (n64, bn64) = (n as i64, bn as i64);
-        let f = self.f("binary_f32")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(a.buffer())
-            .arg(b.buffer())
-            .arg(&mut out)
-            .arg(&n64)
-            .arg(&bn64)
-            .arg(&op);
-        unsafe { l.launch(grid_for(n)) }.map_err(dev_err)?;
-        Ok(self.wrap(out, a.shape().to_vec()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::DType;
+
     #[test]
-    fn kernel_names_cover_every_instantiation() {
-        let src = include_str!("../../../kernels/attention.cu");
-        let names = super::kernel_names(src);
-        assert!(names.contains(&"attention_d3_f32".to_string()), "{names:?}");
-        let src = include_str!("../../../kernels/norm.cu");
-        let names = super::kernel_names(src);
-        for n in [
-            "layer_norm_modulate_f32",
-            "rms_norm_bf16",
-            "group_norm_f16",
-            "layer_norm_f32",
-        ] {
-            assert!(names.contains(&n.to_string()), "{n} missing from {names:?}");
+    fn dtype_codecs_round_to_nearest_even_and_decode_exactly() {
+        let v = [1.0f32, -2.5, 3.141_592_7, 1e-3, 65504.0, -0.0];
+        for dt in [DType::F32, DType::Bf16, DType::F16] {
+            let bytes = dt.encode(&v);
+            assert_eq!(bytes.len(), v.len() * dt.size());
+            let back = dt.decode(&bytes);
+            for (a, b) in v.iter().zip(&back) {
+                assert_eq!(dt.precision().round(*a).to_bits(), b.to_bits(), "{dt:?} {a}");
+            }
         }
-        let names = super::kernel_names(include_str!("../../../kernels/elementwise.cu"));
-        for n in [
-            "gate_residual_f32",
-            "bias_act_f32",
-            "lincomb_f32",
-            "binary_f32",
-            "activation_f32",
-            "round_bf16_f32",
-        ] {
-            assert!(names.contains(&n.to_string()), "{n} missing from {names:?}");
-        }
-        let names = super::kernel_names(include_str!("../../../kernels/layout.cu"));
-        for n in [
-            "permute_f32",
-            "copy_window_f32",
-            "embedding_f32",
-            "upsample_nearest2x_f32",
-            "im2col_f32",
-        ] {
-            assert!(names.contains(&n.to_string()), "{n} missing from {names:?}");
-        }
+    }
+
+    #[test]
+    fn ptx_entries_lists_kernels() {
+        let ptx = "//\n.visible .entry layer_norm_f32(\n\t.param .u64 x\n)\n.entry k2 (\n";
+        assert_eq!(super::ptx_entries(ptx), vec!["k2", "layer_norm_f32"]);
+    }
+
+    #[test]
+    fn headers_are_inlined_once() {
+        let src = "#include \"common.cuh\"\n#include \"common.cuh\"\nint x;";
+        let full = super::inline_headers(src);
+        assert_eq!(full.matches("namespace ecad {").count(), 1);
+        assert!(full.ends_with("int x;\n"));
     }
 }

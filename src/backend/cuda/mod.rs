@@ -8,7 +8,7 @@
 //! first start pays the compile.
 
 mod backend;
-pub use backend::CudaBackend;
+pub use backend::{CudaBackend, DType, DevBuf};
 
 /// Kernel sources embedded at build time (compiled at run time with NVRTC, or replaced by
 /// nvcc-built PTX when build.rs finds nvcc).
@@ -23,6 +23,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
         include_str!("../../../kernels/elementwise.cu"),
     ),
     ("layout.cu", include_str!("../../../kernels/layout.cu")),
+    ("mma.cuh", include_str!("../../../kernels/mma.cuh")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
 ];
 
