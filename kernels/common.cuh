@@ -4,6 +4,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+// NVRTC has no <math.h>, so INFINITY is not defined there (nvcc defines it).
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
 namespace ecad {
 
 template <typename T> __device__ __forceinline__ float to_f32(T x);

@@ -285,14 +285,12 @@ impl CudaBackend {
             workspace,
             plans: HashMap::new(),
         };
-        let include = std::env::var("CUDA_HOME")
-            .map(|h| format!("{h}/include"))
-            .unwrap_or_else(|_| "/usr/local/cuda/include".into());
+        let include = super::cuda_include_dir();
         let cache = crate::tokenizer::cache_dir();
         let mut funcs = HashMap::new();
         for (name, src) in KERNEL_SOURCES.iter().filter(|(n, _)| n.ends_with(".cu")) {
             // NVRTC has no file system view of kernels/: inline the shared headers.
-            let full = inline_headers(src);
+            let full = super::inline_headers(src);
             let (module, ptx) =
                 load_kernel_module(&ctx, cc, name, &full, &include, cache.as_deref())?;
             for f in ptx_entries(&ptx) {
@@ -726,34 +724,6 @@ unsafe fn make_plan(
     Ok(plan)
 }
 
-/// Inlines `#include "X.cuh"` lines with the embedded header X, each header once (NVRTC sees
-/// no files; the headers' `#pragma once` has nothing to act on once inlined).
-fn inline_headers(src: &str) -> String {
-    fn go(src: &str, seen: &mut Vec<&'static str>, out: &mut String) {
-        for line in src.lines() {
-            let header = line
-                .trim()
-                .strip_prefix("#include \"")
-                .and_then(|r| r.strip_suffix('"'));
-            match header.and_then(|h| KERNEL_SOURCES.iter().find(|(n, _)| *n == h)) {
-                Some((name, text)) => {
-                    if !seen.contains(name) {
-                        seen.push(name);
-                        go(text, seen, out);
-                    }
-                }
-                None => {
-                    out.push_str(line);
-                    out.push('\n');
-                }
-            }
-        }
-    }
-    let mut out = String::with_capacity(src.len() * 2);
-    go(src, &mut Vec::new(), &mut out);
-    out
-}
-
 /// Loads one kernel file: the build-time sm_90 cubin on a 9.0 device, else the build-time
 /// compute_80 PTX, else the source through NVRTC (PTX cached on disk). A prebuilt image the
 /// driver refuses falls through to the next option; the last error is reported. Returns the
@@ -780,17 +750,23 @@ fn load_kernel_module(
             Err(e) => refused.push(format!("compute_80 PTX: {e:?}")),
         }
     }
-    let arch = "compute_80";
+    let arch = super::NVRTC_ARCH;
+    if !super::nvrtc_present() {
+        return Err(BackendError::Unavailable(
+            "cuda",
+            format!(
+                "{name}: no prebuilt kernel image could be loaded ({}) and NVRTC (libnvrtc) \
+                 is not installed",
+                if refused.is_empty() {
+                    "this build embeds none: nvcc was not found when it was built".to_string()
+                } else {
+                    refused.join("; ")
+                }
+            ),
+        ));
+    }
     let ptx = super::cached_ptx(cache, name, source, arch, include, || {
-        let opts = cudarc::nvrtc::CompileOptions {
-            include_paths: vec![include.to_string()],
-            arch: Some(arch),
-            name: Some(name.to_string()),
-            ..Default::default()
-        };
-        cudarc::nvrtc::compile_ptx_with_opts(source, opts)
-            .map(|p| p.to_src())
-            .map_err(|e| format!("{e:?}"))
+        super::nvrtc_compile(name, source, include)
     })
     .map_err(|e| {
         BackendError::Device(format!(
@@ -807,7 +783,7 @@ fn load_kernel_module(
 }
 
 /// The kernel entry points of a PTX module (`.entry NAME(` / `.visible .entry NAME(`).
-pub(crate) fn ptx_entries(ptx: &str) -> Vec<String> {
+pub fn ptx_entries(ptx: &str) -> Vec<String> {
     let mut out: Vec<String> = ptx
         .lines()
         .filter_map(|l| {
@@ -1507,11 +1483,4 @@ mod tests {
         assert_eq!(super::ptx_entries(ptx), vec!["k2", "layer_norm_f32"]);
     }
 
-    #[test]
-    fn headers_are_inlined_once() {
-        let src = "#include \"common.cuh\"\n#include \"common.cuh\"\nint x;";
-        let full = super::inline_headers(src);
-        assert_eq!(full.matches("namespace ecad {").count(), 1);
-        assert!(full.ends_with("int x;\n"));
-    }
 }

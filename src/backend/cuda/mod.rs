@@ -8,7 +8,7 @@
 //! first start pays the compile.
 
 mod backend;
-pub use backend::{CudaBackend, DType, DevBuf};
+pub use backend::{ptx_entries, CudaBackend, DType, DevBuf};
 
 /// Kernel sources embedded at build time (compiled at run time with NVRTC, or replaced by
 /// nvcc-built PTX when build.rs finds nvcc).
@@ -28,6 +28,73 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
 ];
 
 include!(concat!(env!("OUT_DIR"), "/prebuilt_kernels.rs"));
+
+/// The virtual architecture NVRTC compiles for (PTX that every GPU from Ampere on JIT-compiles).
+pub const NVRTC_ARCH: &str = "compute_80";
+
+/// Inlines `#include "X.cuh"` lines with the embedded header X, each header once (NVRTC sees
+/// no files; the headers' `#pragma once` has nothing to act on once inlined).
+pub fn inline_headers(src: &str) -> String {
+    fn go(src: &str, seen: &mut Vec<&'static str>, out: &mut String) {
+        for line in src.lines() {
+            let header = line
+                .trim()
+                .strip_prefix("#include \"")
+                .and_then(|r| r.strip_suffix('"'));
+            match header.and_then(|h| KERNEL_SOURCES.iter().find(|(n, _)| *n == h)) {
+                Some((name, text)) => {
+                    if !seen.contains(name) {
+                        seen.push(name);
+                        go(text, seen, out);
+                    }
+                }
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    let mut out = String::with_capacity(src.len() * 2);
+    go(src, &mut Vec::new(), &mut out);
+    out
+}
+
+/// The CUDA headers NVRTC compiles against (cuda_bf16.h, cuda_fp16.h and, in CUDA 13, CCCL's
+/// <nv/target> they include): `ECAD_CUDA_INCLUDE`, else `$CUDA_HOME/include`, else the
+/// toolkit's default /usr/local/cuda/include. A `cccl` folder inside it is searched too (the
+/// pip wheels' layout).
+pub fn cuda_include_dir() -> String {
+    std::env::var("ECAD_CUDA_INCLUDE")
+        .or_else(|_| std::env::var("CUDA_HOME").map(|h| format!("{h}/include")))
+        .unwrap_or_else(|_| "/usr/local/cuda/include".into())
+}
+
+/// Compiles one kernel file's full source (headers inlined, [`inline_headers`]) to PTX for
+/// [`NVRTC_ARCH`] with NVRTC. The caller must have checked that NVRTC can be loaded
+/// (`cudarc::nvrtc::sys::is_culib_present`): cudarc panics otherwise.
+pub fn nvrtc_compile(name: &str, source: &str, include: &str) -> Result<String, String> {
+    let mut include_paths = vec![include.to_string()];
+    let cccl = std::path::Path::new(include).join("cccl");
+    if cccl.is_dir() {
+        include_paths.push(cccl.to_string_lossy().into_owned());
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        include_paths,
+        arch: Some(NVRTC_ARCH),
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(source, opts)
+        .map(|p| p.to_src())
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// True when NVRTC can be loaded (probed without letting cudarc panic).
+pub fn nvrtc_present() -> bool {
+    std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() })
+        .unwrap_or(false)
+}
 
 /// The on-disk NVRTC cache file for one kernel source under `cache` (the engine's cache folder,
 /// [`crate::tokenizer::cache_dir`]): `kernels/<name>-<hash>.ptx`, the hash (FNV-1a 64) over the
@@ -160,6 +227,15 @@ mod tests {
         assert!(!super::nvrtc_cache_path(dir.path(), "u.cu", "x", "compute_80", "").exists());
         let none = super::cached_ptx(None, "t.cu", src, "compute_80", "", || Ok("PTX-3".into()));
         assert_eq!(none.unwrap(), "PTX-3");
+    }
+
+    #[test]
+    fn headers_are_inlined_once() {
+        let src = "#include \"mma.cuh\"\n#include \"common.cuh\"\nint x;";
+        let full = super::inline_headers(src);
+        assert_eq!(full.matches("namespace ecad {").count(), 2, "common.cuh + mma.cuh");
+        assert_eq!(full.matches("__device__ __forceinline__ float warp_sum").count(), 1);
+        assert!(full.ends_with("int x;\n"));
     }
 
     #[test]
