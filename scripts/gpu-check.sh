@@ -9,9 +9,10 @@
 # What runs: tests/cuda_parity.rs (every op against the CPU backend, PixArt forward against
 # the diffusers fixtures), and the `*on_gpu*` tests of denoise_parity (PixArt sampling, ECAD's
 # paper schedule), flux_parity (FLUX forward, f32 and bf16), flux_denoise_parity (FLUX
-# sampling, cached, bf16) and flux_generate (the whole FLUX pipeline); then the PixArt forward
-# benchmark at 256 and 1024 px and the 20-step denoise benchmark with the paper schedules at
-# 256 px. Every test binary skips (prints SKIPPED) when no CUDA driver is usable.
+# sampling, cached, bf16) and flux_generate (the whole FLUX pipeline); then the PixArt-α XL-2
+# forward benchmark (one CFG step) at 256 and 1024 px in bf16, f16 and f32, and the 20-step
+# bf16 denoise benchmark with the paper schedules at 256 and 1024 px (issue 5's targets).
+# Every test binary skips (prints SKIPPED) when no CUDA driver is usable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TESTS="cuda_parity denoise_parity flux_parity flux_denoise_parity flux_generate"
@@ -63,13 +64,16 @@ B=$G/ecad-native
     for n in denoise_parity flux_parity flux_denoise_parity flux_generate; do
         for t in $G/$n-*; do timeout 120 "$t" on_gpu --nocapture --test-threads 1; done
     done
-    echo "== forward benchmark, PixArt-XL-2 256 px and 1024 px, CFG batch 2 (f32)"
-    timeout 120 $B bench --device cuda --arch xl2-256 --forward --reps 10 --warmup 3
-    timeout 120 $B bench --device cuda --arch xl2-1024 --forward --reps 5 --warmup 2
-    echo "== 20-step denoise, PixArt-XL-2 256 px, paper schedules (f32)"
-    timeout 150 $B bench --device cuda --arch xl2-256 --warmup 1 --reps 3 \
-        --schedule $P/pixart_alpha_256/ours_fast.json --schedule $P/pixart_alpha_256/ours_faster.json \
-        --schedule $P/pixart_alpha_256/ours_fastest.json
+    echo "== forward benchmark, PixArt-α XL-2, one CFG step (batch 2): bf16 (the target), f16, f32"
+    for dt in bf16 f16 f32; do
+        timeout 60 $B bench --device cuda --dtype $dt --arch xl2-256 --forward --reps 20 --warmup 5
+        timeout 90 $B bench --device cuda --dtype $dt --arch xl2-1024 --forward --reps 10 --warmup 3
+    done
+    S="--schedule $P/pixart_alpha_256/ours_fast.json --schedule $P/pixart_alpha_256/ours_faster.json --schedule $P/pixart_alpha_256/ours_fastest.json"
+    echo "== 20-step denoise bf16, PixArt-α XL-2 256 px, uncached and the paper schedules"
+    timeout 120 $B bench --device cuda --dtype bf16 --arch xl2-256 --warmup 2 --reps 5 $S
+    echo "== 20-step denoise bf16, PixArt-α XL-2 1024 px, uncached and the paper schedules"
+    timeout 150 $B bench --device cuda --dtype bf16 --arch xl2-1024 --warmup 1 --reps 3 $S
 } 2>&1 | tee "$LOG"
 echo "== summary"
 grep -E "rel L2|median|test result|SKIPPED|panicked|^uncached|^[a-z_-]+gen_" "$LOG" | tail -50
