@@ -124,26 +124,29 @@ ECAD_FOR_DTYPES(ECAD_ATTN)
 //
 // - A block of 4 warps handles MQ = 64 queries of one (batch, head), 16 rows per warp; the
 //   warp keeps its Q rows as A fragments in registers for the whole pass (Q is read once).
-// - K and V stream through shared memory in tiles of MK = 64 keys, stored [key][dim] in T with
-//   rows padded by 8 elements (16 bytes) so that the quads of a warp, which read rows 2t apart,
-//   start in different banks. DP is the head dim rounded up to 16 (72 -> 80); the padding
-//   dims are zero-filled, so they add nothing to Q·Kᵀ and produce columns that are not written.
+// - K and V stream through shared memory in tiles of MK = 64 keys, read from global memory in
+//   16-byte vectors (the head dims served, 64/72/128, are multiples of 8 values, so every row
+//   start is 16-byte aligned). K is stored [key][dim] and V transposed, [dim][key], so that
+//   both B fragments are pairs of adjacent values: one 32-bit shared load each. Rows are
+//   padded by 8 values (16 bytes): the 8 row groups of a warp then start 4 or 12 banks apart
+//   and a fragment load touches 32 distinct banks. DP is the head dim rounded up to 16
+//   (72 -> 80); the padding dims are zero-filled, so they add nothing to Q·Kᵀ and produce
+//   output columns that are not written.
 // - S = Q·Kᵀ for 16 x 64 lands in registers in the C layout; a quad (4 lanes) shares each row,
 //   so row max and row sum are two xor-shuffles. The probabilities are re-packed from the C
 //   layout of two adjacent 8-key tiles straight into the A layout of the next mma (no shared
 //   memory round trip), rounded to T as FlashAttention does; the row sums use the f32 values.
-// - Shared memory: 2 x 64 x (128 + 8) x 2 bytes = 34 KB at DP = 128, under the 48 KB static
-//   limit, so two blocks fit per SM alongside the ~170 registers a thread needs.
+// - Shared memory: 64 x (128 + 8) x 2 + 128 x (64 + 8) x 2 bytes = 35 KB at DP = 128, under
+//   the 48 KB static limit.
 #define MQ 64
 #define MK 64
 #define SPAD 8
 
 template <typename T>
 __device__ __forceinline__ unsigned q_pair(const T *qb, long hd, int row, int sq, int c, int d) {
-    // d is even, so c < d implies c + 1 < d.
+    // d is even, so c < d implies c + 1 < d; the pair is 4-byte aligned (hd, d and c even).
     if (row >= sq || c >= d) return 0u;
-    const T *p = qb + (long)row * hd + c;
-    return pack2t<T>(p[0], p[1]);
+    return ld32(qb + (long)row * hd + c);
 }
 
 template <typename T, int DP>
@@ -151,14 +154,13 @@ __device__ void attention_mma_impl(const T *__restrict__ q, const T *__restrict_
                                    T *__restrict__ out, const float *__restrict__ key_bias,
                                    const float *__restrict__ head_bias, int sq, int sk, int heads, int d,
                                    float scale, int causal) {
-    __shared__ T ks[MK][DP + SPAD];
-    __shared__ T vs[MK][DP + SPAD];
+    __shared__ alignas(16) T ks[MK][DP + SPAD];
+    __shared__ alignas(16) T vt[DP][MK + SPAD];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y;
     const int r0 = blockIdx.x * MQ + warp * 16 + g, r1 = r0 + 8;
     const long hd = (long)heads * d;
-    const T zero = from_f32<T>(0.0f);
 
     const T *qb = q + (long)b * sq * hd + (long)h * d;
     unsigned qa[DP / 16][4];
@@ -179,12 +181,21 @@ __device__ void attention_mma_impl(const T *__restrict__ q, const T *__restrict_
     const int kend = causal ? min(sk, (int)(blockIdx.x + 1) * MQ) : sk;
     for (int k0 = 0; k0 < kend; k0 += MK) {
         __syncthreads();
-        for (int i = threadIdx.x; i < MK * DP; i += blockDim.x) {
-            const int r = i / DP, c = i % DP;
-            const bool ok = (k0 + r < sk) && (c < d);
-            const long off = ((long)b * sk + k0 + r) * hd + (long)h * d + c;
-            ks[r][c] = ok ? k[off] : zero;
-            vs[r][c] = ok ? v[off] : zero;
+        for (int i = threadIdx.x; i < MK * (DP / 8); i += blockDim.x) {
+            const int r = i / (DP / 8), c = (i % (DP / 8)) * 8;
+            u32x4 kv = {0u, 0u, 0u, 0u}, vv = {0u, 0u, 0u, 0u};
+            if (k0 + r < sk && c < d) {  // d % 8 == 0: a chunk is all inside or all padding
+                const long off = ((long)b * sk + k0 + r) * hd + (long)h * d + c;
+                kv = ld128(k + off);
+                vv = ld128(v + off);
+            }
+            st128(&ks[r][c], kv);
+            const unsigned w[4] = {vv.x, vv.y, vv.z, vv.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                vt[c + 2 * j][r] = from_bits<T>(w[j] & 0xffffu);
+                vt[c + 2 * j + 1][r] = from_bits<T>(w[j] >> 16);
+            }
         }
         __syncthreads();
 
@@ -197,7 +208,7 @@ __device__ void attention_mma_impl(const T *__restrict__ q, const T *__restrict_
 #pragma unroll
             for (int nt = 0; nt < MK / 8; ++nt) {
                 const T *kr = &ks[nt * 8 + g][kk * 16 + 2 * t];
-                const unsigned bb[2] = {pack2t<T>(kr[0], kr[1]), pack2t<T>(kr[8], kr[9])};
+                const unsigned bb[2] = {ld32(kr), ld32(kr + 8)};
                 mma_16816<T>(s[nt], qa[kk], bb);
             }
         }
@@ -263,12 +274,10 @@ __device__ void attention_mma_impl(const T *__restrict__ q, const T *__restrict_
             const unsigned pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
                                     pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                                     pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-            const int kr = kk * 16 + 2 * t;
 #pragma unroll
             for (int nt = 0; nt < DP / 8; ++nt) {
-                const int c = nt * 8 + g;
-                const unsigned bb[2] = {pack2t<T>(vs[kr][c], vs[kr + 1][c]),
-                                        pack2t<T>(vs[kr + 8][c], vs[kr + 9][c])};
+                const T *vr = &vt[nt * 8 + g][kk * 16 + 2 * t];
+                const unsigned bb[2] = {ld32(vr), ld32(vr + 8)};
                 mma_16816<T>(o[nt], pa, bb);
             }
         }

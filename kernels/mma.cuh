@@ -22,6 +22,15 @@ namespace ecad {
 __device__ __forceinline__ unsigned bits16(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
 __device__ __forceinline__ unsigned bits16(__half x) { return __half_as_ushort(x); }
 
+// A 16-bit pattern as T.
+template <typename T> __device__ __forceinline__ T from_bits(unsigned u);
+template <> __device__ __forceinline__ __nv_bfloat16 from_bits<__nv_bfloat16>(unsigned u) {
+    return __ushort_as_bfloat16((unsigned short)u);
+}
+template <> __device__ __forceinline__ __half from_bits<__half>(unsigned u) {
+    return __ushort_as_half((unsigned short)u);
+}
+
 // Two f32 values rounded to T and packed (lo in the low half).
 template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi) {
     return bits16(from_f32<T>(lo)) | (bits16(from_f32<T>(hi)) << 16);
@@ -30,6 +39,41 @@ template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float 
 // Two stored T values packed (lo in the low half).
 template <typename T> __device__ __forceinline__ unsigned pack2t(T lo, T hi) {
     return bits16(lo) | (bits16(hi) << 16);
+}
+
+// 16 bytes (eight 16-bit values): the unit of the vectorised global loads.
+struct alignas(16) u32x4 {
+    unsigned x, y, z, w;
+};
+
+// Two adjacent 16-bit values as one 32-bit word (p 4-byte aligned), and eight as 16 bytes (p
+// 16-byte aligned). The emulator copies bytes instead of type-punning through the pointer.
+template <typename T> __device__ __forceinline__ unsigned ld32(const T *p) {
+#ifdef ECAD_EMU
+    unsigned r;
+    __builtin_memcpy(&r, p, 4);
+    return r;
+#else
+    return *reinterpret_cast<const unsigned *>(p);
+#endif
+}
+
+template <typename T> __device__ __forceinline__ u32x4 ld128(const T *p) {
+#ifdef ECAD_EMU
+    u32x4 r;
+    __builtin_memcpy(&r, p, 16);
+    return r;
+#else
+    return *reinterpret_cast<const u32x4 *>(p);
+#endif
+}
+
+template <typename T> __device__ __forceinline__ void st128(T *p, u32x4 v) {
+#ifdef ECAD_EMU
+    __builtin_memcpy(p, &v, 16);
+#else
+    *reinterpret_cast<u32x4 *>(p) = v;
+#endif
 }
 
 template <typename T> struct is_bf16_t { static const int value = 0; };
