@@ -8,8 +8,8 @@
 //! points ECAD_CUDA_INCLUDE at its headers. Elsewhere it prints SKIPPED and why.
 
 use ecad_native::backend::cuda::{
-    cuda_include_dir, inline_headers, nvrtc_compile, nvrtc_present, ptx_entries,
-    KERNEL_SOURCES, PREBUILT_KERNELS,
+    cuda_include_dir, inline_headers, nvrtc_compile, nvrtc_present, ptx_entries, KERNEL_SOURCES,
+    PREBUILT_KERNELS,
 };
 
 #[test]
@@ -38,12 +38,20 @@ fn every_kernel_compiles_with_nvrtc_and_matches_the_nvcc_entry_points() {
                 assert!(!entries.is_empty(), "{name}: no kernel entry in the PTX");
                 assert!(ptx.contains(".target sm_80"), "{name}: not compute_80 PTX");
                 if let Some((_, nvcc_ptx, _)) = PREBUILT_KERNELS.iter().find(|k| k.0 == *name) {
-                    assert_eq!(entries, ptx_entries(nvcc_ptx), "{name}: entry points differ");
+                    assert_eq!(
+                        entries,
+                        ptx_entries(nvcc_ptx),
+                        "{name}: entry points differ"
+                    );
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "NVRTC failed:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "NVRTC failed:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -18,6 +18,7 @@
 //!   are driven by the pipeline through backend-specific hooks with no-op CPU defaults.
 
 pub mod bf16;
+pub mod check;
 pub mod cpu;
 pub mod cuda;
 
@@ -87,7 +88,9 @@ impl Precision {
         match self {
             Precision::F32 => {}
             Precision::Bf16 => round_bf16_slice(v),
-            Precision::F16 => v.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
+            Precision::F16 => v
+                .iter_mut()
+                .for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
         }
     }
 }

@@ -143,7 +143,11 @@ impl DeviceOpts {
         if self.dtype != DtypeArg::F32 {
             anyhow::bail!(
                 "--dtype {} is not supported by this command yet; use --dtype f32",
-                if self.dtype == DtypeArg::Bf16 { "bf16" } else { "f16" }
+                if self.dtype == DtypeArg::Bf16 {
+                    "bf16"
+                } else {
+                    "f16"
+                }
             );
         }
         self.f32_device()

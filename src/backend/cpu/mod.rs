@@ -4,7 +4,7 @@
 
 mod vmath;
 
-use super::{shape_err, Activation, BResult, Backend, Precision, Tensor};
+use super::{check, shape_err, Activation, BResult, Backend, Precision, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -175,16 +175,6 @@ fn par_chunks_mut(v: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + S
     }
 }
 
-/// Broadcast check: `b`'s shape must equal a suffix of `a`'s (after dropping leading 1s of `b`).
-fn suffix_broadcast(op: &'static str, a: &[usize], b: &[usize]) -> BResult<usize> {
-    let bn: usize = b.iter().product();
-    let trimmed: Vec<usize> = b.iter().copied().skip_while(|&d| d == 1).collect();
-    if trimmed.len() > a.len() || a[a.len() - trimmed.len()..] != trimmed[..] || bn == 0 {
-        return shape_err(op, format!("cannot broadcast {b:?} onto {a:?}"));
-    }
-    Ok(bn)
-}
-
 impl Backend for CpuBackend {
     type Buffer = Vec<f32>;
 
@@ -210,19 +200,7 @@ impl Backend for CpuBackend {
     fn permute(&self, x: &Tensor<Self>, perm: &[usize]) -> BResult<Tensor<Self>> {
         let _p = profile::op("permute");
         let nd = x.dims();
-        if perm.len() != nd || nd > 6 {
-            return shape_err(
-                "permute",
-                format!("perm {perm:?} for shape {:?}", x.shape()),
-            );
-        }
-        let mut seen = [false; 6];
-        for &p in perm {
-            if p >= nd || seen[p] {
-                return shape_err("permute", format!("invalid perm {perm:?}"));
-            }
-            seen[p] = true;
-        }
+        check::permute(x.shape(), perm)?;
         let src = x.buffer();
         let ishape = x.shape();
         let mut istride = vec![1usize; nd];
@@ -265,14 +243,7 @@ impl Backend for CpuBackend {
         len: usize,
     ) -> BResult<Tensor<Self>> {
         let _p = profile::op("narrow");
-        if dim >= x.dims() || start + len > x.dim(dim) {
-            return shape_err(
-                "narrow",
-                format!("[{start}, {}) of dim {dim} of {:?}", start + len, x.shape()),
-            );
-        }
-        let outer: usize = x.shape()[..dim].iter().product();
-        let inner: usize = x.shape()[dim + 1..].iter().product();
+        let (outer, inner) = check::narrow(x.shape(), dim, start, len)?;
         let d = x.dim(dim);
         let src = x.buffer();
         let mut out = Vec::with_capacity(outer * len * inner);
@@ -287,25 +258,8 @@ impl Backend for CpuBackend {
 
     fn concat(&self, xs: &[&Tensor<Self>], dim: usize) -> BResult<Tensor<Self>> {
         let _p = profile::op("concat");
-        let Some(first) = xs.first() else {
-            return shape_err("concat", "no tensors");
-        };
-        let nd = first.dims();
-        if dim >= nd {
-            return shape_err("concat", format!("dim {dim} of {:?}", first.shape()));
-        }
-        for x in xs {
-            let ok = x.dims() == nd && (0..nd).all(|i| i == dim || x.dim(i) == first.dim(i));
-            if !ok {
-                return shape_err(
-                    "concat",
-                    format!("{:?} vs {:?} along {dim}", first.shape(), x.shape()),
-                );
-            }
-        }
-        let outer: usize = first.shape()[..dim].iter().product();
-        let inner: usize = first.shape()[dim + 1..].iter().product();
-        let total: usize = xs.iter().map(|x| x.dim(dim)).sum();
+        let (outer, inner, total) = check::concat(xs, dim)?;
+        let first = xs[0];
         let mut out = Vec::with_capacity(outer * total * inner);
         for o in 0..outer {
             for x in xs {
@@ -326,18 +280,7 @@ impl Backend for CpuBackend {
         act: Activation,
     ) -> BResult<Tensor<Self>> {
         let _p = profile::op("linear");
-        if w.dims() != 2 || x.last_dim() != w.dim(1) {
-            return shape_err(
-                "linear",
-                format!("input {:?} with weight {:?}", x.shape(), w.shape()),
-            );
-        }
-        let (m, k, n) = (x.rows(), w.dim(1), w.dim(0));
-        if let Some(b) = b {
-            if b.numel() != n {
-                return shape_err("linear", format!("bias {:?} for {n} outputs", b.shape()));
-            }
-        }
+        let (m, k, n) = check::linear(x, w, b)?;
         // The bias is written first and the GEMM accumulates onto it (no extra pass).
         let bias_first = b.is_some();
         let mut out = match b {
@@ -392,19 +335,9 @@ impl Backend for CpuBackend {
         padding: usize,
     ) -> BResult<Tensor<Self>> {
         let _p = profile::op("conv2d");
-        if x.dims() != 4 || w.dims() != 4 || x.dim(1) != w.dim(1) || stride == 0 {
-            return shape_err(
-                "conv2d",
-                format!("input {:?} with weight {:?}", x.shape(), w.shape()),
-            );
-        }
-        let (bn, cin, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
-        let (cout, kh, kw) = (w.dim(0), w.dim(2), w.dim(3));
-        if h + 2 * padding < kh || wd + 2 * padding < kw {
-            return shape_err("conv2d", "kernel larger than padded input");
-        }
-        let ho = (h + 2 * padding - kh) / stride + 1;
-        let wo = (wd + 2 * padding - kw) / stride + 1;
+        let cd = check::conv2d(x, w, b, stride, padding)?;
+        let (bn, cin, h, wd) = (cd.batch, cd.cin, cd.h, cd.w);
+        let (cout, kh, kw, ho, wo) = (cd.cout, cd.kh, cd.kw, cd.ho, cd.wo);
         let kk = cin * kh * kw;
         let hw = ho * wo;
         let mut out = vec![0f32; bn * cout * hw];
@@ -466,9 +399,6 @@ impl Backend for CpuBackend {
             }
         }
         if let Some(b) = b {
-            if b.numel() != cout {
-                return shape_err("conv2d", format!("bias {:?} for {cout} outputs", b.shape()));
-            }
             let bias = b.buffer();
             par_chunks_mut(&mut out, hw.max(1), |r, plane| {
                 let bv = bias[r % cout];
@@ -490,31 +420,8 @@ impl Backend for CpuBackend {
         causal: bool,
     ) -> BResult<Tensor<Self>> {
         let _p = profile::op("attention");
-        if q.dims() != 3 || k.dims() != 3 || v.shape() != k.shape() || heads == 0 {
-            return shape_err(
-                "attention",
-                format!("q {:?}, k {:?}, v {:?}", q.shape(), k.shape(), v.shape()),
-            );
-        }
-        let (b, sq, hd) = (q.dim(0), q.dim(1), q.dim(2));
-        let sk = k.dim(1);
-        if k.dim(0) != b || k.dim(2) != hd || hd % heads != 0 {
-            return shape_err(
-                "attention",
-                format!("q {:?}, k {:?}, heads {heads}", q.shape(), k.shape()),
-            );
-        }
-        let d = hd / heads;
-        if let Some(kb) = key_bias {
-            if kb.numel() != b * sk {
-                return shape_err("attention", format!("key bias {:?}", kb.shape()));
-            }
-        }
-        if let Some(hb) = head_bias {
-            if hb.numel() != heads * sq * sk {
-                return shape_err("attention", format!("head bias {:?}", hb.shape()));
-            }
-        }
+        let ad = check::attention(q, k, v, heads, key_bias, head_bias)?;
+        let (b, sq, sk, hd, d) = (ad.batch, ad.sq, ad.sk, ad.hd, ad.d);
         let mut out = vec![0f32; b * sq * hd];
         let optr = SendPtr(out.as_mut_ptr());
         let (qb, kbuf, vb) = (q.buffer(), k.buffer(), v.buffer());
@@ -606,11 +513,7 @@ impl Backend for CpuBackend {
     ) -> BResult<Tensor<Self>> {
         let _p = profile::op("layer_norm");
         let d = x.last_dim();
-        for p in [weight, bias].into_iter().flatten() {
-            if p.numel() != d {
-                return shape_err("layer_norm", format!("param {:?} for dim {d}", p.shape()));
-            }
-        }
+        check::norm_params("layer_norm", d, &[weight, bias])?;
         let mut out = x.buffer().clone();
         let (w, b) = (weight.map(|w| w.buffer()), bias.map(|b| b.buffer()));
         par_chunks_mut(&mut out, d, |_, row| {
@@ -633,19 +536,8 @@ impl Backend for CpuBackend {
         eps: f32,
     ) -> BResult<Tensor<Self>> {
         let _p = profile::op("layer_norm_modulate");
+        check::layer_norm_modulate(x, shift, scale)?;
         let d = x.last_dim();
-        let b = x.dim(0);
-        if x.dims() != 3 || shift.numel() != b * d || scale.numel() != b * d {
-            return shape_err(
-                "layer_norm_modulate",
-                format!(
-                    "x {:?}, shift {:?}, scale {:?}",
-                    x.shape(),
-                    shift.shape(),
-                    scale.shape()
-                ),
-            );
-        }
         let t = x.dim(1);
         let mut out = x.buffer().clone();
         let (sh, sc) = (shift.buffer(), scale.buffer());
@@ -669,11 +561,7 @@ impl Backend for CpuBackend {
     ) -> BResult<Tensor<Self>> {
         let _p = profile::op("rms_norm");
         let d = x.last_dim();
-        if let Some(w) = weight {
-            if w.numel() != d {
-                return shape_err("rms_norm", format!("weight {:?} for dim {d}", w.shape()));
-            }
-        }
+        check::norm_params("rms_norm", d, &[weight])?;
         let mut out = x.buffer().clone();
         let w = weight.map(|w| w.buffer());
         par_chunks_mut(&mut out, d, |_, row| {
@@ -700,16 +588,8 @@ impl Backend for CpuBackend {
         silu_after: bool,
     ) -> BResult<Tensor<Self>> {
         let _p = profile::op("group_norm");
-        if x.dims() != 4 || groups == 0 || x.dim(1) % groups != 0 {
-            return shape_err(
-                "group_norm",
-                format!("{:?} into {groups} groups", x.shape()),
-            );
-        }
+        check::group_norm(x, groups, weight, bias)?;
         let c = x.dim(1);
-        if weight.numel() != c || bias.numel() != c {
-            return shape_err("group_norm", "affine params do not match channels");
-        }
         let hw = x.dim(2) * x.dim(3);
         let cg = c / groups;
         let mut out = x.buffer().clone();
@@ -741,7 +621,7 @@ impl Backend for CpuBackend {
 
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> BResult<Tensor<Self>> {
         let _p = profile::op("add");
-        let bn = suffix_broadcast("add", a.shape(), b.shape())?;
+        let bn = check::broadcast("add", a.shape(), b.shape())?;
         let mut out = a.buffer().clone();
         let bb = b.buffer();
         par_chunks_mut(&mut out, bn, |_, c| {
@@ -752,7 +632,7 @@ impl Backend for CpuBackend {
 
     fn mul(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> BResult<Tensor<Self>> {
         let _p = profile::op("mul");
-        let bn = suffix_broadcast("mul", a.shape(), b.shape())?;
+        let bn = check::broadcast("mul", a.shape(), b.shape())?;
         let mut out = a.buffer().clone();
         let bb = b.buffer();
         par_chunks_mut(&mut out, bn, |_, c| {
@@ -763,12 +643,8 @@ impl Backend for CpuBackend {
 
     fn lincomb(&self, terms: &[(f32, &Tensor<Self>)]) -> BResult<Tensor<Self>> {
         let _p = profile::op("lincomb");
-        let Some((_, first)) = terms.first() else {
-            return shape_err("lincomb", "no terms");
-        };
-        if terms.iter().any(|(_, t)| t.shape() != first.shape()) {
-            return shape_err("lincomb", "terms differ in shape");
-        }
+        check::lincomb(terms)?;
+        let first = terms[0].1;
         let n = first.numel();
         let mut out = vec![0f32; n];
         par_chunks_mut(&mut out, 4096, |ci, c| {
@@ -788,18 +664,8 @@ impl Backend for CpuBackend {
         branch: &Tensor<Self>,
     ) -> BResult<Tensor<Self>> {
         let _p = profile::op("gate_residual");
-        if x.shape() != branch.shape() || x.dims() != 3 {
-            return shape_err(
-                "gate_residual",
-                format!("x {:?}, branch {:?}", x.shape(), branch.shape()),
-            );
-        }
-        let (b, t, d) = (x.dim(0), x.dim(1), x.dim(2));
-        if let Some(g) = gate {
-            if g.numel() != b * d {
-                return shape_err("gate_residual", format!("gate {:?}", g.shape()));
-            }
-        }
+        check::gate_residual(x, gate, branch)?;
+        let (t, d) = (x.dim(1), x.dim(2));
         let mut out = x.buffer().clone();
         let br = branch.buffer();
         let gb = gate.map(|g| g.buffer());
@@ -826,14 +692,7 @@ impl Backend for CpuBackend {
         heads: usize,
     ) -> BResult<Tensor<Self>> {
         let _p = profile::op("rope");
-        if x.dims() != 3 || heads == 0 || x.dim(2) % heads != 0 {
-            return shape_err("rope", format!("x {:?} with {heads} heads", x.shape()));
-        }
-        let (s, hd) = (x.dim(1), x.dim(2));
-        let d = hd / heads;
-        if d % 2 != 0 || cos.numel() != s * d / 2 || sin.numel() != s * d / 2 {
-            return shape_err("rope", format!("tables {:?} for S={s}, D={d}", cos.shape()));
-        }
+        let (s, hd, d) = check::rope(x, cos, sin, heads)?;
         let mut out = x.buffer().clone();
         let (cb, sb) = (cos.buffer(), sin.buffer());
         par_chunks_mut(&mut out, hd, |r, row| {
@@ -853,16 +712,10 @@ impl Backend for CpuBackend {
 
     fn embedding(&self, table: &Tensor<Self>, ids: &[u32]) -> BResult<Tensor<Self>> {
         let _p = profile::op("embedding");
-        if table.dims() != 2 {
-            return shape_err("embedding", format!("table {:?}", table.shape()));
-        }
-        let (v, d) = (table.dim(0), table.dim(1));
+        let (_, d) = check::embedding(table, ids)?;
         let mut out = Vec::with_capacity(ids.len() * d);
         for &id in ids {
             let id = id as usize;
-            if id >= v {
-                return shape_err("embedding", format!("token id {id} outside vocabulary {v}"));
-            }
             out.extend_from_slice(&table.buffer()[id * d..(id + 1) * d]);
         }
         Ok(self.wrap(out, vec![ids.len(), d]))
@@ -882,9 +735,7 @@ impl Backend for CpuBackend {
 
     fn upsample_nearest2x(&self, x: &Tensor<Self>) -> BResult<Tensor<Self>> {
         let _p = profile::op("upsample_nearest2x");
-        if x.dims() != 4 {
-            return shape_err("upsample_nearest2x", format!("{:?}", x.shape()));
-        }
+        check::nchw("upsample_nearest2x", x)?;
         let (n, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
         let src = x.buffer();
         let mut out = vec![0f32; n * c * 4 * h * w];

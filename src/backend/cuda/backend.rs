@@ -22,7 +22,9 @@
 //! CUDA driver is present (SKIPPED otherwise; scripts/gpu-check.sh runs it on a GPU machine).
 
 use super::KERNEL_SOURCES;
-use crate::backend::{shape_err, Activation, BResult, Backend, BackendError, Precision, Tensor};
+use crate::backend::{
+    check, shape_err, Activation, BResult, Backend, BackendError, Precision, Tensor,
+};
 use cudarc::cublas::CudaBlas;
 use cudarc::cublaslt::{result as lt, sys as ltsys};
 use cudarc::driver::{
@@ -341,7 +343,8 @@ impl CudaBackend {
     /// An uninitialised buffer of `n` elements of `dtype` (every op writes all of its output).
     fn alloc_dt(&self, n: usize, dtype: DType) -> BResult<DevBuf> {
         let bytes = n.max(1) * dtype.size();
-        let data = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(|e| self.alloc_err(e, bytes))?;
+        let data =
+            unsafe { self.stream.alloc::<u8>(bytes) }.map_err(|e| self.alloc_err(e, bytes))?;
         Ok(DevBuf {
             dtype,
             len: n,
@@ -580,17 +583,7 @@ impl CudaBackend {
     }
 
     fn binary(&self, a: &Tensor<Self>, b: &Tensor<Self>, op: i32) -> BResult<Tensor<Self>> {
-        let bn = b.numel();
-        let trimmed: Vec<usize> = b.shape().iter().copied().skip_while(|&d| d == 1).collect();
-        if bn == 0
-            || trimmed.len() > a.dims()
-            || a.shape()[a.dims() - trimmed.len()..] != trimmed[..]
-        {
-            return shape_err(
-                "binary",
-                format!("cannot broadcast {:?} onto {:?}", b.shape(), a.shape()),
-            );
-        }
+        let bn = check::broadcast(if op == 0 { "add" } else { "mul" }, a.shape(), b.shape())?;
         let (ai, bi) = (self.input(a)?, self.input(b)?);
         let n = a.numel();
         let mut out = self.alloc(n)?;
@@ -778,7 +771,9 @@ fn load_kernel_module(
             }
         ))
     })?;
-    let m = ctx.load_module(Ptx::from_src(ptx.clone())).map_err(dev_err)?;
+    let m = ctx
+        .load_module(Ptx::from_src(ptx.clone()))
+        .map_err(dev_err)?;
     Ok((m, ptx))
 }
 
@@ -862,9 +857,7 @@ impl Backend for CudaBackend {
 
     fn permute(&self, x: &Tensor<Self>, perm: &[usize]) -> BResult<Tensor<Self>> {
         let nd = x.dims();
-        if perm.len() != nd || nd > 6 {
-            return shape_err("permute", format!("perm {perm:?} for {:?}", x.shape()));
-        }
+        check::permute(x.shape(), perm)?;
         let mut istride = vec![1i64; nd];
         for i in (0..nd.saturating_sub(1)).rev() {
             istride[i] = istride[i + 1] * x.dim(i + 1) as i64;
@@ -873,12 +866,7 @@ impl Backend for CudaBackend {
             out_shape: [1; 6],
             in_stride: [0; 6],
         };
-        let mut seen = [false; 6];
         for (i, &pi) in perm.iter().enumerate() {
-            if pi >= nd || seen[pi] {
-                return shape_err("permute", format!("invalid perm {perm:?}"));
-            }
-            seen[pi] = true;
             p.out_shape[6 - nd + i] = x.dim(pi) as i64;
             p.in_stride[6 - nd + i] = istride[pi];
         }
@@ -899,14 +887,7 @@ impl Backend for CudaBackend {
         start: usize,
         len: usize,
     ) -> BResult<Tensor<Self>> {
-        if dim >= x.dims() || start + len > x.dim(dim) {
-            return shape_err(
-                "narrow",
-                format!("[{start}, +{len}) of dim {dim} of {:?}", x.shape()),
-            );
-        }
-        let outer: usize = x.shape()[..dim].iter().product();
-        let inner: usize = x.shape()[dim + 1..].iter().product();
+        let (outer, inner) = check::narrow(x.shape(), dim, start, len)?;
         let xb = x.buffer();
         let mut out = self.alloc_dt(outer * len * inner, xb.dtype)?;
         self.copy_window(xb, &mut out, outer, x.dim(dim), len, inner, start, len, 0)?;
@@ -916,26 +897,14 @@ impl Backend for CudaBackend {
     }
 
     fn concat(&self, xs: &[&Tensor<Self>], dim: usize) -> BResult<Tensor<Self>> {
-        let Some(first) = xs.first() else {
-            return shape_err("concat", "no tensors");
-        };
-        let nd = first.dims();
-        if dim >= nd
-            || xs
-                .iter()
-                .any(|x| x.dims() != nd || (0..nd).any(|i| i != dim && x.dim(i) != first.dim(i)))
-        {
-            return shape_err("concat", format!("incompatible shapes along {dim}"));
-        }
+        let (outer, inner, total) = check::concat(xs, dim)?;
+        let first = xs[0];
         // Mixed dtypes meet in the storage dtype; all-f32 islands stay f32.
         let dt = if xs.iter().all(|x| x.buffer().dtype == first.buffer().dtype) {
             first.buffer().dtype
         } else {
             self.dtype
         };
-        let outer: usize = first.shape()[..dim].iter().product();
-        let inner: usize = first.shape()[dim + 1..].iter().product();
-        let total: usize = xs.iter().map(|x| x.dim(dim)).sum();
         let mut out = self.alloc_dt(outer * total * inner, dt)?;
         let mut offset = 0usize;
         for x in xs {
@@ -956,19 +925,7 @@ impl Backend for CudaBackend {
         b: Option<&Tensor<Self>>,
         act: Activation,
     ) -> BResult<Tensor<Self>> {
-        if w.dims() != 2 || x.last_dim() != w.dim(1) || b.is_some_and(|b| b.numel() != w.dim(0))
-        {
-            return shape_err(
-                "linear",
-                format!(
-                    "{:?} · {:?}ᵀ + {:?}",
-                    x.shape(),
-                    w.shape(),
-                    b.map(|b| b.shape().to_vec())
-                ),
-            );
-        }
-        let (m, k, n) = (x.rows(), w.dim(1), w.dim(0));
+        let (m, k, n) = check::linear(x, w, b)?;
         let (xi, wi) = (self.input(x)?, self.input(w)?);
         let bi = b.map(|b| self.input(b)).transpose()?;
         let mut out = self.alloc(m * n)?;
@@ -986,23 +943,26 @@ impl Backend for CudaBackend {
         stride: usize,
         padding: usize,
     ) -> BResult<Tensor<Self>> {
-        if x.dims() != 4 || w.dims() != 4 || x.dim(1) != w.dim(1) || stride == 0 {
-            return shape_err("conv2d", format!("{:?} with {:?}", x.shape(), w.shape()));
-        }
-        let (bn, cin, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
-        let (cout, kh, kw) = (w.dim(0), w.dim(2), w.dim(3));
-        if h + 2 * padding < kh || wd + 2 * padding < kw {
-            return shape_err("conv2d", "kernel larger than padded input");
-        }
-        let ho = (h + 2 * padding - kh) / stride + 1;
-        let wo = (wd + 2 * padding - kw) / stride + 1;
+        let cd = check::conv2d(x, w, b, stride, padding)?;
+        let (bn, cin, h, wd) = (cd.batch, cd.cin, cd.h, cd.w);
+        let (cout, kh, kw, ho, wo) = (cd.cout, cd.kh, cd.kw, cd.ho, cd.wo);
         let (kk, hw) = (cin * kh * kw, ho * wo);
         let wmat = w.reshape(&[cout, kk])?;
         let xi = self.input(x)?;
         let mut planes = Vec::with_capacity(bn);
         for bi in 0..bn {
             let mut img = self.alloc(cin * h * wd)?;
-            self.copy_window(&xi, &mut img, 1, bn * cin * h * wd, cin * h * wd, 1, bi * cin * h * wd, cin * h * wd, 0)?;
+            self.copy_window(
+                &xi,
+                &mut img,
+                1,
+                bn * cin * h * wd,
+                cin * h * wd,
+                1,
+                bi * cin * h * wd,
+                cin * h * wd,
+                0,
+            )?;
             let mut cols = self.alloc(kk * hw)?;
             let a: [i32; 9] = [
                 cin as i32,
@@ -1041,30 +1001,14 @@ impl Backend for CudaBackend {
         head_bias: Option<&Tensor<Self>>,
         causal: bool,
     ) -> BResult<Tensor<Self>> {
-        if q.dims() != 3 || k.dims() != 3 || v.shape() != k.shape() || heads == 0 {
-            return shape_err("attention", format!("q {:?} k {:?}", q.shape(), k.shape()));
-        }
-        let (b, sq, hd) = (q.dim(0), q.dim(1), q.dim(2));
-        let sk = k.dim(1);
-        if k.dim(0) != b || k.dim(2) != hd || hd % heads != 0 || hd / heads > 128 {
+        let ad = check::attention(q, k, v, heads, key_bias, head_bias)?;
+        let (b, sq, sk, hd, d) = (ad.batch, ad.sq, ad.sk, ad.hd, ad.d);
+        if d > 128 {
             return shape_err(
                 "attention",
-                format!(
-                    "q {:?} k {:?} heads {heads} (head dim ≤ 128)",
-                    q.shape(),
-                    k.shape()
-                ),
+                format!("head dim {d}: the CUDA kernels take head dims up to 128"),
             );
         }
-        if key_bias.is_some_and(|t| t.numel() != b * sk)
-            || head_bias.is_some_and(|t| t.numel() != heads * sq * sk)
-        {
-            return shape_err(
-                "attention",
-                format!("bias shapes for B={b}, H={heads}, Sq={sq}, Sk={sk}"),
-            );
-        }
-        let d = hd / heads;
         let (qi, ki, vi) = (self.input(q)?, self.input(k)?, self.input(v)?);
         let kb = key_bias.map(|t| self.input_f32(t)).transpose()?;
         let hb = head_bias.map(|t| self.input_f32(t)).transpose()?;
@@ -1126,16 +1070,16 @@ impl Backend for CudaBackend {
         eps: f32,
     ) -> BResult<Tensor<Self>> {
         let d = x.last_dim();
-        if weight.is_some_and(|t| t.numel() != d) || bias.is_some_and(|t| t.numel() != d) {
-            return shape_err("layer_norm", format!("affine params for width {d}"));
-        }
+        check::norm_params("layer_norm", d, &[weight, bias])?;
         let xi = self.input(x)?;
         let wi = weight.map(|t| self.input(t)).transpose()?;
         let bi = bias.map(|t| self.input(t)).transpose()?;
         let mut out = self.alloc(x.numel())?;
         let null: u64 = 0;
         let d32 = d as i32;
-        let mut l = self.stream.launch_builder(self.kf("layer_norm", self.dtype)?);
+        let mut l = self
+            .stream
+            .launch_builder(self.kf("layer_norm", self.dtype)?);
         l.arg(&xi.data);
         match &wi {
             Some(t) => l.arg(&t.data),
@@ -1157,9 +1101,7 @@ impl Backend for CudaBackend {
         scale: &Tensor<Self>,
         eps: f32,
     ) -> BResult<Tensor<Self>> {
-        if x.dims() != 3 || shift.numel() != x.dim(0) * x.dim(2) || scale.numel() != shift.numel() {
-            return shape_err("layer_norm_modulate", format!("{:?}", x.shape()));
-        }
+        check::layer_norm_modulate(x, shift, scale)?;
         let (xi, sh, sc) = (self.input(x)?, self.input(shift)?, self.input(scale)?);
         let mut out = self.alloc(x.numel())?;
         let (tokens, d) = (x.dim(1) as i64, x.dim(2) as i32);
@@ -1182,9 +1124,7 @@ impl Backend for CudaBackend {
         eps: f32,
     ) -> BResult<Tensor<Self>> {
         let d = x.last_dim();
-        if weight.is_some_and(|t| t.numel() != d) {
-            return shape_err("rms_norm", format!("weight for width {d}"));
-        }
+        check::norm_params("rms_norm", d, &[weight])?;
         let xi = self.input(x)?;
         let wi = weight.map(|t| self.input(t)).transpose()?;
         let mut out = self.alloc(x.numel())?;
@@ -1210,17 +1150,7 @@ impl Backend for CudaBackend {
         eps: f32,
         silu: bool,
     ) -> BResult<Tensor<Self>> {
-        if x.dims() != 4
-            || groups == 0
-            || x.dim(1) % groups != 0
-            || weight.numel() != x.dim(1)
-            || bias.numel() != x.dim(1)
-        {
-            return shape_err(
-                "group_norm",
-                format!("{:?} into {groups} groups", x.shape()),
-            );
-        }
+        check::group_norm(x, groups, weight, bias)?;
         let (xi, wi, bi) = (self.input(x)?, self.input(weight)?, self.input(bias)?);
         let mut out = self.alloc(x.numel())?;
         let (c, g, hw, s) = (
@@ -1229,7 +1159,9 @@ impl Backend for CudaBackend {
             (x.dim(2) * x.dim(3)) as i64,
             silu as i32,
         );
-        let mut l = self.stream.launch_builder(self.kf("group_norm", self.dtype)?);
+        let mut l = self
+            .stream
+            .launch_builder(self.kf("group_norm", self.dtype)?);
         l.arg(&xi.data)
             .arg(&wi.data)
             .arg(&bi.data)
@@ -1252,7 +1184,9 @@ impl Backend for CudaBackend {
             .map_err(dev_err)?;
         if act != Activation::None {
             let (n, code) = (x.numel() as i64, act_code(act));
-            let mut l = self.stream.launch_builder(self.kf("activation", self.dtype)?);
+            let mut l = self
+                .stream
+                .launch_builder(self.kf("activation", self.dtype)?);
             l.arg(&mut out.data).arg(&n).arg(&code);
             unsafe { l.launch(grid_for(x.numel())) }.map_err(dev_err)?;
         }
@@ -1268,12 +1202,8 @@ impl Backend for CudaBackend {
     }
 
     fn lincomb(&self, terms: &[(f32, &Tensor<Self>)]) -> BResult<Tensor<Self>> {
-        let Some((_, first)) = terms.first() else {
-            return shape_err("lincomb", "no terms");
-        };
-        if terms.iter().any(|(_, t)| t.shape() != first.shape()) {
-            return shape_err("lincomb", "terms differ in shape");
-        }
+        check::lincomb(terms)?;
+        let first = terms[0].1;
         let n = first.numel();
         let n64 = n as i64;
         let null: u64 = 0;
@@ -1324,21 +1254,15 @@ impl Backend for CudaBackend {
         gate: Option<&Tensor<Self>>,
         branch: &Tensor<Self>,
     ) -> BResult<Tensor<Self>> {
-        if x.shape() != branch.shape()
-            || x.dims() != 3
-            || gate.is_some_and(|g| g.numel() != x.dim(0) * x.dim(2))
-        {
-            return shape_err(
-                "gate_residual",
-                format!("{:?} vs {:?}", x.shape(), branch.shape()),
-            );
-        }
+        check::gate_residual(x, gate, branch)?;
         let (xi, bi) = (self.input(x)?, self.input(branch)?);
         let gi = gate.map(|g| self.input(g)).transpose()?;
         let mut out = self.alloc(x.numel())?;
         let null: u64 = 0;
         let (total, tokens, d) = (x.numel() as i64, x.dim(1) as i64, x.dim(2) as i32);
-        let mut l = self.stream.launch_builder(self.kf("gate_residual", self.dtype)?);
+        let mut l = self
+            .stream
+            .launch_builder(self.kf("gate_residual", self.dtype)?);
         l.arg(&xi.data);
         match &gi {
             Some(g) => l.arg(&g.data),
@@ -1360,14 +1284,7 @@ impl Backend for CudaBackend {
         sin: &Tensor<Self>,
         heads: usize,
     ) -> BResult<Tensor<Self>> {
-        if x.dims() != 3 || heads == 0 || x.dim(2) % heads != 0 {
-            return shape_err("rope", format!("x {:?} with {heads} heads", x.shape()));
-        }
-        let (s, hd) = (x.dim(1), x.dim(2));
-        let d = hd / heads;
-        if d % 2 != 0 || cos.numel() != s * d / 2 || sin.numel() != s * d / 2 {
-            return shape_err("rope", format!("tables {:?} for S={s}, D={d}", cos.shape()));
-        }
+        let (s, hd, d) = check::rope(x, cos, sin, heads)?;
         let xi = self.input(x)?;
         let (ci, si) = (self.input_f32(cos)?, self.input_f32(sin)?);
         let mut out = self.alloc(x.numel())?;
@@ -1386,16 +1303,7 @@ impl Backend for CudaBackend {
     }
 
     fn embedding(&self, table: &Tensor<Self>, ids: &[u32]) -> BResult<Tensor<Self>> {
-        if table.dims() != 2 {
-            return shape_err("embedding", format!("table {:?}", table.shape()));
-        }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= table.dim(0)) {
-            return shape_err(
-                "embedding",
-                format!("token id {bad} outside the vocabulary of {}", table.dim(0)),
-            );
-        }
-        let d = table.dim(1);
+        let (_, d) = check::embedding(table, ids)?;
         let tb = table.buffer();
         let mut out = self.alloc_dt(ids.len() * d, tb.dtype)?;
         if !ids.is_empty() {
@@ -1440,9 +1348,7 @@ impl Backend for CudaBackend {
     }
 
     fn upsample_nearest2x(&self, x: &Tensor<Self>) -> BResult<Tensor<Self>> {
-        if x.dims() != 4 {
-            return shape_err("upsample_nearest2x", format!("{:?}", x.shape()));
-        }
+        check::nchw("upsample_nearest2x", x)?;
         let (n, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
         let xb = x.buffer();
         let mut out = self.alloc_dt(n * c * 4 * h * w, xb.dtype)?;
@@ -1472,7 +1378,11 @@ mod tests {
             assert_eq!(bytes.len(), v.len() * dt.size());
             let back = dt.decode(&bytes);
             for (a, b) in v.iter().zip(&back) {
-                assert_eq!(dt.precision().round(*a).to_bits(), b.to_bits(), "{dt:?} {a}");
+                assert_eq!(
+                    dt.precision().round(*a).to_bits(),
+                    b.to_bits(),
+                    "{dt:?} {a}"
+                );
             }
         }
     }
@@ -1482,5 +1392,4 @@ mod tests {
         let ptx = "//\n.visible .entry layer_norm_f32(\n\t.param .u64 x\n)\n.entry k2 (\n";
         assert_eq!(super::ptx_entries(ptx), vec!["k2", "layer_norm_f32"]);
     }
-
 }

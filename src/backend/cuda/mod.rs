@@ -92,8 +92,7 @@ pub fn nvrtc_compile(name: &str, source: &str, include: &str) -> Result<String, 
 
 /// True when NVRTC can be loaded (probed without letting cudarc panic).
 pub fn nvrtc_present() -> bool {
-    std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() })
-        .unwrap_or(false)
+    std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false)
 }
 
 /// The on-disk NVRTC cache file for one kernel source under `cache` (the engine's cache folder,
@@ -233,8 +232,16 @@ mod tests {
     fn headers_are_inlined_once() {
         let src = "#include \"mma.cuh\"\n#include \"common.cuh\"\nint x;";
         let full = super::inline_headers(src);
-        assert_eq!(full.matches("namespace ecad {").count(), 2, "common.cuh + mma.cuh");
-        assert_eq!(full.matches("__device__ __forceinline__ float warp_sum").count(), 1);
+        assert_eq!(
+            full.matches("namespace ecad {").count(),
+            2,
+            "common.cuh + mma.cuh"
+        );
+        assert_eq!(
+            full.matches("__device__ __forceinline__ float warp_sum")
+                .count(),
+            1
+        );
         assert!(full.ends_with("int x;\n"));
     }
 
