@@ -25,19 +25,23 @@ mkdir -p "$out"
 # -ffp-contract=off: no fused multiply-adds the source does not ask for, whatever -march says, so
 # results do not depend on the build machine. nvcc does contract a·b + c by default, which is one
 # reason the emulator's f32 results may differ from a GPU's by an ulp or so.
-# -fmacro-prefix-map: barrier sites in reports read kernels/x.cu:40, relative to where build.sh runs.
-flags=(-std=c++20 -O1 -ffp-contract=off -Wno-unknown-pragmas "-fmacro-prefix-map=$PWD/="
+# -fno-strict-aliasing: CUDA code reads pairs of 16-bit values as one uint32_t through casts, which
+# nvcc compiles as meant. -fmacro-prefix-map: barrier sites in reports read kernels/x.cu:40,
+# relative to where build.sh runs.
+flags=(-std=c++20 -O1 -ffp-contract=off -fno-strict-aliasing -Wno-unknown-pragmas "-fmacro-prefix-map=$PWD/="
     -include "$here/emu.h" -I "$here/include" -I "$here")
 
 register() {  # SOURCE STEM
     local src=$1 stem=$2 abs
     abs=$(cd "$(dirname "$src")" && pwd)/$(basename "$src")
     "$CXX" "${flags[@]}" -DECAD_EMU_LIST -E -P -x c++ "$abs" -o "$out/$stem.i"
-    # One line per kernel: NAME BOUND.
+    # One line per kernel: NAME BOUND (0 without __launch_bounds__, which may stand before or
+    # after `void`).
+    local lb='__ecad_emu_launch_bounds__[[:space:]]*\([^)]*\)[[:space:]]*'
     tr '\n' ' ' <"$out/$stem.i" |
-        { grep -oE 'extern[[:space:]]+"C"[[:space:]]+__ecad_emu_global__[[:space:]]+void[[:space:]]+(__ecad_emu_launch_bounds__[[:space:]]*\([^)]*\)[[:space:]]*)?[A-Za-z_][A-Za-z0-9_]*[[:space:]]*\(' || true; } |
-        sed -E 's/.*void[[:space:]]+(__ecad_emu_launch_bounds__[[:space:]]*\([[:space:]]*([0-9]*)[^)]*\)[[:space:]]*)?([A-Za-z_][A-Za-z0-9_]*)[[:space:]]*\($/\3 \2/' |
-        awk '{ print $1, ($2 == "" ? 0 : $2) }' >"$out/$stem.list"
+        { grep -oE "extern[[:space:]]+\"C\"[[:space:]]+__ecad_emu_global__[[:space:]]+($lb)?void[[:space:]]+($lb)?[A-Za-z_][A-Za-z0-9_]*[[:space:]]*\(" || true; } |
+        sed -E 's/[[:space:]]*\($//; s/__ecad_emu_launch_bounds__[[:space:]]*\([[:space:]]*([0-9]*)[^)]*\)/LB=\1/' |
+        awk '{ b = 0; for (i = 1; i < NF; i++) if ($i ~ /^LB=/) b = substr($i, 4) + 0; print $NF, b }' >"$out/$stem.list"
     rm -f "$out/$stem.i"
     if [ ! -s "$out/$stem.list" ]; then
         echo "$src: no extern \"C\" __global__ kernels found" >&2
