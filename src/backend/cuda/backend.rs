@@ -1372,7 +1372,7 @@ mod tests {
 
     #[test]
     fn dtype_codecs_round_to_nearest_even_and_decode_exactly() {
-        let v = [1.0f32, -2.5, 3.141_592_7, 1e-3, 65504.0, -0.0];
+        let v = [1.0f32, -2.5, 3.3, 1e-3, 65504.0, -0.0];
         for dt in [DType::F32, DType::Bf16, DType::F16] {
             let bytes = dt.encode(&v);
             assert_eq!(bytes.len(), v.len() * dt.size());
