@@ -154,8 +154,8 @@ __device__ void attention_mma_impl(const T *__restrict__ q, const T *__restrict_
                                    T *__restrict__ out, const float *__restrict__ key_bias,
                                    const float *__restrict__ head_bias, int sq, int sk, int heads, int d,
                                    float scale, int causal) {
-    __shared__ alignas(16) T ks[MK][DP + SPAD];
-    __shared__ alignas(16) T vt[DP][MK + SPAD];
+    alignas(16) __shared__ T ks[MK][DP + SPAD];
+    alignas(16) __shared__ T vt[DP][MK + SPAD];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y;

@@ -537,10 +537,7 @@ fn cli_forward_dtype_bf16_and_f16() {
     assert!(!o.status.success());
     assert_ne!(o.status.code(), Some(101), "panicked: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("f16") && err.contains("CUDA only"),
-        "{err}"
-    );
+    assert!(err.contains("f16") && err.contains("CUDA only"), "{err}");
     assert!(!out.exists());
 }
 

@@ -615,7 +615,9 @@ impl Ops {
         });
     }
 
-    // backend.rs: attention. Grid (ceil(Sq/16), H, B), 128 threads, variant d{ceil(D/32)}.
+    // backend.rs: attention. 16-bit storage at head dims 64, 72 and 128: the tensor-core kernel
+    // attention_mma_d{D rounded up to 16}, grid (ceil(Sq/64), H, B); else the CUDA-core kernel
+    // d{ceil(D/32)}, grid (ceil(Sq/16), H, B). 128 threads either way.
     fn attention(&mut self, a: &Attn, brk: Break) {
         let hd = a.heads * a.d;
         let q = self.rnd(a.b * a.sq * hd);
@@ -654,9 +656,21 @@ impl Ops {
             Break::Scale => (a.heads, a.d, 0.5),
             Break::Heads => (1, hd, scale),
         };
+        let mma = dt != Dt::F32 && matches!(a.d, 64 | 72 | 128);
+        let (kernel, grid) = if mma {
+            (
+                self.k(&format!("attention_mma_d{}", a.d.div_ceil(16) * 16)),
+                (a.sq.div_ceil(64), heads, a.b),
+            )
+        } else {
+            (
+                self.k(&format!("attention_d{}", d.div_ceil(32))),
+                (a.sq.div_ceil(16), heads, a.b),
+            )
+        };
         c.launch(
-            &self.k(&format!("attention_d{}", d.div_ceil(32))),
-            (a.sq.div_ceil(16), heads, a.b),
+            &kernel,
+            grid,
             128,
             &[
                 Arg::Buf("q"),
@@ -674,7 +688,21 @@ impl Ops {
             ],
         );
         let want = self.host(&want.unwrap());
-        if brk == Break::None {
+        if brk == Break::None && mma {
+            // The tensor-core kernel rounds the probabilities to the storage dtype before the
+            // P·V product (as FlashAttention does), so its result is not the f32 result
+            // rounded once: the dtype bound applies, the rounded-once check does not.
+            c.both_orders();
+            self.checks.push(Check {
+                case: c,
+                fetch: vec!["out".into()],
+                derive: None,
+                expect: vec![("out", want)],
+                tol: dt.tol(),
+                broken: false,
+                rounded: None,
+            });
+        } else if brk == Break::None {
             c.both_orders();
             self.push(c, vec![("out", want)], dt.tol());
         } else {
@@ -1056,6 +1084,99 @@ impl Ops {
         self.push(c, vec![("x", want)], 0.0);
     }
 
+    // backend.rs: round_to(F16) on f32 storage, in place; the identity on f16 storage.
+    fn round_f16(&mut self, n: usize) {
+        let x: Vec<f32> = self.rnd(n).into_iter().map(|v| v * 300.0).collect();
+        let x: Vec<f32> = x.into_iter().map(|v| self.dt.round(v)).collect();
+        let rounded = self.cpu.round_to(self.t(&x, &[n]), Precision::F16).unwrap();
+        let dt = self.dt;
+        let want: Vec<f32> = self
+            .host(&rounded)
+            .into_iter()
+            .map(|v| dt.round(v))
+            .collect();
+        let mut c = Case::new(self.label(&format!("round_f16 n {n}")));
+        c.inout("x", dt, &x);
+        c.launch(
+            &self.k("round_f16"),
+            grid_for(n),
+            BLOCK,
+            &[Arg::Buf("x"), Arg::I64(n as i64)],
+        );
+        c.both_orders();
+        self.push(c, vec![("x", want)], 0.0);
+    }
+
+    // backend.rs: rope, one thread per rotated pair (grid over numel/2); f32 tables.
+    fn rope(&mut self, b: usize, s: usize, heads: usize, d: usize) {
+        let hd = heads * d;
+        let n = b * s * hd;
+        let x = self.rnd(n);
+        let cos = randn(&mut self.r, s * d / 2);
+        let sin = randn(&mut self.r, s * d / 2);
+        let want = self.cpu.rope(
+            &self.t(&x, &[b, s, hd]),
+            &self.t(&cos, &[s, d / 2]),
+            &self.t(&sin, &[s, d / 2]),
+            heads,
+        );
+        let dt = self.dt;
+        let mut c = Case::new(self.label(&format!("rope [{b}, {s}, {heads}x{d}]")));
+        c.input("x", dt, &x);
+        c.input("cos", Dt::F32, &cos);
+        c.input("sin", Dt::F32, &sin);
+        c.output("out", dt.suffix(), n);
+        c.launch(
+            &self.k("rope"),
+            grid_for(n / 2),
+            BLOCK,
+            &[
+                Arg::Buf("x"),
+                Arg::Buf("cos"),
+                Arg::Buf("sin"),
+                Arg::Buf("out"),
+                Arg::I64((b * s) as i64),
+                Arg::I64(s as i64),
+                Arg::I32(hd as i32),
+                Arg::I32(d as i32),
+            ],
+        );
+        c.both_orders();
+        let want = self.host(&want.unwrap());
+        self.push(c, vec![("out", want)], dt.tol());
+    }
+
+    // backend.rs: as_dtype, the conversions between storage dtypes (through f32). Exact: to
+    // f32 widens, and from f32 rounds to nearest even, which the CPU side reproduces.
+    fn convert(&mut self, n: usize) {
+        let dt = self.dt;
+        let x = self.rnd(n);
+        let mut c = Case::new(self.label(&format!("to_f32 n {n}")));
+        c.input("x", dt, &x);
+        c.output("out", "f32", n);
+        c.launch(
+            &self.k("to_f32"),
+            grid_for(n),
+            BLOCK,
+            &[Arg::Buf("x"), Arg::Buf("out"), Arg::I64(n as i64)],
+        );
+        c.both_orders();
+        self.push(c, vec![("out", x)], 0.0);
+        let wide = randn(&mut self.r, n);
+        let want: Vec<f32> = wide.iter().map(|&v| dt.round(v)).collect();
+        let mut c = Case::new(self.label(&format!("from_f32 n {n}")));
+        c.input("x", Dt::F32, &wide);
+        c.output("out", dt.suffix(), n);
+        c.launch(
+            &self.k("from_f32"),
+            grid_for(n),
+            BLOCK,
+            &[Arg::Buf("x"), Arg::Buf("out"), Arg::I64(n as i64)],
+        );
+        c.both_orders();
+        self.push(c, vec![("out", want)], 0.0);
+    }
+
     // backend.rs: permute, the output shape and input strides as a Perm6 struct by value.
     fn permute(&mut self, shape: &[usize], perm: &[usize]) {
         let n: usize = shape.iter().product();
@@ -1346,6 +1467,10 @@ fn op_checks(dt: Dt, seed: u64) -> Vec<Check> {
     o.gate_residual(2, 9, 40, true);
     o.gate_residual(2, 9, 40, false);
     o.round_bf16(1000);
+    o.round_f16(1000);
+    o.rope(2, 9, 3, 16);
+    o.rope(1, 5, 2, 128);
+    o.convert(777);
     o.permute(&[2, 5, 3, 7], &[0, 2, 3, 1]);
     o.permute(&[13, 17], &[1, 0]);
     o.permute(&[2, 3, 2, 3, 2, 2], &[5, 3, 1, 0, 2, 4]);
@@ -1373,6 +1498,11 @@ fn attention_cases() -> Vec<Attn> {
         ("d24 self causal Sq=Sk=35, head bias",      2, 35, 35, 3, 24,  false, true,  true),
         ("d40 causal cross Sq=40 Sk=23, key bias",   1, 40, 23, 2, 40,  true, false, true),
         ("d100 cross Sq=5 Sk=70, key+head bias",     1, 5,  70, 1, 100, true, true,  false),
+        ("d80 self Sq=Sk=30",                        1, 30, 30, 2, 80,  false, false, false),
+        // 16-bit storage runs these on tensor cores: query blocks of 64, key tiles of 64.
+        ("d64 causal Sq=Sk=70, head bias",           1, 70, 70, 2, 64,  false, true,  true),
+        ("d72 cross Sq=130 Sk=120, key bias",        2, 130, 120, 1, 72, true, false, false),
+        ("d128 self Sq=Sk=64, key+head bias",        1, 64, 64, 2, 128, true, true,  false),
     ];
     table
         .into_iter()
@@ -1419,6 +1549,13 @@ fn every_kernel_matches_the_cpu_backend() {
         Break::Heads,
     );
     checks.extend(broken.checks);
+    // The same on the tensor-core path (bf16, head dim 64).
+    let mut broken16 = Ops::new(Dt::Bf16, 98);
+    broken16.attention(
+        &d64("bf16 tensor-core d64 launched with scale 0.5"),
+        Break::Scale,
+    );
+    checks.extend(broken16.checks);
     let failures = run_checks(&checks);
 
     // Every kernel of kernels/*.cu must have run: a new kernel needs a case here.
