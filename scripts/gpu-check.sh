@@ -11,7 +11,8 @@
 # paper schedule), flux_parity (FLUX forward, f32 and bf16), flux_denoise_parity (FLUX
 # sampling, cached, bf16) and flux_generate (the whole FLUX pipeline); then the PixArt-α XL-2
 # forward benchmark (one CFG step) at 256 and 1024 px in bf16, f16 and f32, and the 20-step
-# bf16 denoise benchmark with the paper schedules at 256 and 1024 px (issue 5's targets).
+# bf16 denoise benchmark with the paper schedules at 256 and 1024 px (issue 5's targets), each
+# run one replayed CUDA graph, and at 256 px also eager (--no-graph) for comparison.
 # Every test binary skips (prints SKIPPED) when no CUDA driver is usable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -72,6 +73,8 @@ B=$G/ecad-native
     S="--schedule $P/pixart_alpha_256/ours_fast.json --schedule $P/pixart_alpha_256/ours_faster.json --schedule $P/pixart_alpha_256/ours_fastest.json"
     echo "== 20-step denoise bf16, PixArt-α XL-2 256 px, uncached and the paper schedules"
     timeout 120 $B bench --device cuda --dtype bf16 --arch xl2-256 --warmup 2 --reps 5 $S
+    echo "== the same 256 px runs eager (no CUDA graphs), for comparison"
+    timeout 120 $B bench --device cuda --dtype bf16 --arch xl2-256 --warmup 1 --reps 3 --no-graph $S
     echo "== 20-step denoise bf16, PixArt-α XL-2 1024 px, uncached and the paper schedules"
     timeout 150 $B bench --device cuda --dtype bf16 --arch xl2-1024 --warmup 1 --reps 3 $S
 } 2>&1 | tee "$LOG"

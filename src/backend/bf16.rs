@@ -145,6 +145,21 @@ impl<B: Backend> Backend for Bf16<B> {
     fn device_time_ms(&self, f: &mut dyn FnMut() -> BResult<()>) -> BResult<Option<f64>> {
         self.inner.device_time_ms(f)
     }
+    fn capture_begin(&self) -> BResult<bool> {
+        self.inner.capture_begin()
+    }
+    fn capture_end(&self) -> BResult<Option<usize>> {
+        self.inner.capture_end()
+    }
+    fn graph_launch(&self, id: usize) -> BResult<()> {
+        self.inner.graph_launch(id)
+    }
+    fn graph_release(&self, id: usize) -> BResult<()> {
+        self.inner.graph_release(id)
+    }
+    fn copy_into(&self, dst: &Tensor<Self>, src: &Tensor<Self>) -> BResult<()> {
+        self.inner.copy_into(&Self::unwrap(dst), &Self::unwrap(src))
+    }
     fn device_memory(&self) -> Option<(u64, u64)> {
         self.inner.device_memory()
     }

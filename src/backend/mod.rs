@@ -14,8 +14,9 @@
 //!   flag (CLIP). RoPE and RMSNorm (FLUX's QK norm) are separate ops over the same layout.
 //! - conv2d / group_norm / upsample cover the VAE; `linear` takes an optional fused activation so
 //!   the CUDA backend can use cuBLASLt epilogues.
-//! - `synchronize` exists for timing; stream and CUDA-graph capture belong to the CUDA backend and
-//!   are driven by the pipeline through backend-specific hooks with no-op CPU defaults.
+//! - `synchronize` exists for timing. Graph capture (`capture_begin`/`capture_end`/
+//!   `graph_launch`, `copy_into` for a graph's inputs) is driven by the pipeline
+//!   ([`crate::pipeline::run::GraphedRun`]) through hooks whose CPU defaults record nothing.
 
 pub mod bf16;
 pub mod check;
@@ -252,6 +253,43 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn device_time_ms(&self, f: &mut dyn FnMut() -> BResult<()>) -> BResult<Option<f64>> {
         f()?;
         Ok(None)
+    }
+
+    // ---- graphs ----------------------------------------------------------------------------
+    /// Starts recording the work queued from now on as a replayable device graph instead of
+    /// running it. Returns false (and records nothing) on a backend without graphs (the CPU).
+    /// Between `capture_begin` and [`Backend::capture_end`] nothing may be read back.
+    fn capture_begin(&self) -> BResult<bool> {
+        Ok(false)
+    }
+    /// Ends the recording; returns the graph's id, or `None` when nothing was recorded. Host
+    /// data uploaded while recording is copied to the device here, before any launch.
+    fn capture_end(&self) -> BResult<Option<usize>> {
+        Ok(None)
+    }
+    /// Queues one replay of a recorded graph.
+    fn graph_launch(&self, id: usize) -> BResult<()> {
+        Err(BackendError::Unavailable(
+            "graphs",
+            format!("backend `{}` records no graphs (graph {id})", self.name()),
+        ))
+    }
+    /// Frees a recorded graph and the device constants it owns.
+    fn graph_release(&self, _id: usize) -> BResult<()> {
+        Ok(())
+    }
+    /// Overwrites `dst` with `src`'s values (same element count): how a graph's input buffers
+    /// get each replay's data. Only backends that record graphs support it (tensors are
+    /// otherwise immutable).
+    fn copy_into(&self, dst: &Tensor<Self>, _src: &Tensor<Self>) -> BResult<()> {
+        Err(BackendError::Unavailable(
+            "copy_into",
+            format!(
+                "backend `{}` does not overwrite tensors ({:?})",
+                self.name(),
+                dst.shape()
+            ),
+        ))
     }
 
     // ---- layout ----------------------------------------------------------------------------

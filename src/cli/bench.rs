@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// Time single CFG forwards instead of whole denoising runs.
     #[arg(long)]
     pub forward: bool,
+    /// On CUDA, run every step's kernels eagerly instead of recording each schedule's whole run
+    /// as one CUDA graph on its first (warm-up) run and replaying it. No effect on the CPU.
+    #[arg(long)]
+    pub no_graph: bool,
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -224,6 +228,7 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()
             warmup: a.warmup,
             reps: a.reps,
             schedules: &schedules,
+            graphs: !a.no_graph,
         },
         &inputs,
         &mut || bar.inc(),
@@ -298,6 +303,7 @@ fn run_flux<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<
             warmup: a.warmup,
             reps: a.reps,
             schedules: &schedules,
+            graphs: !a.no_graph,
         },
         &inputs,
         height,
@@ -317,9 +323,10 @@ fn print_report(
         eprint!("{p}");
     }
     println!(
-        "{} on {} ({} threads): {} steps, guidance {}, {} prompt(s), latent {}x{}, text {}; median of {} after {} warm-up",
+        "{} on {} ({} threads): {} steps, guidance {}, {} prompt(s), latent {}x{}, text {}; median of {} after {} warm-up{}",
         report.model, report.device, report.threads, report.steps, report.guidance, report.prompts,
-        report.latent[0], report.latent[1], report.text_len, report.reps, report.warmup
+        report.latent[0], report.latent[1], report.text_len, report.reps, report.warmup,
+        if report.graphs { "; each run one replayed CUDA graph" } else { "" }
     );
     println!(
         "{:<40} {:>10} {:>8} {:>11} {:>8} {:>7} {:>10} {:>10} {:>8}",

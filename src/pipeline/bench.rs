@@ -1,7 +1,7 @@
 //! `bench`: uncached vs scheduled denoising (or single forwards), timed as medians after
 //! warm-up, with ECAD's MAC model and fidelity to the uncached result side by side.
 
-use super::denoise::{denoise, DenoiseInputs, DenoiseOptions, DenoiseReport};
+use super::denoise::{DenoiseInputs, DenoiseOptions, DenoiseReport};
 use crate::backend::Backend;
 use crate::cache::macs::{ecad_macs, ModelDims, PixArtDims};
 use crate::cache::schedule::Schedule;
@@ -121,6 +121,8 @@ pub struct BenchReport {
     pub text_len: usize,
     pub warmup: usize,
     pub reps: usize,
+    /// Whether the runs were replays of recorded device graphs (one per schedule).
+    pub graphs: bool,
     pub rows: Vec<BenchRow>,
 }
 
@@ -190,6 +192,62 @@ pub struct BenchSpec<'a> {
     pub warmup: usize,
     pub reps: usize,
     pub schedules: &'a [Schedule],
+    /// Record each schedule's run as one device graph on its first run and replay it (on a
+    /// backend that records graphs; the CPU runs eagerly either way).
+    pub graphs: bool,
+}
+
+/// The graphs a bench recorded, one per schedule (key: the schedule's name, "" uncached).
+struct BenchGraphs<B: Backend> {
+    enabled: bool,
+    recorded: std::collections::HashMap<String, super::run::GraphedRun<B>>,
+    /// The backend recorded nothing (it has no graphs): run eagerly from then on.
+    unsupported: bool,
+}
+
+impl<B: Backend> BenchGraphs<B> {
+    fn new(enabled: bool) -> Self {
+        BenchGraphs {
+            enabled,
+            recorded: Default::default(),
+            unsupported: false,
+        }
+    }
+
+    /// One run of `prepared`: eagerly, or through the schedule's recorded graph.
+    fn run(
+        &mut self,
+        be: &B,
+        prepared: &super::run::PreparedRun<'_, B>,
+        latents: &HostTensor,
+        sched: Option<&Schedule>,
+    ) -> MResult<(crate::backend::Tensor<B>, DenoiseReport)> {
+        if !self.enabled || self.unsupported {
+            return prepared.run_to_end(latents, sched, &mut |_, _| {});
+        }
+        let key = sched.map(|s| s.name.clone()).unwrap_or_default();
+        if !self.recorded.contains_key(&key) {
+            match super::run::GraphedRun::capture(be, prepared, latents, sched)? {
+                Some(g) => {
+                    self.recorded.insert(key.clone(), g);
+                }
+                None => {
+                    self.unsupported = true;
+                    return prepared.run_to_end(latents, sched, &mut |_, _| {});
+                }
+            }
+        }
+        self.recorded[&key].replay(be, prepared, latents)
+    }
+
+    /// Whether any run went through a graph; frees the graphs.
+    fn finish(self, be: &B) -> MResult<bool> {
+        let used = !self.recorded.is_empty();
+        for (_, g) in self.recorded {
+            g.release(be)?;
+        }
+        Ok(used)
+    }
 }
 
 /// What one bench row runs: the sampling loop with a schedule (None = uncached), returning
@@ -237,15 +295,21 @@ pub fn run_bench<B: Backend>(
         prompts: inp.latents.shape[0],
         text_len: inp.prompt_embeds.shape[1],
     };
+    let mut graphs = BenchGraphs::new(spec.graphs);
     let mut run = |sched: Option<&Schedule>| {
         let opts = DenoiseOptions {
             steps: spec.steps,
             guidance: spec.guidance,
             schedule: sched,
         };
-        denoise(be, model, scheduler, &inp, &opts, &mut |_, _| {})
+        let prepared = super::run::PreparedRun::PixArt(super::denoise::PreparedDenoise::new(
+            be, model, scheduler, &inp, &opts,
+        )?);
+        graphs.run(be, &prepared, inp.latents, sched)
     };
-    run_bench_with(be, &target, spec, &mut run, tick)
+    let mut report = run_bench_with(be, &target, spec, &mut run, tick)?;
+    report.graphs = graphs.finish(be)?;
+    Ok(report)
 }
 
 /// FLUX inputs of a real run's shape: packed noise `[P, N, 4C]`, T5 embeddings
@@ -317,6 +381,7 @@ pub fn run_bench_flux<B: Backend>(
         prompt_embeds: &inputs.prompt_embeds,
         pooled_prompt_embeds: &inputs.pooled_prompt_embeds,
     };
+    let mut graphs = BenchGraphs::new(spec.graphs);
     let mut run = |sched: Option<&Schedule>| {
         let opts = super::flux::FluxDenoiseOptions {
             steps: spec.steps,
@@ -326,9 +391,14 @@ pub fn run_bench_flux<B: Backend>(
             vae_scale_factor,
             schedule: sched,
         };
-        super::flux::denoise_flux(be, model, scheduler, &inp, &opts, &mut |_, _| {})
+        let prepared = super::run::PreparedRun::Flux(super::flux::PreparedFluxDenoise::new(
+            be, model, scheduler, &inp, &opts,
+        )?);
+        graphs.run(be, &prepared, inp.latents, sched)
     };
-    run_bench_with(be, &target, spec, &mut run, tick)
+    let mut report = run_bench_with(be, &target, spec, &mut run, tick)?;
+    report.graphs = graphs.finish(be)?;
+    Ok(report)
 }
 
 /// The bench loop over the uncached baseline and every schedule of `spec`.
@@ -422,6 +492,7 @@ pub fn run_bench_with<B: Backend>(
         text_len: target.text_len,
         warmup: spec.warmup,
         reps: spec.reps,
+        graphs: false,
         rows,
     })
 }

@@ -155,6 +155,29 @@ pub struct PreparedDenoise<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> PreparedDenoise<'a, B> {
+    /// The device tensors prepared from this run's inputs (text K/V per block, masks), in a
+    /// fixed order: what a recorded graph of the run reads ([`super::run::GraphedRun`]).
+    pub fn device_inputs(&self) -> Vec<&Tensor<B>> {
+        let mut v = Vec::new();
+        for t in std::iter::once(&self.text_full).chain(self.text_neg.as_ref()) {
+            for (k, val) in &t.kv {
+                v.push(k);
+                v.push(val);
+            }
+            v.extend(t.key_bias.as_ref());
+        }
+        v
+    }
+
+    /// The host values of this run that a recorded graph bakes in (guidance, size and aspect
+    /// conditioning): a replay must match them.
+    pub fn host_constants(&self) -> Vec<f32> {
+        let mut v = vec![self.guidance, self.steps as f32];
+        v.extend(self.res.iter().flatten());
+        v.extend(self.ar.iter().flatten());
+        v
+    }
+
     /// Validates the inputs (and `opts.schedule`, which decides whether the run is cached and
     /// whether it is a T-GATE pipeline run) and prepares the text.
     pub fn new(

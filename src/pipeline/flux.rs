@@ -185,6 +185,24 @@ pub struct PreparedFluxDenoise<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> PreparedFluxDenoise<'a, B> {
+    /// The device tensors prepared from this run's inputs, in a fixed order (see
+    /// [`super::run::GraphedRun`]).
+    pub fn device_inputs(&self) -> Vec<&Tensor<B>> {
+        vec![
+            &self.prompt_embeds,
+            &self.pooled,
+            &self.rope.cos,
+            &self.rope.sin,
+        ]
+    }
+
+    /// The host values a recorded graph of this run bakes in (guidance, step count).
+    pub fn host_constants(&self) -> Vec<f32> {
+        let mut v = vec![self.sampler.timesteps.len() as f32];
+        v.extend(self.guidance.iter().flatten());
+        v
+    }
+
     pub fn new(
         be: &'a B,
         model: &'a FluxTransformer<B>,

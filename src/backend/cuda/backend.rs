@@ -118,14 +118,33 @@ impl DType {
     }
 }
 
-/// A device buffer: `len` elements of `dtype`.
+/// A device buffer: `len` elements of `dtype`. Buffers come from the stream-ordered pool and
+/// are freed (stream-ordered) when dropped, except the device constants a graph recording
+/// uploads, which the graph owns (`pinned`): dropping their tensors leaves them in place.
 pub struct DevBuf {
     dtype: DType,
     len: usize,
-    data: CudaSlice<u8>,
+    data: std::mem::ManuallyDrop<CudaSlice<u8>>,
+    pinned: bool,
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        // SAFETY: `data` is taken exactly once, here.
+        let slice = unsafe { std::mem::ManuallyDrop::take(&mut self.data) };
+        if self.pinned {
+            let _ = slice.leak();
+        }
+    }
 }
 
 impl DevBuf {
+    fn s(&self) -> &CudaSlice<u8> {
+        &self.data
+    }
+    fn sm(&mut self) -> &mut CudaSlice<u8> {
+        &mut self.data
+    }
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -205,6 +224,38 @@ impl Drop for Lt {
     }
 }
 
+/// A graph being recorded: the device constants its uploads created, and their host data,
+/// copied in at `capture_end`.
+#[derive(Default)]
+struct Recording {
+    constants: Vec<sys::CUdeviceptr>,
+    pending: Vec<(sys::CUdeviceptr, Vec<u8>)>,
+}
+
+/// A recorded graph and the constants it reads.
+struct Recorded {
+    graph: cudarc::driver::CudaGraph,
+    constants: Vec<sys::CUdeviceptr>,
+}
+
+#[derive(Default)]
+struct Graphs {
+    open: Option<Recording>,
+    done: HashMap<usize, Recorded>,
+    next: usize,
+}
+
+impl Drop for Graphs {
+    fn drop(&mut self) {
+        for (_, r) in self.done.drain() {
+            drop(r.graph);
+            for p in r.constants {
+                let _ = unsafe { cudarc::driver::result::free_sync(p) };
+            }
+        }
+    }
+}
+
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -214,6 +265,7 @@ pub struct CudaBackend {
     dtype: DType,
     /// Compute capability (major, minor).
     cc: (i32, i32),
+    graphs: Mutex<Graphs>,
 }
 
 // SAFETY: the cuBLAS/cuBLASLt handles and every launch are bound to our one stream; all calls
@@ -308,6 +360,7 @@ impl CudaBackend {
             funcs,
             dtype,
             cc,
+            graphs: Mutex::new(Graphs::default()),
         })
     }
 
@@ -348,8 +401,59 @@ impl CudaBackend {
         Ok(DevBuf {
             dtype,
             len: n,
-            data,
+            data: std::mem::ManuallyDrop::new(data),
+            pinned: false,
         })
+    }
+
+    /// While recording a graph, host data cannot be copied in stream order (the copy would be
+    /// recorded with a pointer to host memory that is gone by the replay). It goes into a
+    /// device constant instead: allocated now outside the graph (cuMemAlloc, allowed in relaxed
+    /// capture mode), owned by the graph, and filled at `capture_end`, before any launch.
+    fn upload_recorded(&self, bytes: Vec<u8>, n: usize, dtype: DType) -> BResult<DevBuf> {
+        let size = bytes.len().max(1);
+        let _ = self.ctx.bind_to_thread();
+        let ptr = unsafe { cudarc::driver::result::malloc_sync(size) }
+            .map_err(|e| self.alloc_err(e, size))?;
+        let slice = unsafe { self.stream.upgrade_device_ptr::<u8>(ptr, size) };
+        let mut g = self.recording()?;
+        let rec = g.open.as_mut().expect("recording() checked it is open");
+        rec.constants.push(ptr);
+        rec.pending.push((ptr, bytes));
+        Ok(DevBuf {
+            dtype,
+            len: n,
+            data: std::mem::ManuallyDrop::new(slice),
+            pinned: true,
+        })
+    }
+
+    /// The open recording, or an error when none is open.
+    fn recording(&self) -> BResult<std::sync::MutexGuard<'_, Graphs>> {
+        let g = self
+            .graphs
+            .lock()
+            .map_err(|_| BackendError::Device("graph state poisoned".into()))?;
+        if g.open.is_none() {
+            return Err(BackendError::Device("no graph recording is open".into()));
+        }
+        Ok(g)
+    }
+
+    fn capturing(&self) -> bool {
+        self.graphs
+            .lock()
+            .map(|g| g.open.is_some())
+            .unwrap_or(false)
+    }
+
+    fn refuse_while_capturing(&self, what: &str) -> BResult<()> {
+        if self.capturing() {
+            return Err(BackendError::Device(format!(
+                "{what} is not possible while a graph is being recorded"
+            )));
+        }
+        Ok(())
     }
 
     fn alloc(&self, n: usize) -> BResult<DevBuf> {
@@ -384,7 +488,7 @@ impl CudaBackend {
         let to_f32 = |src: &DevBuf| -> BResult<DevBuf> {
             let mut out = self.alloc_dt(src.len, DType::F32)?;
             let mut l = self.stream.launch_builder(self.kf("to_f32", src.dtype)?);
-            l.arg(&src.data).arg(&mut out.data).arg(&n);
+            l.arg(src.s()).arg(out.sm()).arg(&n);
             unsafe { l.launch(grid_for(src.len)) }.map_err(dev_err)?;
             Ok(out)
         };
@@ -399,7 +503,7 @@ impl CudaBackend {
         let src = wide.as_ref().unwrap_or(b);
         let mut out = self.alloc_dt(b.len, dt)?;
         let mut l = self.stream.launch_builder(self.kf("from_f32", dt)?);
-        l.arg(&src.data).arg(&mut out.data).arg(&n);
+        l.arg(src.s()).arg(out.sm()).arg(&n);
         unsafe { l.launch(grid_for(b.len)) }.map_err(dev_err)?;
         Ok(In::Own(out))
     }
@@ -420,11 +524,13 @@ impl CudaBackend {
         }
         let buf = if data.is_empty() {
             self.alloc_dt(0, dtype)?
+        } else if self.capturing() {
+            self.upload_recorded(dtype.encode(data), data.len(), dtype)?
         } else {
             let bytes = dtype.encode(data);
             let mut b = self.alloc_dt(data.len(), dtype)?;
             self.stream
-                .memcpy_htod(&bytes[..], &mut b.data)
+                .memcpy_htod(&bytes[..], b.sm())
                 .map_err(dev_err)?;
             b
         };
@@ -473,17 +579,17 @@ impl CudaBackend {
         let s = &self.stream;
         if k == 0 {
             // An empty reduction: zeros, then the bias/activation pass.
-            s.memset_zeros(&mut out.data).map_err(dev_err)?;
+            s.memset_zeros(out.sm()).map_err(dev_err)?;
             drop(ltg);
             return self.bias_act(out, bias, act, rows, n);
         }
         let mut done = false;
         if let Some(Some(plan)) = lt_state.plans.get(&key) {
-            let (wp, _g1) = w.data.device_ptr(s);
-            let (xp, _g2) = x.data.device_ptr(s);
+            let (wp, _g1) = w.s().device_ptr(s);
+            let (xp, _g2) = x.s().device_ptr(s);
             let (wsp, _g3) = lt_state.workspace.device_ptr(s);
-            let bp = bias.map(|b| b.data.device_ptr(s));
-            let (yp, _g4) = out.data.device_ptr_mut(s);
+            let bp = bias.map(|b| b.s().device_ptr(s));
+            let (yp, _g4) = out.sm().device_ptr_mut(s);
             unsafe {
                 if let Some((bptr, _)) = &bp {
                     lt::set_matmul_desc_attribute(
@@ -526,9 +632,9 @@ impl CudaBackend {
         // No cuBLASLt algorithm for this shape: cublasGemmEx, then the epilogue kernel.
         {
             use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t};
-            let (wp, _g1) = w.data.device_ptr(s);
-            let (xp, _g2) = x.data.device_ptr(s);
-            let (yp, _g4) = out.data.device_ptr_mut(s);
+            let (wp, _g1) = w.s().device_ptr(s);
+            let (xp, _g2) = x.s().device_ptr(s);
+            let (yp, _g4) = out.sm().device_ptr_mut(s);
             unsafe {
                 cudarc::cublas::result::gemm_ex(
                     *self.blas.handle(),
@@ -572,9 +678,9 @@ impl CudaBackend {
         let (rows64, n32, code) = (rows as i64, n as i32, act_code(act));
         let null: u64 = 0;
         let mut l = self.stream.launch_builder(self.kf("bias_act", self.dtype)?);
-        l.arg(&mut y.data);
+        l.arg(y.sm());
         match bias {
-            Some(b) => l.arg(&b.data),
+            Some(b) => l.arg(b.s()),
             None => l.arg(&null),
         };
         l.arg(&rows64).arg(&n32).arg(&code);
@@ -589,9 +695,9 @@ impl CudaBackend {
         let mut out = self.alloc(n)?;
         let (n64, bn64) = (n as i64, bn as i64);
         let mut l = self.stream.launch_builder(self.kf("binary", self.dtype)?);
-        l.arg(&ai.data)
-            .arg(&bi.data)
-            .arg(&mut out.data)
+        l.arg(ai.s())
+            .arg(bi.s())
+            .arg(out.sm())
             .arg(&n64)
             .arg(&bn64)
             .arg(&op);
@@ -628,7 +734,7 @@ impl CudaBackend {
             dst_start as i64,
         ];
         let mut b = self.stream.launch_builder(self.kf("copy_window", x.dtype)?);
-        b.arg(&x.data).arg(&mut out.data);
+        b.arg(x.s()).arg(out.sm());
         for v in &a {
             b.arg(v);
         }
@@ -816,8 +922,9 @@ impl Backend for CudaBackend {
     }
 
     fn to_host(&self, t: &Tensor<Self>) -> BResult<Vec<f32>> {
+        self.refuse_while_capturing("reading a tensor back")?;
         let b = t.buffer();
-        let bytes = self.stream.clone_dtoh(&b.data).map_err(dev_err)?;
+        let bytes = self.stream.clone_dtoh(b.s()).map_err(dev_err)?;
         let mut v = b.dtype.decode(&bytes);
         v.truncate(t.numel());
         Ok(v)
@@ -825,12 +932,132 @@ impl Backend for CudaBackend {
 
     fn zeros(&self, shape: &[usize]) -> BResult<Tensor<Self>> {
         let mut b = self.alloc(shape.iter().product())?;
-        self.stream.memset_zeros(&mut b.data).map_err(dev_err)?;
+        self.stream.memset_zeros(b.sm()).map_err(dev_err)?;
         Ok(self.wrap(b, shape.to_vec()))
     }
 
     fn synchronize(&self) -> BResult<()> {
+        self.refuse_while_capturing("synchronising")?;
         self.stream.synchronize().map_err(dev_err)
+    }
+
+    fn capture_begin(&self) -> BResult<bool> {
+        let mut g = self
+            .graphs
+            .lock()
+            .map_err(|_| BackendError::Device("graph state poisoned".into()))?;
+        if g.open.is_some() {
+            return Err(BackendError::Device(
+                "a graph recording is already open".into(),
+            ));
+        }
+        // Relaxed mode: cuMemAlloc (the recorded uploads' constants) is allowed meanwhile.
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(dev_err)?;
+        g.open = Some(Recording::default());
+        Ok(true)
+    }
+
+    fn capture_end(&self) -> BResult<Option<usize>> {
+        let rec = {
+            let mut g = self
+                .graphs
+                .lock()
+                .map_err(|_| BackendError::Device("graph state poisoned".into()))?;
+            match g.open.take() {
+                Some(r) => r,
+                None => return Ok(None),
+            }
+        };
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(dev_err);
+        let free_constants = |ptrs: &[sys::CUdeviceptr]| {
+            for &p in ptrs {
+                let _ = unsafe { cudarc::driver::result::free_sync(p) };
+            }
+        };
+        let graph = match graph {
+            Ok(Some(g)) => g,
+            Ok(None) => {
+                free_constants(&rec.constants);
+                return Ok(None);
+            }
+            Err(e) => {
+                free_constants(&rec.constants);
+                return Err(e);
+            }
+        };
+        for (ptr, bytes) in &rec.pending {
+            unsafe { cudarc::driver::result::memcpy_htod_sync(*ptr, bytes) }.map_err(dev_err)?;
+        }
+        let mut g = self
+            .graphs
+            .lock()
+            .map_err(|_| BackendError::Device("graph state poisoned".into()))?;
+        g.next += 1;
+        let id = g.next;
+        g.done.insert(
+            id,
+            Recorded {
+                graph,
+                constants: rec.constants,
+            },
+        );
+        Ok(Some(id))
+    }
+
+    fn graph_launch(&self, id: usize) -> BResult<()> {
+        let g = self
+            .graphs
+            .lock()
+            .map_err(|_| BackendError::Device("graph state poisoned".into()))?;
+        let r = g
+            .done
+            .get(&id)
+            .ok_or_else(|| BackendError::Device(format!("no recorded graph {id}")))?;
+        r.graph.launch().map_err(dev_err)
+    }
+
+    fn graph_release(&self, id: usize) -> BResult<()> {
+        let r = self
+            .graphs
+            .lock()
+            .map_err(|_| BackendError::Device("graph state poisoned".into()))?
+            .done
+            .remove(&id);
+        if let Some(r) = r {
+            // The last launch must be finished before its constants go.
+            self.stream.synchronize().map_err(dev_err)?;
+            drop(r.graph);
+            for p in r.constants {
+                let _ = unsafe { cudarc::driver::result::free_sync(p) };
+            }
+        }
+        Ok(())
+    }
+
+    fn copy_into(&self, dst: &Tensor<Self>, src: &Tensor<Self>) -> BResult<()> {
+        if dst.numel() != src.numel() {
+            return shape_err(
+                "copy_into",
+                format!("{:?} into {:?}", src.shape(), dst.shape()),
+            );
+        }
+        let d = dst.buffer();
+        let si = self.as_dtype(src.buffer(), d.dtype)?;
+        let bytes = dst.numel() * d.dtype.size();
+        if bytes == 0 {
+            return Ok(());
+        }
+        let (sp, _g1) = si.s().device_ptr(&self.stream);
+        let (dp, _g2) = d.s().device_ptr(&self.stream);
+        // SAFETY: both buffers hold at least `bytes`; `dst` is overwritten in stream order, which
+        // is the point of this op (a graph input refreshed before a replay).
+        unsafe { cudarc::driver::result::memcpy_dtod_async(dp, sp, bytes, self.stream.cu_stream()) }
+            .map_err(dev_err)
     }
 
     fn device_memory(&self) -> Option<(u64, u64)> {
@@ -875,7 +1102,7 @@ impl Backend for CudaBackend {
         let mut out = self.alloc_dt(n, xb.dtype)?;
         let n64 = n as i64;
         let mut b = self.stream.launch_builder(self.kf("permute", xb.dtype)?);
-        b.arg(&xb.data).arg(&mut out.data).arg(&n64).arg(&p);
+        b.arg(xb.s()).arg(out.sm()).arg(&n64).arg(&p);
         unsafe { b.launch(grid_for(n)) }.map_err(dev_err)?;
         Ok(self.wrap(out, perm.iter().map(|&i| x.dim(i)).collect()))
     }
@@ -976,7 +1203,7 @@ impl Backend for CudaBackend {
                 wo as i32,
             ];
             let mut l = self.stream.launch_builder(self.kf("im2col", self.dtype)?);
-            l.arg(&img.data).arg(&mut cols.data);
+            l.arg(img.s()).arg(cols.sm());
             for v in &a {
                 l.arg(v);
             }
@@ -1040,16 +1267,13 @@ impl Backend for CudaBackend {
             )
         };
         let mut l = self.stream.launch_builder(self.f(&name)?);
-        l.arg(&qi.data)
-            .arg(&ki.data)
-            .arg(&vi.data)
-            .arg(&mut out.data);
+        l.arg(qi.s()).arg(ki.s()).arg(vi.s()).arg(out.sm());
         match &kb {
-            Some(t) => l.arg(&t.data),
+            Some(t) => l.arg(t.s()),
             None => l.arg(&null),
         };
         match &hb {
-            Some(t) => l.arg(&t.data),
+            Some(t) => l.arg(t.s()),
             None => l.arg(&null),
         };
         l.arg(&sq32)
@@ -1080,16 +1304,16 @@ impl Backend for CudaBackend {
         let mut l = self
             .stream
             .launch_builder(self.kf("layer_norm", self.dtype)?);
-        l.arg(&xi.data);
+        l.arg(xi.s());
         match &wi {
-            Some(t) => l.arg(&t.data),
+            Some(t) => l.arg(t.s()),
             None => l.arg(&null),
         };
         match &bi {
-            Some(t) => l.arg(&t.data),
+            Some(t) => l.arg(t.s()),
             None => l.arg(&null),
         };
-        l.arg(&mut out.data).arg(&d32).arg(&eps);
+        l.arg(out.sm()).arg(&d32).arg(&eps);
         unsafe { l.launch(row_blocks(x.rows())) }.map_err(dev_err)?;
         Ok(self.wrap(out, x.shape().to_vec()))
     }
@@ -1108,10 +1332,7 @@ impl Backend for CudaBackend {
         let mut l = self
             .stream
             .launch_builder(self.kf("layer_norm_modulate", self.dtype)?);
-        l.arg(&xi.data)
-            .arg(&sh.data)
-            .arg(&sc.data)
-            .arg(&mut out.data);
+        l.arg(xi.s()).arg(sh.s()).arg(sc.s()).arg(out.sm());
         l.arg(&tokens).arg(&d).arg(&eps);
         unsafe { l.launch(row_blocks(x.rows())) }.map_err(dev_err)?;
         Ok(self.wrap(out, x.shape().to_vec()))
@@ -1131,12 +1352,12 @@ impl Backend for CudaBackend {
         let null: u64 = 0;
         let d32 = d as i32;
         let mut l = self.stream.launch_builder(self.kf("rms_norm", self.dtype)?);
-        l.arg(&xi.data);
+        l.arg(xi.s());
         match &wi {
-            Some(t) => l.arg(&t.data),
+            Some(t) => l.arg(t.s()),
             None => l.arg(&null),
         };
-        l.arg(&mut out.data).arg(&d32).arg(&eps);
+        l.arg(out.sm()).arg(&d32).arg(&eps);
         unsafe { l.launch(row_blocks(x.rows())) }.map_err(dev_err)?;
         Ok(self.wrap(out, x.shape().to_vec()))
     }
@@ -1162,10 +1383,7 @@ impl Backend for CudaBackend {
         let mut l = self
             .stream
             .launch_builder(self.kf("group_norm", self.dtype)?);
-        l.arg(&xi.data)
-            .arg(&wi.data)
-            .arg(&bi.data)
-            .arg(&mut out.data);
+        l.arg(xi.s()).arg(wi.s()).arg(bi.s()).arg(out.sm());
         l.arg(&c).arg(&g).arg(&hw).arg(&eps).arg(&s);
         let cfg = LaunchConfig {
             grid_dim: ((x.dim(0) * groups).max(1) as u32, 1, 1),
@@ -1179,15 +1397,13 @@ impl Backend for CudaBackend {
     fn activation(&self, x: &Tensor<Self>, act: Activation) -> BResult<Tensor<Self>> {
         let xi = self.input(x)?;
         let mut out = self.alloc(x.numel())?;
-        self.stream
-            .memcpy_dtod(&xi.data, &mut out.data)
-            .map_err(dev_err)?;
+        self.stream.memcpy_dtod(xi.s(), out.sm()).map_err(dev_err)?;
         if act != Activation::None {
             let (n, code) = (x.numel() as i64, act_code(act));
             let mut l = self
                 .stream
                 .launch_builder(self.kf("activation", self.dtype)?);
-            l.arg(&mut out.data).arg(&n).arg(&code);
+            l.arg(out.sm()).arg(&n).arg(&code);
             unsafe { l.launch(grid_for(x.numel())) }.map_err(dev_err)?;
         }
         Ok(self.wrap(out, x.shape().to_vec()))
@@ -1231,15 +1447,11 @@ impl Backend for CudaBackend {
             let mut l = self.stream.launch_builder(self.kf("lincomb", self.dtype)?);
             for i in 0..3 {
                 match srcs.get(i) {
-                    Some((_, t)) => l.arg(&t.data),
+                    Some((_, t)) => l.arg(t.s()),
                     None => l.arg(&null),
                 };
             }
-            l.arg(&c[0])
-                .arg(&c[1])
-                .arg(&c[2])
-                .arg(&mut out.data)
-                .arg(&n64);
+            l.arg(&c[0]).arg(&c[1]).arg(&c[2]).arg(out.sm()).arg(&n64);
             unsafe { l.launch(grid_for(n)) }.map_err(dev_err)?;
             drop(l);
             drop(srcs);
@@ -1263,16 +1475,12 @@ impl Backend for CudaBackend {
         let mut l = self
             .stream
             .launch_builder(self.kf("gate_residual", self.dtype)?);
-        l.arg(&xi.data);
+        l.arg(xi.s());
         match &gi {
-            Some(g) => l.arg(&g.data),
+            Some(g) => l.arg(g.s()),
             None => l.arg(&null),
         };
-        l.arg(&bi.data)
-            .arg(&mut out.data)
-            .arg(&total)
-            .arg(&tokens)
-            .arg(&d);
+        l.arg(bi.s()).arg(out.sm()).arg(&total).arg(&tokens).arg(&d);
         unsafe { l.launch(grid_for(x.numel())) }.map_err(dev_err)?;
         Ok(self.wrap(out, x.shape().to_vec()))
     }
@@ -1290,10 +1498,10 @@ impl Backend for CudaBackend {
         let mut out = self.alloc(x.numel())?;
         let (rows, seq, hd32, d32) = (x.rows() as i64, s as i64, hd as i32, d as i32);
         let mut l = self.stream.launch_builder(self.kf("rope", self.dtype)?);
-        l.arg(&xi.data)
-            .arg(&ci.data)
-            .arg(&si.data)
-            .arg(&mut out.data)
+        l.arg(xi.s())
+            .arg(ci.s())
+            .arg(si.s())
+            .arg(out.sm())
             .arg(&rows)
             .arg(&seq)
             .arg(&hd32)
@@ -1307,14 +1515,11 @@ impl Backend for CudaBackend {
         let tb = table.buffer();
         let mut out = self.alloc_dt(ids.len() * d, tb.dtype)?;
         if !ids.is_empty() {
+            self.refuse_while_capturing("an embedding lookup (its ids are host data)")?;
             let idsd = self.stream.clone_htod(ids).map_err(dev_err)?;
             let (n, d32) = (ids.len() as i64, d as i32);
             let mut l = self.stream.launch_builder(self.kf("embedding", tb.dtype)?);
-            l.arg(&tb.data)
-                .arg(&idsd)
-                .arg(&mut out.data)
-                .arg(&n)
-                .arg(&d32);
+            l.arg(tb.s()).arg(&idsd).arg(out.sm()).arg(&n).arg(&d32);
             unsafe { l.launch(grid_for(ids.len() * d)) }.map_err(dev_err)?;
         }
         Ok(self.wrap(out, vec![ids.len(), d]))
@@ -1338,11 +1543,11 @@ impl Backend for CudaBackend {
         let shape = x.shape().to_vec();
         let mut out = self.alloc_dt(x.numel(), DType::F32)?;
         self.stream
-            .memcpy_dtod(&x.buffer().data, &mut out.data)
+            .memcpy_dtod(x.buffer().s(), out.sm())
             .map_err(dev_err)?;
         let n = x.numel() as i64;
         let mut l = self.stream.launch_builder(self.f(kernel)?);
-        l.arg(&mut out.data).arg(&n);
+        l.arg(out.sm()).arg(&n);
         unsafe { l.launch(grid_for(x.numel())) }.map_err(dev_err)?;
         Ok(self.wrap(out, shape))
     }
@@ -1356,11 +1561,7 @@ impl Backend for CudaBackend {
         let mut l = self
             .stream
             .launch_builder(self.kf("upsample_nearest2x", xb.dtype)?);
-        l.arg(&xb.data)
-            .arg(&mut out.data)
-            .arg(&planes)
-            .arg(&h32)
-            .arg(&w32);
+        l.arg(xb.s()).arg(out.sm()).arg(&planes).arg(&h32).arg(&w32);
         unsafe { l.launch(grid_for(n * c * 4 * h * w)) }.map_err(dev_err)?;
         Ok(self.wrap(out, vec![n, c, 2 * h, 2 * w]))
     }
