@@ -65,6 +65,9 @@ B=$G/ecad-native
     for n in denoise_parity flux_parity flux_denoise_parity flux_generate; do
         for t in $G/$n-*; do timeout 120 "$t" on_gpu --nocapture --test-threads 1; done
     done
+    echo "== kernel micro-benchmark: the ops of one PixArt-α XL-2 block, CFG batch 2, bf16"
+    timeout 60 $B bench --device cuda --dtype bf16 --arch xl2-1024 --ops --reps 20 --warmup 5
+    timeout 60 $B bench --device cuda --dtype bf16 --arch xl2-256 --ops --reps 20 --warmup 5
     echo "== forward benchmark, PixArt-α XL-2, one CFG step (batch 2): bf16 (the target), f16, f32"
     for dt in bf16 f16 f32; do
         timeout 60 $B bench --device cuda --dtype $dt --arch xl2-256 --forward --reps 20 --warmup 5
@@ -79,4 +82,4 @@ B=$G/ecad-native
     timeout 150 $B bench --device cuda --dtype bf16 --arch xl2-1024 --warmup 1 --reps 3 $S
 } 2>&1 | tee "$LOG"
 echo "== summary"
-grep -E "rel L2|median|test result|SKIPPED|panicked|^uncached|^[a-z_-]+gen_" "$LOG" | tail -50
+grep -E "rel L2|median|test result|SKIPPED|panicked|^uncached|^ours_|^linear|^attention|^layer_norm|^gate_residual|replayed" "$LOG" | tail -70

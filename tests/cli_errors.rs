@@ -275,3 +275,31 @@ fn unsupported_device_and_dtype_are_refused() {
     let a2: Vec<&str> = a.iter().map(String::as_str).collect();
     fails(&a2, &c.out, &["f16", "CUDA only"]);
 }
+
+/// `bench --ops`: the kernel micro-benchmark runs on the CPU and writes one row per op with a
+/// positive time and a rate; with a model folder or a FLUX architecture it is refused.
+#[test]
+fn bench_ops_times_every_op_of_a_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ops.json");
+    let o = Command::new(bin())
+        .args(["bench", "--ops", "--arch", "demo", "--device", "cpu"])
+        .args(["--reps", "2", "--warmup", "0", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 7, "{v}");
+    for r in rows {
+        assert!(r["median_ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["flops"].is_number() || r["bytes"].is_number(), "{r}");
+    }
+    let out = dir.path().join("none");
+    fails(
+        &["bench", "--ops", "--arch", "flux-narrow", "--device", "cpu"],
+        &out,
+        &["--ops", "PixArt"],
+    );
+}

@@ -81,6 +81,11 @@ pub struct BenchArgs {
     /// Time single CFG forwards instead of whole denoising runs.
     #[arg(long)]
     pub forward: bool,
+    /// Time the ops of one transformer block at the architecture's shapes (GEMMs, self- and
+    /// cross-attention, adaLN LayerNorm, the cache blend) instead of the model: the kernel
+    /// micro-benchmark, with TFLOP/s or GB/s. PixArt `--arch` only.
+    #[arg(long, conflicts_with = "forward")]
+    pub ops: bool,
     /// On CUDA, run every step's kernels eagerly instead of recording each schedule's whole run
     /// as one CUDA graph on its first (warm-up) run and replaying it. No effect on the CPU.
     #[arg(long)]
@@ -131,6 +136,9 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()
     }
     if a.height.is_some() || a.width.is_some() {
         bail!("--height/--width are for FLUX models; use --latent for PixArt");
+    }
+    if a.ops {
+        return run_ops(be, &a);
     }
     let guidance = a.guidance.unwrap_or(4.5);
     let text_len = a.text_len.unwrap_or(120);
@@ -237,11 +245,58 @@ fn run_on<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()
     print_report(&report, a.json.as_deref())
 }
 
+/// `bench --ops`: the kernel micro-benchmark at a built-in PixArt architecture's shapes.
+fn run_ops<B: crate::backend::Backend>(be: &B, a: &BenchArgs) -> anyhow::Result<()> {
+    if a.model.is_some() {
+        bail!("--ops takes a built-in architecture (--arch), not --model");
+    }
+    let (cfg, name) = match a.arch.unwrap_or(Arch::Demo) {
+        Arch::Demo => (crate::pipeline::demo_config(), "demo"),
+        Arch::Xl2_256 => (PixArtConfig::xl2(32, false), "PixArt-XL-2 256 px"),
+        Arch::Xl2_512 => (PixArtConfig::xl2(64, false), "PixArt-XL-2 512 px"),
+        Arch::Xl2_1024 => (PixArtConfig::xl2(128, false), "PixArt-XL-2 1024 px"),
+        Arch::FluxNarrow => bail!("--ops is for the PixArt architectures"),
+    };
+    let side = a.latent.unwrap_or(cfg.sample_size);
+    let tokens = (side / cfg.patch_size).pow(2);
+    let text_len = a.text_len.unwrap_or(120);
+    let batch = 2 * a.prompts;
+    // Bandwidth at the storage size: CUDA stores bf16/f16 in 2 bytes; the CPU stores f32.
+    let elem = if be.name().starts_with("cuda") && be.precision() != crate::backend::Precision::F32
+    {
+        2
+    } else {
+        4
+    };
+    let rows = crate::pipeline::bench::bench_ops(
+        be, &cfg, batch, tokens, text_len, a.warmup, a.reps, elem,
+    )?;
+    println!(
+        "ops of one {name} block on {}: batch {batch}, {tokens} tokens, text {text_len}; median of {} after {} warm-up",
+        be.name(),
+        a.reps,
+        a.warmup
+    );
+    for r in &rows {
+        let (rate, unit) = r.rate();
+        println!(
+            "{:<58} {:>10.3} ms {:>10.2} {unit}",
+            r.op, r.median_ms, rate
+        );
+    }
+    if let Some(j) = &a.json {
+        let v = serde_json::json!({"model": name, "mode": "ops", "device": be.name(),
+            "batch": batch, "tokens": tokens, "text_len": text_len, "rows": rows});
+        crate::weights::atomic_write(j, serde_json::to_string_pretty(&v)?.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// `bench` on a FLUX model: a pipeline root, or a built-in FLUX architecture with random
 /// weights.
 fn run_flux<B: crate::backend::Backend>(be: &B, a: BenchArgs) -> anyhow::Result<()> {
-    if a.forward {
-        bail!("--forward is for PixArt models; a FLUX bench times whole denoising runs");
+    if a.forward || a.ops {
+        bail!("--forward and --ops are for PixArt models; a FLUX bench times whole denoising runs");
     }
     if a.latent.is_some() {
         bail!("--latent is for PixArt; give a FLUX image size with --height/--width");

@@ -2,7 +2,7 @@
 //! warm-up, with ECAD's MAC model and fidelity to the uncached result side by side.
 
 use super::denoise::{DenoiseInputs, DenoiseOptions, DenoiseReport};
-use crate::backend::Backend;
+use crate::backend::{Activation, Backend};
 use crate::cache::macs::{ecad_macs, ModelDims, PixArtDims};
 use crate::cache::schedule::Schedule;
 use crate::models::pixart::{PixArtConfig, PixArtTransformer};
@@ -560,4 +560,151 @@ pub fn bench_forward<B: Backend>(
         tick();
     }
     Ok((times, device_times))
+}
+
+/// One row of [`bench_ops`]: an op at a model's shapes, its median time and throughput.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpRow {
+    pub op: String,
+    pub median_ms: f64,
+    /// Floating-point operations (GEMMs, attention), or None for a memory-bound op.
+    pub flops: Option<f64>,
+    /// Bytes read and written at the storage size (memory-bound ops).
+    pub bytes: Option<f64>,
+    pub timings_ms: Vec<f64>,
+}
+
+impl OpRow {
+    /// TFLOP/s, or GB/s for memory-bound ops.
+    pub fn rate(&self) -> (f64, &'static str) {
+        let s = self.median_ms / 1e3;
+        match (self.flops, self.bytes) {
+            (Some(f), _) => (f / s / 1e12, "TFLOP/s"),
+            (None, Some(b)) => (b / s / 1e9, "GB/s"),
+            _ => (f64::NAN, ""),
+        }
+    }
+}
+
+/// Times the ops of one PixArt transformer block at a model's shapes (CFG batch `batch`,
+/// `tokens` image tokens, `text_len` text tokens): the block's GEMMs, self- and cross-attention,
+/// the adaLN LayerNorm and the gated residual (the cache-blend op). Medians of device-event
+/// times (host times on the CPU) after `warmup` runs; `elem_bytes` is the storage size used for
+/// the bandwidth of the memory-bound ops.
+#[allow(clippy::too_many_arguments)]
+pub fn bench_ops<B: Backend>(
+    be: &B,
+    cfg: &PixArtConfig,
+    batch: usize,
+    tokens: usize,
+    text_len: usize,
+    warmup: usize,
+    reps: usize,
+    elem_bytes: usize,
+) -> MResult<Vec<OpRow>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (d, heads) = (cfg.inner_dim(), cfg.num_attention_heads);
+    let hd = cfg.attention_head_dim;
+    let ff = 4 * d;
+    let m = batch * tokens;
+    let mut t = |shape: &[usize]| -> MResult<crate::backend::Tensor<B>> {
+        Ok(be.upload(randn(&mut rng, shape.iter().product()), shape)?)
+    };
+    let x = t(&[batch, tokens, d])?;
+    let h = t(&[batch, tokens, ff])?;
+    let txt = t(&[batch, text_len, d])?;
+    let (w_dd, b_d) = (t(&[d, d])?, t(&[d])?);
+    let (w_up, b_up) = (t(&[ff, d])?, t(&[ff])?);
+    let w_down = t(&[d, ff])?;
+    let (shift, scale) = (t(&[batch, d])?, t(&[batch, d])?);
+    let key_bias = be.upload(
+        (0..batch * text_len)
+            .map(|i| {
+                if i % text_len < text_len / 3 + 1 {
+                    0.0
+                } else {
+                    -10000.0
+                }
+            })
+            .collect(),
+        &[batch, text_len],
+    )?;
+    let sm = 1.0 / (hd as f32).sqrt();
+    let (mf, tf, df, ff_f) = (m as f64, text_len as f64, d as f64, ff as f64);
+    let attn = |sq: f64, sk: f64| 4.0 * batch as f64 * heads as f64 * sq * sk * hd as f64;
+    // (name, FLOPs, bytes, the op)
+    type Op<'a, B> = Box<dyn Fn() -> MResult<crate::backend::Tensor<B>> + 'a>;
+    type Row<'a, B> = (String, Option<f64>, Option<f64>, Op<'a, B>);
+    let ops: Vec<Row<B>> = vec![
+        (
+            format!("linear {m}x{d} · {d}x{d} + bias (q/k/v/out)"),
+            Some(2.0 * mf * df * df),
+            None,
+            Box::new(|| Ok(be.linear(&x, &w_dd, Some(&b_d), Activation::None)?)),
+        ),
+        (
+            format!("linear {m}x{d} · {d}x{ff} + bias, GELU (ff up)"),
+            Some(2.0 * mf * df * ff_f),
+            None,
+            Box::new(|| Ok(be.linear(&x, &w_up, Some(&b_up), Activation::GeluTanh)?)),
+        ),
+        (
+            format!("linear {m}x{ff} · {ff}x{d} + bias (ff down)"),
+            Some(2.0 * mf * ff_f * df),
+            None,
+            Box::new(|| Ok(be.linear(&h, &w_down, Some(&b_d), Activation::None)?)),
+        ),
+        (
+            format!("attention self B{batch} H{heads} S{tokens} D{hd}"),
+            Some(attn(tokens as f64, tokens as f64)),
+            None,
+            Box::new(|| Ok(be.attention(&x, &x, &x, heads, sm, None, None, false)?)),
+        ),
+        (
+            format!("attention cross Sq{tokens} Sk{text_len}, key bias"),
+            Some(attn(tokens as f64, tf)),
+            None,
+            Box::new(|| {
+                Ok(be.attention(&x, &txt, &txt, heads, sm, Some(&key_bias), None, false)?)
+            }),
+        ),
+        (
+            format!("layer_norm_modulate {m}x{d}"),
+            None,
+            Some(2.0 * mf * df * elem_bytes as f64),
+            Box::new(|| Ok(be.layer_norm_modulate(&x, &shift, &scale, 1e-6)?)),
+        ),
+        (
+            format!("gate_residual {m}x{d} (cache blend)"),
+            None,
+            Some(3.0 * mf * df * elem_bytes as f64),
+            Box::new(|| Ok(be.gate_residual(&x, Some(&shift), &x)?)),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, flops, bytes, op) in ops {
+        let mut times = Vec::new();
+        for r in 0..warmup + reps {
+            be.synchronize()?;
+            let t0 = Instant::now();
+            let mut res: MResult<()> = Ok(());
+            let dev = be.device_time_ms(&mut || {
+                res = op().map(drop);
+                Ok(())
+            })?;
+            res?;
+            be.synchronize()?;
+            if r >= warmup {
+                times.push(dev.unwrap_or(t0.elapsed().as_secs_f64() * 1e3));
+            }
+        }
+        rows.push(OpRow {
+            op: name,
+            median_ms: median(&times),
+            flops,
+            bytes,
+            timings_ms: times,
+        });
+    }
+    Ok(rows)
 }
