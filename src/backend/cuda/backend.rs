@@ -120,21 +120,37 @@ impl DType {
 
 /// A device buffer: `len` elements of `dtype`. Buffers come from the stream-ordered pool and
 /// are freed (stream-ordered) when dropped, except the device constants a graph recording
-/// uploads, which the graph owns (`pinned`): dropping their tensors leaves them in place.
+/// uploads: those are shared between the graph and the tensors (a model may memoise a table it
+/// uploaded while being recorded) and freed when the last of them lets go.
 pub struct DevBuf {
     dtype: DType,
     len: usize,
     data: std::mem::ManuallyDrop<CudaSlice<u8>>,
-    pinned: bool,
+    constant: Option<Arc<ConstAlloc>>,
 }
 
 impl Drop for DevBuf {
     fn drop(&mut self) {
         // SAFETY: `data` is taken exactly once, here.
         let slice = unsafe { std::mem::ManuallyDrop::take(&mut self.data) };
-        if self.pinned {
+        if self.constant.is_some() {
+            // Not ours to free: `ConstAlloc` frees it with its last holder.
             let _ = slice.leak();
         }
+    }
+}
+
+/// Device memory from cuMemAlloc for a graph recording's constants, freed when the last holder
+/// (the graph, or a tensor still referencing it) goes.
+struct ConstAlloc {
+    ptr: sys::CUdeviceptr,
+    ctx: Arc<CudaContext>,
+}
+
+impl Drop for ConstAlloc {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        let _ = unsafe { cudarc::driver::result::free_sync(self.ptr) };
     }
 }
 
@@ -228,14 +244,14 @@ impl Drop for Lt {
 /// copied in at `capture_end`.
 #[derive(Default)]
 struct Recording {
-    constants: Vec<sys::CUdeviceptr>,
+    constants: Vec<Arc<ConstAlloc>>,
     pending: Vec<(sys::CUdeviceptr, Vec<u8>)>,
 }
 
 /// A recorded graph and the constants it reads.
 struct Recorded {
     graph: cudarc::driver::CudaGraph,
-    constants: Vec<sys::CUdeviceptr>,
+    _constants: Vec<Arc<ConstAlloc>>,
 }
 
 #[derive(Default)]
@@ -243,17 +259,6 @@ struct Graphs {
     open: Option<Recording>,
     done: HashMap<usize, Recorded>,
     next: usize,
-}
-
-impl Drop for Graphs {
-    fn drop(&mut self) {
-        for (_, r) in self.done.drain() {
-            drop(r.graph);
-            for p in r.constants {
-                let _ = unsafe { cudarc::driver::result::free_sync(p) };
-            }
-        }
-    }
 }
 
 pub struct CudaBackend {
@@ -402,7 +407,7 @@ impl CudaBackend {
             dtype,
             len: n,
             data: std::mem::ManuallyDrop::new(data),
-            pinned: false,
+            constant: None,
         })
     }
 
@@ -415,17 +420,22 @@ impl CudaBackend {
         let _ = self.ctx.bind_to_thread();
         let ptr = unsafe { cudarc::driver::result::malloc_sync(size) }
             .map_err(|e| self.alloc_err(e, size))?;
+        let constant = Arc::new(ConstAlloc {
+            ptr,
+            ctx: self.ctx.clone(),
+        });
         let slice = unsafe { self.stream.upgrade_device_ptr::<u8>(ptr, size) };
-        let mut g = self.recording()?;
-        let rec = g.open.as_mut().expect("recording() checked it is open");
-        rec.constants.push(ptr);
-        rec.pending.push((ptr, bytes));
-        Ok(DevBuf {
+        let buf = DevBuf {
             dtype,
             len: n,
             data: std::mem::ManuallyDrop::new(slice),
-            pinned: true,
-        })
+            constant: Some(constant.clone()),
+        };
+        let mut g = self.recording()?;
+        let rec = g.open.as_mut().expect("recording() checked it is open");
+        rec.constants.push(constant);
+        rec.pending.push((ptr, bytes));
+        Ok(buf)
     }
 
     /// The open recording, or an error when none is open.
@@ -974,25 +984,15 @@ impl Backend for CudaBackend {
             .stream
             .end_capture(sys::CUgraphInstantiate_flags(0))
             .map_err(dev_err);
-        let free_constants = |ptrs: &[sys::CUdeviceptr]| {
-            for &p in ptrs {
-                let _ = unsafe { cudarc::driver::result::free_sync(p) };
-            }
-        };
-        let graph = match graph {
-            Ok(Some(g)) => g,
-            Ok(None) => {
-                free_constants(&rec.constants);
-                return Ok(None);
-            }
-            Err(e) => {
-                free_constants(&rec.constants);
-                return Err(e);
-            }
-        };
+        // The constants are filled whatever became of the graph: a tensor made while recording
+        // may outlive a failed recording (a model's memoised table) and must hold its values.
+        let _ = self.ctx.bind_to_thread();
         for (ptr, bytes) in &rec.pending {
             unsafe { cudarc::driver::result::memcpy_htod_sync(*ptr, bytes) }.map_err(dev_err)?;
         }
+        let Some(graph) = graph? else {
+            return Ok(None);
+        };
         let mut g = self
             .graphs
             .lock()
@@ -1003,7 +1003,7 @@ impl Backend for CudaBackend {
             id,
             Recorded {
                 graph,
-                constants: rec.constants,
+                _constants: rec.constants,
             },
         );
         Ok(Some(id))
@@ -1029,12 +1029,9 @@ impl Backend for CudaBackend {
             .done
             .remove(&id);
         if let Some(r) = r {
-            // The last launch must be finished before its constants go.
+            // The last launch must be finished before the graph and its constants go.
             self.stream.synchronize().map_err(dev_err)?;
-            drop(r.graph);
-            for p in r.constants {
-                let _ = unsafe { cudarc::driver::result::free_sync(p) };
-            }
+            drop(r);
         }
         Ok(())
     }
