@@ -53,7 +53,10 @@ fn every_op_matches_the_cpu_backend() {
         return;
     }
     for dt in [DType::F32, DType::Bf16, DType::F16] {
-        every_op(&gpu_dtype(dt).expect("CUDA backend"));
+        let gpu = gpu_dtype(dt).expect("CUDA backend");
+        // What `--device auto` runs before it picks CUDA.
+        ecad_native::backend::cuda::self_check(&gpu).unwrap();
+        every_op(&gpu);
     }
 }
 

@@ -67,7 +67,8 @@ pub enum DtypeArg {
 /// Options shared by every command that runs a model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceOpts {
-    /// Where to run: the CPU, a CUDA GPU, or CUDA when usable else the CPU.
+    /// Where to run: the CPU, a CUDA GPU, or CUDA when usable (a driver, and the backend passes
+    /// a start-up check against the CPU) else the CPU.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
     /// Arithmetic precision. f32 is true float32 (no TF32 shortcuts). bf16 computes what a
@@ -127,18 +128,37 @@ impl DeviceOpts {
         Ok(Device::Cuda(Box::new(be)))
     }
 
+    /// `--device auto`: CUDA when a driver is present, the backend starts and it passes its
+    /// start-up check against the CPU ([`crate::backend::cuda::self_check`]); else `None` (the
+    /// CPU), with one warning line when a GPU was there but failed.
+    fn auto_cuda(&self, dtype: crate::backend::cuda::DType) -> Option<Device> {
+        if crate::backend::cuda::driver_unavailable_reason().is_some() {
+            return None;
+        }
+        let why = match crate::backend::cuda::CudaBackend::with_dtype(0, dtype) {
+            Ok(be) => match crate::backend::cuda::self_check(&be) {
+                Ok(()) => return Some(Device::Cuda(Box::new(be))),
+                Err(e) => format!("failed its start-up check ({e})"),
+            },
+            Err(e) => format!("did not start ({e})"),
+        };
+        eprintln!("warning: --device auto: the CUDA backend {why}; running on the CPU");
+        None
+    }
+
     fn f32_device(&self) -> anyhow::Result<Device> {
         match self.device {
             DeviceArg::Cuda => self.cuda(crate::backend::cuda::DType::F32),
-            DeviceArg::Auto | DeviceArg::Cpu => {
-                Ok(Device::Cpu(crate::backend::cpu::CpuBackend::new()))
-            }
+            DeviceArg::Auto => Ok(self
+                .auto_cuda(crate::backend::cuda::DType::F32)
+                .unwrap_or_else(|| Device::Cpu(crate::backend::cpu::CpuBackend::new()))),
+            DeviceArg::Cpu => Ok(Device::Cpu(crate::backend::cpu::CpuBackend::new())),
         }
     }
 
     /// Resolves `--device` for a command that runs in float32 only; `--dtype bf16/f16` are
-    /// refused (commands that support them use [`DeviceOpts::backend`]). `auto` uses the CPU
-    /// until the CUDA backend has passed its parity run on a GPU (scripts/gpu-check.sh).
+    /// refused (commands that support them use [`DeviceOpts::backend`]). `auto` picks CUDA
+    /// only when the backend passes its start-up check against the CPU.
     pub fn device(&self) -> anyhow::Result<Device> {
         if self.dtype != DtypeArg::F32 {
             anyhow::bail!(
@@ -159,23 +179,26 @@ impl DeviceOpts {
     pub fn backend(&self) -> anyhow::Result<AnyBackend> {
         use crate::backend::bf16::Bf16;
         use crate::backend::cuda::DType;
+        let storage = match self.dtype {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::Bf16 => DType::Bf16,
+            DtypeArg::F16 => DType::F16,
+        };
+        if self.device == DeviceArg::Auto {
+            if let Some(Device::Cuda(b)) = self.auto_cuda(storage) {
+                return Ok(AnyBackend::Cuda(b));
+            }
+        }
         let on_cuda = self.device == DeviceArg::Cuda;
         Ok(match (self.dtype, on_cuda) {
             (DtypeArg::F16, false) => anyhow::bail!(
                 "--dtype f16 runs on CUDA only (the CPU has no f16 arithmetic); use --device cuda, \
                  or --dtype f32 / --dtype bf16 on the CPU"
             ),
-            (dt, true) => {
-                let storage = match dt {
-                    DtypeArg::F32 => DType::F32,
-                    DtypeArg::Bf16 => DType::Bf16,
-                    DtypeArg::F16 => DType::F16,
-                };
-                match self.cuda(storage)? {
-                    Device::Cuda(b) => AnyBackend::Cuda(b),
-                    Device::Cpu(b) => AnyBackend::Cpu(b),
-                }
-            }
+            (_, true) => match self.cuda(storage)? {
+                Device::Cuda(b) => AnyBackend::Cuda(b),
+                Device::Cpu(b) => AnyBackend::Cpu(b),
+            },
             (DtypeArg::F32, false) => AnyBackend::Cpu(crate::backend::cpu::CpuBackend::new()),
             (DtypeArg::Bf16, false) => {
                 AnyBackend::CpuBf16(Bf16::new(crate::backend::cpu::CpuBackend::new()))

@@ -145,6 +145,72 @@ pub fn cached_ptx(
     Ok(ptx)
 }
 
+/// The start-up check `--device auto` runs before it picks CUDA: a GEMM with bias and GELU,
+/// attention with a key mask, and LayerNorm with adaLN modulation on small random inputs,
+/// against the CPU backend, within the storage dtype's bound. Err says which op disagreed.
+pub fn self_check(gpu: &CudaBackend) -> Result<(), String> {
+    use crate::backend::{cpu::CpuBackend, Activation, Backend};
+    use rand::SeedableRng;
+    let cpu = CpuBackend::new();
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let p = gpu.dtype().precision();
+    let tol = match gpu.dtype() {
+        DType::F32 => 1e-4,
+        DType::Bf16 => 2e-2,
+        DType::F16 => 4e-3,
+    };
+    let mut pair = |shape: &[usize]| {
+        let mut v = crate::models::randn(&mut r, shape.iter().product());
+        p.round_slice(&mut v);
+        (cpu.upload(v.clone(), shape), gpu.upload(v, shape))
+    };
+    // (op, CPU result, CUDA result)
+    type Outputs = Vec<(&'static str, Vec<f32>, Vec<f32>)>;
+    let mut run = || -> Result<Outputs, crate::backend::BackendError> {
+        let (xc, xg) = pair(&[2, 70, 128]);
+        let (xc, xg) = (xc?, xg?);
+        let (wc, wg) = pair(&[96, 128]);
+        let (wc, wg) = (wc?, wg?);
+        let (bc, bg) = pair(&[96]);
+        let (bc, bg) = (bc?, bg?);
+        let (sc, sg) = pair(&[2, 128]);
+        let (sc, sg) = (sc?, sg?);
+        let mask: Vec<f32> = (0..140)
+            .map(|i| if i % 70 < 50 { 0.0 } else { -10000.0 })
+            .collect();
+        let mc = cpu.upload(mask.clone(), &[2, 70])?;
+        let mg = gpu.upload(mask, &[2, 70])?;
+        let s = 1.0 / 64f32.sqrt();
+        Ok(vec![
+            (
+                "linear+GELU",
+                cpu.to_host(&cpu.linear(&xc, &wc, Some(&bc), Activation::GeluTanh)?)?,
+                gpu.to_host(&gpu.linear(&xg, &wg, Some(&bg), Activation::GeluTanh)?)?,
+            ),
+            (
+                "attention",
+                cpu.to_host(&cpu.attention(&xc, &xc, &xc, 2, s, Some(&mc), None, false)?)?,
+                gpu.to_host(&gpu.attention(&xg, &xg, &xg, 2, s, Some(&mg), None, false)?)?,
+            ),
+            (
+                "layer_norm_modulate",
+                cpu.to_host(&cpu.layer_norm_modulate(&xc, &sc, &sc, 1e-6)?)?,
+                gpu.to_host(&gpu.layer_norm_modulate(&xg, &sg, &sg, 1e-6)?)?,
+            ),
+        ])
+    };
+    for (op, want, got) in run().map_err(|e| e.to_string())? {
+        let e = crate::models::rel_l2(&got, &want);
+        // NaN fails too.
+        if e.is_nan() || e > tol {
+            return Err(format!(
+                "{op} differs from the CPU by {e:.1e} (bound {tol:.0e})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Why CUDA cannot be used here, or None when a driver is present.
 pub fn driver_unavailable_reason() -> Option<String> {
     // cudarc panics (instead of returning an error) when libcuda cannot be loaded: probe first.
