@@ -61,7 +61,16 @@ B=$G/ecad-native
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     git log -1 --format='commit %h %cd' 2>/dev/null
     echo "== CUDA parity (kernels vs CPU, forwards and sampling vs diffusers fixtures)"
-    for t in $G/cuda_parity-*; do timeout 240 "$t" --nocapture --test-threads 1; done
+    for t in $G/cuda_parity-*; do
+        if ! timeout 240 "$t" --nocapture --test-threads 1; then
+            # Bisect without a rebuild: the same tests with the tensor-core attention off, then
+            # with cuBLASLt off (src/backend/cuda/backend.rs, `Switches`).
+            echo "== cuda_parity failed: again with ECAD_CUDA_NO_MMA=1"
+            ECAD_CUDA_NO_MMA=1 timeout 240 "$t" --nocapture --test-threads 1 every_op
+            echo "== again with ECAD_CUDA_NO_LT=1"
+            ECAD_CUDA_NO_LT=1 timeout 240 "$t" --nocapture --test-threads 1 every_op
+        fi
+    done
     for n in denoise_parity flux_parity flux_denoise_parity flux_generate; do
         for t in $G/$n-*; do timeout 120 "$t" on_gpu --nocapture --test-threads 1; done
     done

@@ -271,6 +271,27 @@ pub struct CudaBackend {
     /// Compute capability (major, minor).
     cc: (i32, i32),
     graphs: Mutex<Graphs>,
+    switches: Switches,
+}
+
+/// Fallbacks chosen at start-up from the environment, to isolate a fault on a GPU machine
+/// without a rebuild (it has no cargo): `ECAD_CUDA_NO_MMA=1` runs 16-bit attention on the
+/// CUDA-core kernel, `ECAD_CUDA_NO_LT=1` runs GEMMs through cublasGemmEx and the bias/activation
+/// kernel instead of cuBLASLt with epilogues.
+#[derive(Clone, Copy, Debug)]
+struct Switches {
+    mma: bool,
+    lt: bool,
+}
+
+impl Switches {
+    fn from_env() -> Self {
+        let off = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty() && v != "0");
+        Switches {
+            mma: !off("ECAD_CUDA_NO_MMA"),
+            lt: !off("ECAD_CUDA_NO_LT"),
+        }
+    }
 }
 
 // SAFETY: the cuBLAS/cuBLASLt handles and every launch are bound to our one stream; all calls
@@ -366,6 +387,7 @@ impl CudaBackend {
             dtype,
             cc,
             graphs: Mutex::new(Graphs::default()),
+            switches: Switches::from_env(),
         })
     }
 
@@ -581,7 +603,9 @@ impl CudaBackend {
             .lock()
             .map_err(|_| BackendError::Device("cuBLASLt state poisoned".into()))?;
         let lt_state = &mut *ltg;
-        if !lt_state.plans.contains_key(&key) {
+        if !self.switches.lt {
+            lt_state.plans.insert(key, None);
+        } else if !lt_state.plans.contains_key(&key) {
             let plan = unsafe { make_plan(lt_state.handle, key, epi) };
             lt_state.plans.insert(key, plan.ok());
         }
@@ -1242,7 +1266,7 @@ impl Backend for CudaBackend {
             (sq as i32, sk as i32, heads as i32, d as i32, causal as i32);
         // Tensor cores for 16-bit storage at the head dims the models use (mma.sync m16n8k16:
         // head dims padded to a multiple of 16); the CUDA-core kernel otherwise.
-        let mma = self.dtype != DType::F32 && matches!(d, 64 | 72 | 128);
+        let mma = self.switches.mma && self.dtype != DType::F32 && matches!(d, 64 | 72 | 128);
         let (name, cfg) = if mma {
             let dp = d.div_ceil(16) * 16;
             (
