@@ -267,6 +267,7 @@ fn graph_replay_matches_the_eager_run_on_gpu() {
     use ecad_native::pipeline::bench::BenchInputs;
     use ecad_native::pipeline::denoise::{DenoiseOptions, PreparedDenoise};
     use ecad_native::pipeline::run::{GraphedRun, PreparedRun};
+    use ecad_native::weights::HostTensor;
     let Some(gpu) = gpu_dtype(DType::Bf16) else {
         return;
     };
@@ -281,7 +282,8 @@ fn graph_replay_matches_the_eager_run_on_gpu() {
     let sched = heuristic_by_name("fora:3", ModelFamily::PixArt, steps, cfg.num_layers, 0).unwrap();
     let scheduler = ecad_native::sampler::DpmSolverConfig::default();
     let side = cfg.sample_size;
-    let run = |seed: u64, graph: Option<&GraphedRun<CudaBackend>>| -> Vec<f32> {
+    // Prepares the run for `seed` and hands it to `f`.
+    let with_run = |seed: u64, f: &mut dyn FnMut(&PreparedRun<CudaBackend>, &HostTensor)| {
         let inputs = BenchInputs::random(&cfg, 1, (side, side), 16, seed);
         let inp = inputs.as_denoise();
         let opts = DenoiseOptions {
@@ -292,31 +294,28 @@ fn graph_replay_matches_the_eager_run_on_gpu() {
         let prepared = PreparedRun::PixArt(
             PreparedDenoise::new(&gpu, &model, &scheduler, &inp, &opts).unwrap(),
         );
-        let (out, _) = match graph {
-            None => prepared
-                .run_to_end(inp.latents, Some(&sched), &mut |_, _| {})
-                .unwrap(),
-            Some(g) => g.replay(&gpu, &prepared, inp.latents).unwrap(),
-        };
-        gpu.to_host(&out).unwrap()
+        f(&prepared, inp.latents);
+    };
+    let run = |seed: u64, graph: Option<&GraphedRun<CudaBackend>>| -> Vec<f32> {
+        let mut out = Vec::new();
+        with_run(seed, &mut |prepared, latents| {
+            let (t, _) = match graph {
+                None => prepared
+                    .run_to_end(latents, Some(&sched), &mut |_, _| {})
+                    .unwrap(),
+                Some(g) => g.replay(&gpu, prepared, latents).unwrap(),
+            };
+            out = gpu.to_host(&t).unwrap();
+        });
+        out
     };
     let eager1 = run(1, None);
     let eager2 = run(2, None);
-    let graph = {
-        let inputs = BenchInputs::random(&cfg, 1, (side, side), 16, 1);
-        let inp = inputs.as_denoise();
-        let opts = DenoiseOptions {
-            steps,
-            guidance: 4.5,
-            schedule: Some(&sched),
-        };
-        let prepared = PreparedRun::PixArt(
-            PreparedDenoise::new(&gpu, &model, &scheduler, &inp, &opts).unwrap(),
-        );
-        GraphedRun::capture(&gpu, &prepared, inp.latents, Some(&sched))
-            .unwrap()
-            .expect("the CUDA backend records graphs")
-    };
+    let mut graph = None;
+    with_run(1, &mut |prepared, latents| {
+        graph = GraphedRun::capture(&gpu, prepared, latents, Some(&sched)).unwrap();
+    });
+    let graph = graph.expect("the CUDA backend records graphs");
     let replay1 = run(1, Some(&graph));
     let replay2 = run(2, Some(&graph));
     let e1 = rel_l2(&replay1, &eager1);

@@ -1059,46 +1059,26 @@ impl Ops {
         self.push(c, vec![("out", want)], dt.tol());
     }
 
-    // backend.rs: round_to(Bf16), in place. Bit-exact: bf16 values fit f16 at these magnitudes.
-    fn round_bf16(&mut self, n: usize) {
-        let x = self.rnd(n);
-        let rounded = self
-            .cpu
-            .round_to(self.t(&x, &[n]), Precision::Bf16)
-            .unwrap();
+    // backend.rs: round_to(Bf16 | F16) on f32 storage, in place (`kernel` round_bf16 or
+    // round_f16); on 16-bit storage of the same precision the identity. Bit-exact. Values are
+    // scaled by `scale` so that the f16 rounding meets magnitudes where it differs from bf16's.
+    fn round(&mut self, n: usize, precision: Precision, kernel: &str, scale: f32) {
         let dt = self.dt;
+        let x: Vec<f32> = self
+            .rnd(n)
+            .into_iter()
+            .map(|v| dt.round(v * scale))
+            .collect();
+        let rounded = self.cpu.round_to(self.t(&x, &[n]), precision).unwrap();
         let want: Vec<f32> = self
             .host(&rounded)
             .into_iter()
             .map(|v| dt.round(v))
             .collect();
-        let mut c = Case::new(self.label(&format!("round_bf16 n {n}")));
+        let mut c = Case::new(self.label(&format!("{kernel} n {n}")));
         c.inout("x", dt, &x);
         c.launch(
-            &self.k("round_bf16"),
-            grid_for(n),
-            BLOCK,
-            &[Arg::Buf("x"), Arg::I64(n as i64)],
-        );
-        c.both_orders();
-        self.push(c, vec![("x", want)], 0.0);
-    }
-
-    // backend.rs: round_to(F16) on f32 storage, in place; the identity on f16 storage.
-    fn round_f16(&mut self, n: usize) {
-        let x: Vec<f32> = self.rnd(n).into_iter().map(|v| v * 300.0).collect();
-        let x: Vec<f32> = x.into_iter().map(|v| self.dt.round(v)).collect();
-        let rounded = self.cpu.round_to(self.t(&x, &[n]), Precision::F16).unwrap();
-        let dt = self.dt;
-        let want: Vec<f32> = self
-            .host(&rounded)
-            .into_iter()
-            .map(|v| dt.round(v))
-            .collect();
-        let mut c = Case::new(self.label(&format!("round_f16 n {n}")));
-        c.inout("x", dt, &x);
-        c.launch(
-            &self.k("round_f16"),
+            &self.k(kernel),
             grid_for(n),
             BLOCK,
             &[Arg::Buf("x"), Arg::I64(n as i64)],
@@ -1466,8 +1446,8 @@ fn op_checks(dt: Dt, seed: u64) -> Vec<Check> {
     o.lincomb(&[0.5, 2.0, -0.75]);
     o.gate_residual(2, 9, 40, true);
     o.gate_residual(2, 9, 40, false);
-    o.round_bf16(1000);
-    o.round_f16(1000);
+    o.round(1000, Precision::Bf16, "round_bf16", 1.0);
+    o.round(1000, Precision::F16, "round_f16", 300.0);
     o.rope(2, 9, 3, 16);
     o.rope(1, 5, 2, 128);
     o.convert(777);

@@ -460,12 +460,15 @@ impl CudaBackend {
         Ok(buf)
     }
 
+    fn graph_state(&self) -> BResult<std::sync::MutexGuard<'_, Graphs>> {
+        self.graphs
+            .lock()
+            .map_err(|_| BackendError::Device("graph state poisoned".into()))
+    }
+
     /// The open recording, or an error when none is open.
     fn recording(&self) -> BResult<std::sync::MutexGuard<'_, Graphs>> {
-        let g = self
-            .graphs
-            .lock()
-            .map_err(|_| BackendError::Device("graph state poisoned".into()))?;
+        let g = self.graph_state()?;
         if g.open.is_none() {
             return Err(BackendError::Device("no graph recording is open".into()));
         }
@@ -976,10 +979,7 @@ impl Backend for CudaBackend {
     }
 
     fn capture_begin(&self) -> BResult<bool> {
-        let mut g = self
-            .graphs
-            .lock()
-            .map_err(|_| BackendError::Device("graph state poisoned".into()))?;
+        let mut g = self.graph_state()?;
         if g.open.is_some() {
             return Err(BackendError::Device(
                 "a graph recording is already open".into(),
@@ -1017,10 +1017,7 @@ impl Backend for CudaBackend {
         let Some(graph) = graph? else {
             return Ok(None);
         };
-        let mut g = self
-            .graphs
-            .lock()
-            .map_err(|_| BackendError::Device("graph state poisoned".into()))?;
+        let mut g = self.graph_state()?;
         g.next += 1;
         let id = g.next;
         g.done.insert(
@@ -1034,10 +1031,7 @@ impl Backend for CudaBackend {
     }
 
     fn graph_launch(&self, id: usize) -> BResult<()> {
-        let g = self
-            .graphs
-            .lock()
-            .map_err(|_| BackendError::Device("graph state poisoned".into()))?;
+        let g = self.graph_state()?;
         let r = g
             .done
             .get(&id)
@@ -1046,12 +1040,7 @@ impl Backend for CudaBackend {
     }
 
     fn graph_release(&self, id: usize) -> BResult<()> {
-        let r = self
-            .graphs
-            .lock()
-            .map_err(|_| BackendError::Device("graph state poisoned".into()))?
-            .done
-            .remove(&id);
+        let r = self.graph_state()?.done.remove(&id);
         if let Some(r) = r {
             // The last launch must be finished before the graph and its constants go.
             self.stream.synchronize().map_err(dev_err)?;
