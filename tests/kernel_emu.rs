@@ -10,7 +10,7 @@
 mod common;
 
 use ecad_native::backend::cpu::CpuBackend;
-use ecad_native::backend::{Activation, Backend, Precision, Tensor};
+use ecad_native::backend::{Activation, BResult, Backend, Precision, Tensor};
 use ecad_native::models::{randn, rel_l2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -603,6 +603,15 @@ impl Ops {
         format!("{} {what}", self.dt.suffix())
     }
 
+    /// Runs `c` in both schedule orders and checks its `out` against the CPU's `want` within
+    /// the dtype's bound.
+    fn finish(&mut self, mut c: Case, want: BResult<Tensor<CpuBackend>>) {
+        c.both_orders();
+        let want = self.host(&want.unwrap());
+        let tol = self.dt.tol();
+        self.push(c, vec![("out", want)], tol);
+    }
+
     fn push(&mut self, case: Case, expect: Vec<(&'static str, Vec<f32>)>, tol: f64) {
         self.checks.push(Check {
             case,
@@ -757,9 +766,7 @@ impl Ops {
                 Arg::F32(eps),
             ],
         );
-        c.both_orders();
-        let want = self.host(&want.unwrap());
-        self.push(c, vec![("out", want)], dt.tol());
+        self.finish(c, want);
     }
 
     // backend.rs: layer_norm_modulate. One block a row of x [B, T, D].
@@ -794,9 +801,7 @@ impl Ops {
                 Arg::F32(eps),
             ],
         );
-        c.both_orders();
-        let want = self.host(&want.unwrap());
-        self.push(c, vec![("out", want)], dt.tol());
+        self.finish(c, want);
     }
 
     // backend.rs: rms_norm. One block a row.
@@ -828,9 +833,7 @@ impl Ops {
                 Arg::F32(eps),
             ],
         );
-        c.both_orders();
-        let want = self.host(&want.unwrap());
-        self.push(c, vec![("out", want)], dt.tol());
+        self.finish(c, want);
     }
 
     // backend.rs: group_norm. Grid N·groups, BLOCK threads.
@@ -874,9 +877,7 @@ impl Ops {
                 Arg::I32(silu as i32),
             ],
         );
-        c.both_orders();
-        let want = self.host(&want.unwrap());
-        self.push(c, vec![("out", want)], dt.tol());
+        self.finish(c, want);
     }
 
     // backend.rs: activation (in place on a copy). Code 0 (none) is never launched by the
@@ -980,9 +981,7 @@ impl Ops {
                 Arg::I32(op),
             ],
         );
-        c.both_orders();
-        let want = self.host(&want.unwrap());
-        self.push(c, vec![("out", want)], dt.tol());
+        self.finish(c, want);
     }
 
     // backend.rs: lincomb, one launch per three terms (missing terms null, coefficient 0).
@@ -1054,9 +1053,7 @@ impl Ops {
                 Arg::I32(d as i32),
             ],
         );
-        c.both_orders();
-        let want = self.host(&want.unwrap());
-        self.push(c, vec![("out", want)], dt.tol());
+        self.finish(c, want);
     }
 
     // backend.rs: round_to(Bf16 | F16) on f32 storage, in place (`kernel` round_bf16 or
@@ -1121,9 +1118,7 @@ impl Ops {
                 Arg::I32(d as i32),
             ],
         );
-        c.both_orders();
-        let want = self.host(&want.unwrap());
-        self.push(c, vec![("out", want)], dt.tol());
+        self.finish(c, want);
     }
 
     // backend.rs: as_dtype, the conversions between storage dtypes (through f32). Exact: to
