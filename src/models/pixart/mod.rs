@@ -396,16 +396,17 @@ impl<B: Backend> PixArtTransformer<B> {
         let blk = &self.transformer_blocks[index];
         let (n, d) = (x.dim(0), x.dim(2));
         let m = be.add(&cond.t6.reshape(&[n, 6, d])?, &blk.scale_shift_table)?;
+        // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp. The shifts and scales
+        // feed only their component's norm, so they are cut out inside the component: a reused
+        // component costs its gated blend alone.
         let chunk = |j: usize| -> BResult<Tensor<B>> { be.narrow(&m, 1, j, 1)?.reshape(&[n, d]) };
-        let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
-        let (shift_mlp, scale_mlp, gate_mlp) = (chunk(3)?, chunk(4)?, chunk(5)?);
         let heads = self.heads();
         let scale = self.attn_scale();
         let eps = self.eps();
 
         // Self-attention (the norm feeds only attn1, so a reused attn1 skips it too).
         let a1 = cache.component(index, ATTN1, &mut || {
-            let xn = be.layer_norm_modulate(&x, &shift_msa, &scale_msa, eps)?;
+            let xn = be.layer_norm_modulate(&x, &chunk(0)?, &chunk(1)?, eps)?;
             let at = &blk.attn1;
             let q = at.to_q.forward(be, &xn)?;
             let k = at.to_k.forward(be, &xn)?;
@@ -413,7 +414,7 @@ impl<B: Backend> PixArtTransformer<B> {
             let o = be.attention(&q, &k, &v, heads, scale, None, None, false)?;
             at.to_out_0.forward(be, &o)
         })?;
-        let x = be.gate_residual(&x, Some(&gate_msa), &a1)?;
+        let x = be.gate_residual(&x, Some(&chunk(2)?), &a1)?;
 
         // Cross-attention: no norm, no gate.
         let a2 = cache.component(index, ATTN2, &mut || {
@@ -426,14 +427,14 @@ impl<B: Backend> PixArtTransformer<B> {
         let x = be.gate_residual(&x, None, &a2)?;
 
         let f = cache.component(index, FF, &mut || {
-            let xn = be.layer_norm_modulate(&x, &shift_mlp, &scale_mlp, eps)?;
+            let xn = be.layer_norm_modulate(&x, &chunk(3)?, &chunk(4)?, eps)?;
             let h = blk
                 .ff
                 .net_0_proj
                 .forward_act(be, &xn, Activation::GeluTanh)?;
             blk.ff.net_2.forward(be, &h)
         })?;
-        be.gate_residual(&x, Some(&gate_mlp), &f)
+        be.gate_residual(&x, Some(&chunk(5)?), &f)
     }
 
     /// The transformer on prepared text and conditioning: `[N, C_in, H, W]` → `[N, C_out, H, W]`.
