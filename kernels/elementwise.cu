@@ -57,6 +57,22 @@ __device__ void gate_residual_impl(const T *x, const T *gate, const T *branch, T
     }
 }
 
+// Up to three blends in one pass: out = ((x + g0⊙b0) + g1⊙b1) + g2⊙b2, in that order in f32 (a
+// NULL branch ends the chain; a NULL gate is ones). The reused components of a block are
+// blended here together: one read of x and one write instead of three of each.
+template <typename T>
+__device__ void gate_residual3_impl(const T *x, const T *g0, const T *b0, const T *g1, const T *b1, const T *g2,
+                                    const T *b2, T *out, long total, long tokens, int d) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        const long gi = (i / (tokens * d)) * d + i % d;
+        float v = to_f32(x[i]);
+        v += (g0 ? to_f32(g0[gi]) : 1.0f) * to_f32(b0[i]);
+        if (b1) v += (g1 ? to_f32(g1[gi]) : 1.0f) * to_f32(b1[i]);
+        if (b2) v += (g2 ? to_f32(g2[gi]) : 1.0f) * to_f32(b2[i]);
+        out[i] = from_f32<T>(v);
+    }
+}
+
 // x[i] = bf16(x[i]) in place, round-to-nearest-even, kept in the storage dtype T (the bf16
 // precision decorator's rounding point on f32 storage; the identity on bf16 storage).
 template <typename T>
@@ -111,6 +127,11 @@ __device__ void rope_impl(const T *x, const float *cos, const float *sin, T *out
     extern "C" __global__ void lincomb_##SUF(const T *x0, const T *x1, const T *x2, float c0, float c1,   \
                                              float c2, T *out, long n) {                                  \
         lincomb_impl<T>(x0, x1, x2, c0, c1, c2, out, n);                                                  \
+    }                                                                                                     \
+    extern "C" __global__ void gate_residual3_##SUF(const T *x, const T *g0, const T *b0, const T *g1,   \
+                                                    const T *b1, const T *g2, const T *b2, T *out,       \
+                                                    long total, long tokens, int d) {                     \
+        gate_residual3_impl<T>(x, g0, b0, g1, b1, g2, b2, out, total, tokens, d);                         \
     }                                                                                                     \
     extern "C" __global__ void gate_residual_##SUF(const T *x, const T *gate, const T *branch, T *out,   \
                                                    long total, long tokens, int d) {                      \

@@ -191,6 +191,32 @@ fn every_op(gpu: &CudaBackend) {
         &gpu.gate_residual(&xg, Some(&sg), &yg).unwrap(),
         1e-6,
     );
+    let (zc, zg) = p.t(&mut r, &[2, 37, 96]);
+    let (gc2, gg2) = p.t(&mut r, &[2, 96]);
+    p.same(
+        "gate_residual_chain 4 terms",
+        &cpu.gate_residual_chain(
+            &xc,
+            &[
+                (Some(&sc), &yc),
+                (None, &zc),
+                (Some(&gc2), &yc),
+                (None, &xc),
+            ],
+        )
+        .unwrap(),
+        &gpu.gate_residual_chain(
+            &xg,
+            &[
+                (Some(&sg), &yg),
+                (None, &zg),
+                (Some(&gg2), &yg),
+                (None, &xg),
+            ],
+        )
+        .unwrap(),
+        1e-6,
+    );
     p.same(
         "lincomb 4 terms",
         &cpu.lincomb(&[(0.5, &xc), (2.0, &yc), (-1.0, &xc), (0.25, &yc)])

@@ -1019,6 +1019,50 @@ impl Ops {
     }
 
     // backend.rs: gate_residual, out = x + gate[b] ⊙ branch.
+    // backend.rs: gate_residual_chain, up to three blends per gate_residual3 launch (unused
+    // slots NULL); against the CPU's chain of gate_residual calls. `gates[i]`: term i has a
+    // gate.
+    fn gate_residual3(&mut self, b: usize, t: usize, d: usize, gates: &[bool]) {
+        let n = b * t * d;
+        let x = self.rnd(n);
+        let gs: Vec<Vec<f32>> = gates.iter().map(|_| self.rnd(b * d)).collect();
+        let bs: Vec<Vec<f32>> = gates.iter().map(|_| self.rnd(n)).collect();
+        let gts: Vec<Tensor<CpuBackend>> = gs.iter().map(|g| self.t(g, &[b, d])).collect();
+        let bts: Vec<Tensor<CpuBackend>> = bs.iter().map(|v| self.t(v, &[b, t, d])).collect();
+        let terms: Vec<(Option<&Tensor<CpuBackend>>, &Tensor<CpuBackend>)> = gates
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| (g.then_some(&gts[i]), &bts[i]))
+            .collect();
+        let want = self
+            .cpu
+            .gate_residual_chain(&self.t(&x, &[b, t, d]), &terms);
+        let dt = self.dt;
+        let mut c =
+            Case::new(self.label(&format!("gate_residual3 [{b}, {t}, {d}] gates {gates:?}")));
+        c.input("x", dt, &x);
+        let names = [("g0", "b0"), ("g1", "b1"), ("g2", "b2")];
+        for (i, &(gn, bn)) in names.iter().enumerate().take(gates.len()) {
+            c.input(gn, dt, &gs[i]);
+            c.input(bn, dt, &bs[i]);
+        }
+        c.output("out", dt.suffix(), n);
+        let mut args = vec![Arg::Buf("x")];
+        for (i, &(gn, bn)) in names.iter().enumerate() {
+            let present = i < gates.len();
+            args.push(opt(gn, present && gates[i]));
+            args.push(opt(bn, present));
+        }
+        args.extend([
+            Arg::Buf("out"),
+            Arg::I64(n as i64),
+            Arg::I64(t as i64),
+            Arg::I32(d as i32),
+        ]);
+        c.launch(&self.k("gate_residual3"), grid_for(n), BLOCK, &args);
+        self.finish(c, want);
+    }
+
     fn gate_residual(&mut self, b: usize, t: usize, d: usize, gate: bool) {
         let n = b * t * d;
         let x = self.rnd(n);
@@ -1441,6 +1485,8 @@ fn op_checks(dt: Dt, seed: u64) -> Vec<Check> {
     o.lincomb(&[0.5, 2.0, -0.75]);
     o.gate_residual(2, 9, 40, true);
     o.gate_residual(2, 9, 40, false);
+    o.gate_residual3(2, 9, 40, &[true, false, true]);
+    o.gate_residual3(1, 5, 24, &[false]);
     o.round(1000, Precision::Bf16, "round_bf16", 1.0);
     o.round(1000, Precision::F16, "round_f16", 300.0);
     o.rope(2, 9, 3, 16);

@@ -392,6 +392,20 @@ pub trait Backend: Send + Sync + Sized + 'static {
         gate: Option<&Tensor<Self>>,
         branch: &Tensor<Self>,
     ) -> BResult<Tensor<Self>>;
+    /// `x + gate₁ ⊙ branch₁ + gate₂ ⊙ branch₂ + …`, applied in order exactly as a chain of
+    /// [`Backend::gate_residual`] (the default): the blends of several components whose outputs
+    /// are all at hand (reused ones) in one pass on backends that fuse it.
+    fn gate_residual_chain(
+        &self,
+        x: &Tensor<Self>,
+        terms: &[(Option<&Tensor<Self>>, &Tensor<Self>)],
+    ) -> BResult<Tensor<Self>> {
+        let mut y = x.clone();
+        for (gate, branch) in terms {
+            y = self.gate_residual(&y, *gate, branch)?;
+        }
+        Ok(y)
+    }
     /// Rotary embedding on `[B, S, H·D]` with `cos, sin: [S, D/2]`, interleaved pairs
     /// (`(x[2i], x[2i+1])` rotated by angle i), as FLUX uses.
     fn rope(

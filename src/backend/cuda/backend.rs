@@ -1495,6 +1495,56 @@ impl Backend for CudaBackend {
         Ok(self.wrap(out, x.shape().to_vec()))
     }
 
+    fn gate_residual_chain(
+        &self,
+        x: &Tensor<Self>,
+        terms: &[(Option<&Tensor<Self>>, &Tensor<Self>)],
+    ) -> BResult<Tensor<Self>> {
+        if terms.is_empty() {
+            return Ok(x.clone());
+        }
+        for (gate, branch) in terms {
+            check::gate_residual(x, *gate, branch)?;
+        }
+        let (total, tokens, d) = (x.numel() as i64, x.dim(1) as i64, x.dim(2) as i32);
+        let null: u64 = 0;
+        let mut acc = x.clone();
+        // Three blends per launch, in order; a longer chain continues from the partial result.
+        for part in terms.chunks(3) {
+            let xi = self.input(&acc)?;
+            let ins: Vec<(Option<In>, In)> = part
+                .iter()
+                .map(|(g, b)| Ok((g.map(|g| self.input(g)).transpose()?, self.input(b)?)))
+                .collect::<BResult<_>>()?;
+            let mut out = self.alloc(x.numel())?;
+            let mut l = self
+                .stream
+                .launch_builder(self.kf("gate_residual3", self.dtype)?);
+            l.arg(xi.s());
+            for i in 0..3 {
+                match ins.get(i) {
+                    Some((g, b)) => {
+                        match g {
+                            Some(g) => l.arg(g.s()),
+                            None => l.arg(&null),
+                        };
+                        l.arg(b.s());
+                    }
+                    None => {
+                        l.arg(&null).arg(&null);
+                    }
+                }
+            }
+            l.arg(out.sm()).arg(&total).arg(&tokens).arg(&d);
+            unsafe { l.launch(grid_for(x.numel())) }.map_err(dev_err)?;
+            drop(l);
+            drop(ins);
+            drop(xi);
+            acc = self.wrap(out, x.shape().to_vec());
+        }
+        Ok(acc)
+    }
+
     fn rope(
         &self,
         x: &Tensor<Self>,

@@ -404,9 +404,25 @@ impl<B: Backend> PixArtTransformer<B> {
         let scale = self.attn_scale();
         let eps = self.eps();
 
+        // The residual stream and the blends not yet applied to it. A component that computes
+        // needs the stream up to date; reused components' outputs are at hand, so their blends
+        // wait and run as one pass (`gate_residual_chain`, the same arithmetic in the same
+        // order): a block whose three components are all reused costs one blend, not three.
+        let stream = std::cell::RefCell::new((x, Vec::<(Option<Tensor<B>>, Tensor<B>)>::new()));
+        let current = || -> BResult<Tensor<B>> {
+            let mut s = stream.borrow_mut();
+            if !s.1.is_empty() {
+                let terms = std::mem::take(&mut s.1);
+                let refs: Vec<(Option<&Tensor<B>>, &Tensor<B>)> =
+                    terms.iter().map(|(g, b)| (g.as_ref(), b)).collect();
+                s.0 = be.gate_residual_chain(&s.0, &refs)?;
+            }
+            Ok(s.0.clone())
+        };
+
         // Self-attention (the norm feeds only attn1, so a reused attn1 skips it too).
         let a1 = cache.component(index, ATTN1, &mut || {
-            let xn = be.layer_norm_modulate(&x, &chunk(0)?, &chunk(1)?, eps)?;
+            let xn = be.layer_norm_modulate(&current()?, &chunk(0)?, &chunk(1)?, eps)?;
             let at = &blk.attn1;
             let q = at.to_q.forward(be, &xn)?;
             let k = at.to_k.forward(be, &xn)?;
@@ -414,27 +430,28 @@ impl<B: Backend> PixArtTransformer<B> {
             let o = be.attention(&q, &k, &v, heads, scale, None, None, false)?;
             at.to_out_0.forward(be, &o)
         })?;
-        let x = be.gate_residual(&x, Some(&chunk(2)?), &a1)?;
+        stream.borrow_mut().1.push((Some(chunk(2)?), a1));
 
         // Cross-attention: no norm, no gate.
         let a2 = cache.component(index, ATTN2, &mut || {
             let at = &blk.attn2;
-            let q = at.to_q.forward(be, &x)?;
+            let q = at.to_q.forward(be, &current()?)?;
             let (k, v) = &text.kv[index];
             let o = be.attention(&q, k, v, heads, scale, text.key_bias.as_ref(), None, false)?;
             at.to_out_0.forward(be, &o)
         })?;
-        let x = be.gate_residual(&x, None, &a2)?;
+        stream.borrow_mut().1.push((None, a2));
 
         let f = cache.component(index, FF, &mut || {
-            let xn = be.layer_norm_modulate(&x, &chunk(3)?, &chunk(4)?, eps)?;
+            let xn = be.layer_norm_modulate(&current()?, &chunk(3)?, &chunk(4)?, eps)?;
             let h = blk
                 .ff
                 .net_0_proj
                 .forward_act(be, &xn, Activation::GeluTanh)?;
             blk.ff.net_2.forward(be, &h)
         })?;
-        be.gate_residual(&x, Some(&chunk(5)?), &f)
+        stream.borrow_mut().1.push((Some(chunk(5)?), f));
+        current()
     }
 
     /// The transformer on prepared text and conditioning: `[N, C_in, H, W]` → `[N, C_out, H, W]`.
