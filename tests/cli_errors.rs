@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
@@ -22,7 +21,7 @@ fn copy_dir(src: &Path, dst: &Path) {
 
 /// Runs the binary; asserts failure with a single-line message containing every `needle`.
 fn fails(args: &[&str], out: &Path, needles: &[&str]) -> String {
-    let o = Command::new(bin()).args(args).output().unwrap();
+    let o = cli().args(args).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success(), "succeeded: {args:?}");
     assert_ne!(o.status.code(), Some(101), "panicked: {err}");
@@ -108,7 +107,7 @@ fn rewrite(
 fn forward_succeeds_on_a_good_model() {
     let c = case();
     let a = forward_args(&c);
-    let o = Command::new(bin()).args(&a).output().unwrap();
+    let o = cli().args(&a).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = ecad_native::weights::read_inputs(&c.out).unwrap();
     let exp = ecad_native::weights::read_inputs(
@@ -237,7 +236,7 @@ fn missing_input_tensor_is_named() {
 #[test]
 fn weights_check_reports_ok_and_errors() {
     let c = case();
-    let o = Command::new(bin())
+    let o = cli()
         .args([
             "weights",
             "check",
@@ -282,7 +281,7 @@ fn unsupported_device_and_dtype_are_refused() {
 fn bench_ops_times_every_op_of_a_block() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("ops.json");
-    let o = Command::new(bin())
+    let o = cli()
         .args(["bench", "--ops", "--arch", "demo", "--device", "cpu"])
         .args(["--reps", "2", "--warmup", "0", "--json"])
         .arg(&json)

@@ -150,7 +150,7 @@ fn denoise_cli_matches_reference() {
     let sched = shared()
         .join("reference/ecad/schedules")
         .join(c.meta["schedule"].as_str().unwrap());
-    let o = std::process::Command::new(bin())
+    let o = cli()
         .args(["denoise", "--model"])
         .arg(&c.model)
         .arg("--inputs")

@@ -21,7 +21,6 @@ use ecad_native::sampler::flow_match::{FlowMatchConfig, FlowMatchEuler};
 use ecad_native::weights::{read_inputs, HostTensor};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 
 const DRIFT_FACTOR: f64 = 3.0;
 
@@ -194,7 +193,7 @@ fn cli_denoise_flux_with_schedule() {
     let c = case("dev_dynamic");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.safetensors");
-    let st = Command::new(bin())
+    let st = cli()
         .args(["denoise", "--device", "cpu", "--model"])
         .arg(&c.dir)
         .arg("--inputs")
@@ -227,7 +226,7 @@ fn cli_denoise_flux_with_schedule() {
 
     // Missing --height: one line, non-zero, nothing written.
     let out2 = tmp.path().join("none.safetensors");
-    let st = Command::new(bin())
+    let st = cli()
         .args(["denoise", "--device", "cpu", "--model"])
         .arg(&c.dir)
         .arg("--inputs")
@@ -243,7 +242,7 @@ fn cli_denoise_flux_with_schedule() {
     assert!(!out2.exists());
 
     // Wrong size for the latents.
-    let st = Command::new(bin())
+    let st = cli()
         .args(["denoise", "--device", "cpu", "--model"])
         .arg(&c.dir)
         .arg("--inputs")
@@ -268,7 +267,7 @@ fn cli_denoise_flux_with_schedule() {
         .find(|e| e.path().extension().is_some_and(|x| x == "json"))
         .unwrap()
         .path();
-    let st = Command::new(bin())
+    let st = cli()
         .args(["denoise", "--device", "cpu", "--model"])
         .arg(&c.dir)
         .arg("--inputs")
@@ -320,7 +319,7 @@ fn cli_bench_flux() {
     let c = case("dev_dynamic");
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("bench.json");
-    let o = Command::new(bin())
+    let o = cli()
         .args(["bench", "--device", "cpu", "--model"])
         .arg(&c.dir)
         .args([

@@ -17,7 +17,6 @@ use ecad_native::pipeline::generate::Timings;
 use ecad_native::pipeline::image::to_rgb8;
 use ecad_native::weights::read_inputs;
 use std::collections::HashMap;
-use std::process::Command;
 
 const DRIFT_FACTOR: f64 = 3.0;
 
@@ -147,7 +146,7 @@ fn cli_generate_flux_writes_reproducible_pngs() {
     let tmp = tempfile::tempdir().unwrap();
     let root = dir().join("root");
     let gen_wh = |out: &std::path::Path, width: &str, extra: &[&str]| {
-        Command::new(bin())
+        cli()
             .args(["generate", "--device", "cpu", "--model"])
             .arg(&root)
             .args([

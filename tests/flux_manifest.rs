@@ -10,7 +10,6 @@ use ecad_native::weights::config::JsonConfig;
 use ecad_native::weights::manifest::manifests;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 
 #[test]
 fn flux_manifests_match_the_config_implied_tensors() {
@@ -59,7 +58,7 @@ fn flux_manifests_match_the_config_implied_tensors() {
 #[test]
 fn weights_check_accepts_a_flux_folder() {
     let dir = fixtures().join("flux").join("guided");
-    let out = Command::new(bin())
+    let out = cli()
         .args(["weights", "check", "--model"])
         .arg(&dir)
         .output()

@@ -182,7 +182,7 @@ fn cli_forward_runs_flux_models() {
     ] {
         let dir = fixtures().join("flux").join(case);
         let out = tmp.path().join(format!("{case}.safetensors"));
-        let o = std::process::Command::new(bin())
+        let o = cli()
             .args(["forward", "--device", "cpu", "--model"])
             .arg(dir.join(model))
             .arg("--inputs")
@@ -218,7 +218,7 @@ fn cli_forward_requires_guidance_when_embedded() {
         .collect();
     ecad_native::weights::write_outputs(&path, &kept).unwrap();
     let out = tmp.path().join("out.safetensors");
-    let o = std::process::Command::new(bin())
+    let o = cli()
         .args(["forward", "--device", "cpu", "--model"])
         .arg(dir.join("transformer"))
         .arg("--inputs")
@@ -510,7 +510,7 @@ fn cli_forward_dtype_bf16_and_f16() {
     let case = "guided";
     let dir = fixtures().join("flux").join(case);
     let run = |dtype: &str, out: &std::path::Path| {
-        std::process::Command::new(bin())
+        cli()
             .args(["forward", "--device", "cpu", "--dtype", dtype, "--model"])
             .arg(dir.join("transformer"))
             .arg("--inputs")

@@ -16,7 +16,7 @@ use ecad_native::pipeline::image::to_rgb8;
 use ecad_native::weights::read_inputs;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
@@ -45,7 +45,7 @@ fn pipeline_root(tmp: &Path) -> PathBuf {
 }
 
 fn run(args: &[&str], cache: &Path) -> Output {
-    Command::new(bin())
+    cli()
         .args(args)
         .env("ECAD_NATIVE_CACHE", cache)
         .output()

@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn xl2_256_model(tmp: &Path) -> PathBuf {
     // `schedule macs` reads only the transformer config: take it from the manifest.
@@ -47,7 +46,7 @@ fn macs_equal_stored_metrics_of_alpha_256_schedules() {
     json_files(&root.join("alpha_cache_schedules"), &mut files);
     assert!(files.len() >= 40, "{} files", files.len());
     for f in &files {
-        let o = Command::new(bin())
+        let o = cli()
             .args([
                 "schedule",
                 "macs",
@@ -92,11 +91,7 @@ fn macs_equal_stored_metrics_of_alpha_256_schedules() {
 }
 
 fn denoise_fails(args: &[&str], out: &Path, needle: &str) {
-    let o = Command::new(bin())
-        .arg("denoise")
-        .args(args)
-        .output()
-        .unwrap();
+    let o = cli().arg("denoise").args(args).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "succeeded: {args:?}");
     assert_ne!(o.status.code(), Some(101), "{err}");
@@ -235,7 +230,7 @@ fn macs_equal_stored_metrics_of_flux_schedules() {
         let stored: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
         let side = |k: &str| stored["config"][k].as_u64().unwrap_or(256).to_string();
-        let o = Command::new(bin())
+        let o = cli()
             .args([
                 "schedule",
                 "macs",

@@ -47,7 +47,7 @@ fn search_args(out: &Path) -> Vec<String> {
 }
 
 fn run_ok(args: &[String]) {
-    let o = Command::new(bin()).args(args).output().unwrap();
+    let o = cli().args(args).output().unwrap();
     assert!(
         o.status.success(),
         "{args:?} failed: {}",
@@ -182,7 +182,7 @@ fn sigkill_and_resume_gives_identical_results() {
     let tmp = tempfile::tempdir().unwrap();
     let c = tmp.path().join("c");
     let args = search_args(&c);
-    let mut child = Command::new(bin())
+    let mut child = cli()
         .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -209,7 +209,7 @@ fn sigkill_and_resume_gives_identical_results() {
     let killed_at = checkpoint_generation(&ck).unwrap();
     assert!(killed_at < 10);
     // without --resume an existing checkpoint is refused
-    let o = Command::new(bin()).args(&args).output().unwrap();
+    let o = cli().args(&args).output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
     let mut resume = args.clone();
@@ -387,7 +387,7 @@ fn external_scorer_calibration_file_and_seed_folder() {
     }
     let scorer = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/latent_scorer.py");
     let out = tmp.path().join("ext");
-    let o = Command::new(bin())
+    let o = cli()
         .args([
             "search",
             "--calibration",
@@ -431,7 +431,7 @@ fn external_scorer_calibration_file_and_seed_folder() {
 
 /// Runs the binary; asserts failure with one line containing every needle.
 fn fails(args: &[&str], needles: &[&str]) {
-    let o = Command::new(bin()).args(args).output().unwrap();
+    let o = cli().args(args).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success(), "succeeded: {args:?}");
     assert_ne!(o.status.code(), Some(101), "panicked: {err}");
@@ -498,7 +498,7 @@ fn bad_arguments_and_checkpoints_are_refused() {
         "--prompts",
         "1",
     ];
-    let ok = Command::new(bin()).args(args).output().unwrap();
+    let ok = cli().args(args).output().unwrap();
     assert!(
         ok.status.success(),
         "{}",
@@ -562,7 +562,7 @@ fn bad_arguments_and_checkpoints_are_refused() {
     );
     // intact: resuming a finished search succeeds
     std::fs::write(&ck, &good).unwrap();
-    let ok = Command::new(bin()).args(&resume).output().unwrap();
+    let ok = cli().args(&resume).output().unwrap();
     assert!(
         ok.status.success(),
         "{}",

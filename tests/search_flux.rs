@@ -10,7 +10,6 @@ use ecad_native::cache::macs::ecad_macs;
 use ecad_native::cache::schedule::{ModelFamily, Schedule};
 use ecad_native::models::flux::FluxConfig;
 use serde_json::Value;
-use std::process::Command;
 
 fn json(p: &std::path::Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
@@ -21,7 +20,7 @@ fn flux_search_runs_with_ecad_flux_defaults() {
     let model = fixtures().join("flux_denoise").join("dev_dynamic");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("s");
-    let o = Command::new(bin())
+    let o = cli()
         .args(["search", "--device", "cpu", "--model"])
         .arg(&model)
         .args([
@@ -95,7 +94,7 @@ fn flux_search_refuses_bad_settings() {
     let model = fixtures().join("flux_denoise").join("dev_dynamic");
     let tmp = tempfile::tempdir().unwrap();
     let run = |extra: &[&str]| {
-        let o = Command::new(bin())
+        let o = cli()
             .args(["search", "--device", "cpu", "--model"])
             .arg(&model)
             .args(["--steps", "4", "--generations", "1", "--out"])
@@ -112,7 +111,7 @@ fn flux_search_refuses_bad_settings() {
     let e = run(&["--height", "8", "--width", "128"]);
     assert!(e.contains("too small"), "{e}");
     // a PixArt search with FLUX-only flags
-    let o = Command::new(bin())
+    let o = cli()
         .args(["search", "--device", "cpu", "--height", "256", "--out"])
         .arg(tmp.path().join("y"))
         .output()
@@ -131,7 +130,7 @@ fn flux_search_seeds_from_ecads_flux_population() {
         shared().join("reference/ecad/schedules/flux_cache_schedules/gen_recompute_all_every_n");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("s");
-    let o = Command::new(bin())
+    let o = cli()
         .args(["search", "--device", "cpu", "--model"])
         .arg(&model)
         .args([

@@ -132,7 +132,10 @@ impl DeviceOpts {
     /// start-up check against the CPU ([`crate::backend::cuda::self_check`]); else `None` (the
     /// CPU), with one warning line when a GPU was there but failed.
     fn auto_cuda(&self, dtype: crate::backend::cuda::DType) -> Option<Device> {
-        if crate::backend::cuda::driver_unavailable_reason().is_some() {
+        // ECAD_DEVICE=cpu pins `auto` to the CPU (the test suite runs the CLI this way, so that
+        // its exact comparisons with the CPU reference hold on a GPU machine too).
+        let pinned_cpu = std::env::var("ECAD_DEVICE").is_ok_and(|v| v.eq_ignore_ascii_case("cpu"));
+        if pinned_cpu || crate::backend::cuda::driver_unavailable_reason().is_some() {
             return None;
         }
         let why = match crate::backend::cuda::CudaBackend::with_dtype(0, dtype) {

@@ -57,3 +57,12 @@ pub fn meta(case_dir: &Path) -> serde_json::Value {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ecad-native"))
 }
+
+/// The CLI binary with `--device auto` pinned to the CPU (ECAD_DEVICE=cpu): the tests compare
+/// its output with the CPU reference, on a GPU machine too.
+#[allow(dead_code)]
+pub fn cli() -> std::process::Command {
+    let mut c = std::process::Command::new(bin());
+    c.env("ECAD_DEVICE", "cpu");
+    c
+}
