@@ -1,12 +1,13 @@
 //! The sampling loop: initial latents → final latents, as diffusers' PixArt pipelines run it
 //! (`output_type="latent"`, no resolution binning), with an optional ECAD schedule.
 
+use super::input;
 use crate::backend::{Backend, Tensor};
 use crate::cache::schedule::{ModelFamily, Schedule};
 use crate::cache::store::{CacheState, CacheStats, ScheduleCache};
 use crate::cache::NoCache;
 use crate::models::pixart::{PixArtTransformer, TextContext};
-use crate::models::{MResult, ModelError};
+use crate::models::MResult;
 use crate::sampler::{DpmSolverConfig, DpmSolverMultistep};
 use crate::weights::HostTensor;
 
@@ -36,10 +37,6 @@ pub struct DenoiseReport {
     pub cache: CacheStats,
     /// Transformer evaluations (one per step).
     pub forwards: usize,
-}
-
-fn input(msg: impl Into<String>) -> ModelError {
-    ModelError::Input(msg.into())
 }
 
 fn check_shape(name: &str, t: &HostTensor, want: &[usize]) -> MResult<()> {

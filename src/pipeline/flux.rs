@@ -3,19 +3,16 @@
 //! distilled guidance value in the guidance embedding (no CFG batch), and an optional ECAD
 //! schedule over FLUX's six components.
 
+use super::input;
 use crate::backend::{Backend, Tensor};
 use crate::cache::schedule::{ModelFamily, Schedule};
 use crate::cache::store::{CacheState, ScheduleCache};
 use crate::cache::NoCache;
 use crate::models::flux::{FluxTransformer, RopeTables};
-use crate::models::{MResult, ModelError};
+use crate::models::MResult;
 use crate::pipeline::denoise::DenoiseReport;
 use crate::sampler::flow_match::{FlowMatchConfig, FlowMatchEuler};
 use crate::weights::HostTensor;
-
-fn input(msg: impl Into<String>) -> ModelError {
-    ModelError::Input(msg.into())
-}
 
 /// The latent grid of an image size: FluxPipeline floors the pixel size to a multiple of
 /// `2 · vae_scale_factor` (`h_lat = 2 · (H // (2·f))`), and packs 2×2 latent patches.

@@ -16,8 +16,10 @@
 use super::flux::{
     denoise_flux, pack_latents, unpack_latents, FluxDenoiseInputs, FluxDenoiseOptions, FluxGrid,
 };
-use super::generate::{initial_noise, RgbImage, Timings};
-use super::image::to_rgb8;
+use super::generate::{
+    check_multiple, encode_once, initial_noise, layout, rgb_images, RgbImage, Timings,
+};
+use super::input;
 use super::ModelDir;
 use crate::backend::Backend;
 use crate::cache::schedule::Schedule;
@@ -25,24 +27,13 @@ use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::flux::{FluxConfig, FluxTransformer};
 use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::vae::{VaeConfig, VaeDecoder};
-use crate::models::{MResult, ModelError};
+use crate::models::MResult;
 use crate::sampler::FlowMatchConfig;
 use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
-use crate::weights::{HostTensor, WeightsError};
+use crate::weights::HostTensor;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-fn input(msg: impl Into<String>) -> ModelError {
-    ModelError::Input(msg.into())
-}
-
-fn layout(path: &Path, detail: impl Into<String>) -> ModelError {
-    ModelError::Weights(WeightsError::Layout {
-        path: path.to_path_buf(),
-        detail: detail.into(),
-    })
-}
 
 /// FluxPipeline's `default_sample_size`: the default image is `128 · vae_scale_factor` px.
 pub const FLUX_DEFAULT_SAMPLE_SIZE: usize = 128;
@@ -230,20 +221,12 @@ impl<B: Backend> FluxGeneratePipeline<B> {
         let (dh, dw) = self.default_size();
         let (h, w) = (height.unwrap_or(dh), width.unwrap_or(dw));
         let m = 2 * self.vae_scale_factor();
-        for (flag, v) in [("--height", h), ("--width", w)] {
-            if v == 0 || v % m != 0 {
-                let lo = v / m * m;
-                let near = if lo == 0 {
-                    format!("{}", lo + m)
-                } else {
-                    format!("{lo} or {}", lo + m)
-                };
-                return Err(input(format!(
-                    "{flag} {v} is not a multiple of {m} (FLUX packs 2x2 latent cells of {} px); nearest valid: {near}",
-                    self.vae_scale_factor()
-                )));
-            }
-        }
+        let why = format!(
+            " (FLUX packs 2x2 latent cells of {} px)",
+            self.vae_scale_factor()
+        );
+        check_multiple("--height", h, m, &why)?;
+        check_multiple("--width", w, m, &why)?;
         Ok((h, w))
     }
 
@@ -281,13 +264,7 @@ impl<B: Backend> FluxGeneratePipeline<B> {
         texts: &mut HashMap<String, FluxText>,
         timings: &mut Timings,
     ) -> MResult<()> {
-        if !texts.contains_key(prompt) {
-            let t0 = Instant::now();
-            let e = self.encode_text(be, prompt)?;
-            texts.insert(prompt.to_string(), e);
-            timings.text_encoder += t0.elapsed();
-        }
-        Ok(())
+        encode_once(prompt, texts, timings, || self.encode_text(be, prompt))
     }
 
     /// Frees CLIP and T5 (T5-XXL is 4.7 B parameters) once every prompt is encoded.
@@ -321,14 +298,7 @@ impl<B: Backend> FluxGeneratePipeline<B> {
         on_step: &mut dyn FnMut(usize, usize),
     ) -> MResult<Vec<RgbImage>> {
         let images = self.generate_float(be, req, None, texts, timings, on_step)?;
-        Ok(images
-            .iter()
-            .map(|img| RgbImage {
-                width: req.width,
-                height: req.height,
-                rgb: to_rgb8(img, req.height, req.width),
-            })
-            .collect())
+        Ok(rgb_images(&images, req.height, req.width))
     }
 
     /// [`Self::generate`] up to the decoded images `[3, height, width]` (range ≈ [−1, 1]);

@@ -13,6 +13,7 @@
 //!    scaling_factor)`, resize-back, and diffusers' postprocess to 8-bit RGB.
 
 use super::image::{bins_for_sample_size, classify_height_width_bin, resize_and_crop, to_rgb8};
+use super::input;
 use super::{load_demo, ModelDir, DEMO_SEED};
 use crate::backend::Backend;
 use crate::cache::schedule::Schedule;
@@ -102,11 +103,7 @@ pub struct EncodedText {
     pub truncated_tokens: usize,
 }
 
-fn input(msg: impl Into<String>) -> ModelError {
-    ModelError::Input(msg.into())
-}
-
-fn layout(path: &Path, detail: impl Into<String>) -> ModelError {
+pub(super) fn layout(path: &Path, detail: impl Into<String>) -> ModelError {
     ModelError::Weights(WeightsError::Layout {
         path: path.to_path_buf(),
         detail: detail.into(),
@@ -248,13 +245,7 @@ impl<B: Backend> GeneratePipeline<B> {
         texts: &mut HashMap<String, EncodedText>,
         timings: &mut Timings,
     ) -> MResult<()> {
-        if !texts.contains_key(prompt) {
-            let t0 = Instant::now();
-            let e = self.encode_text(be, prompt)?;
-            texts.insert(prompt.to_string(), e);
-            timings.text_encoder += t0.elapsed();
-        }
-        Ok(())
+        encode_once(prompt, texts, timings, || self.encode_text(be, prompt))
     }
 
     /// Frees the T5 weights (most of a real pipeline's memory: 4.7 B parameters) once every
@@ -283,8 +274,8 @@ impl<B: Backend> GeneratePipeline<B> {
     ) -> MResult<SizePlan> {
         let (dh, dw) = self.default_size();
         let (h, w) = (height.unwrap_or(dh), width.unwrap_or(dw));
-        check_multiple("--height", h, 8)?;
-        check_multiple("--width", w, 8)?;
+        check_multiple("--height", h, 8, "")?;
+        check_multiple("--width", w, 8, "")?;
         let bins = if binning {
             bins_for_sample_size(self.transformer.config.sample_size)
         } else {
@@ -294,8 +285,8 @@ impl<B: Backend> GeneratePipeline<B> {
             Some(b) => classify_height_width_bin(h, w, &b),
             None => {
                 let m = self.vae_scale_factor() * self.transformer.config.patch_size;
-                check_multiple("--height", h, m)?;
-                check_multiple("--width", w, m)?;
+                check_multiple("--height", h, m, "")?;
+                check_multiple("--width", w, m, "")?;
                 (h, w)
             }
         };
@@ -347,15 +338,7 @@ impl<B: Backend> GeneratePipeline<B> {
         on_step: &mut dyn FnMut(usize, usize),
     ) -> MResult<Vec<RgbImage>> {
         let images = self.generate_float(be, req, None, texts, timings, on_step)?;
-        let (h, w) = (req.size.height, req.size.width);
-        Ok(images
-            .iter()
-            .map(|img| RgbImage {
-                width: w,
-                height: h,
-                rgb: to_rgb8(img, h, w),
-            })
-            .collect())
+        Ok(rgb_images(&images, req.size.height, req.size.width))
     }
 
     /// The initial latents of a request: one seeded noise tensor per seed, `[B, C, h, w]`.
@@ -464,8 +447,38 @@ pub(super) fn require_parts(root: &Path, parts: &[(&str, &str)], needs: &str) ->
     Ok(())
 }
 
-/// Refuses a size that is not a positive multiple of `m`, naming the nearest valid ones.
-fn check_multiple(flag: &str, v: usize, m: usize) -> MResult<()> {
+/// Encodes `prompt` with `encode` into `texts` unless it is there already (timed as text
+/// encoder): the prompt cache of both families' pipelines.
+pub(super) fn encode_once<T>(
+    prompt: &str,
+    texts: &mut HashMap<String, T>,
+    timings: &mut Timings,
+    encode: impl FnOnce() -> MResult<T>,
+) -> MResult<()> {
+    if !texts.contains_key(prompt) {
+        let t0 = Instant::now();
+        let e = encode()?;
+        texts.insert(prompt.to_string(), e);
+        timings.text_encoder += t0.elapsed();
+    }
+    Ok(())
+}
+
+/// Decoded images `[3, h, w]` (range ≈ [−1, 1]) as 8-bit RGB.
+pub(super) fn rgb_images(images: &[Vec<f32>], h: usize, w: usize) -> Vec<RgbImage> {
+    images
+        .iter()
+        .map(|img| RgbImage {
+            width: w,
+            height: h,
+            rgb: to_rgb8(img, h, w),
+        })
+        .collect()
+}
+
+/// Refuses a size that is not a positive multiple of `m`, naming the nearest valid ones;
+/// `why` (may be empty) follows `m` in the message.
+pub(super) fn check_multiple(flag: &str, v: usize, m: usize, why: &str) -> MResult<()> {
     if v > 0 && v % m == 0 {
         return Ok(());
     }
@@ -477,7 +490,7 @@ fn check_multiple(flag: &str, v: usize, m: usize) -> MResult<()> {
         format!("{lo} or {hi}")
     };
     Err(input(format!(
-        "{flag} {v} is not a multiple of {m}; nearest valid: {nearest}"
+        "{flag} {v} is not a multiple of {m}{why}; nearest valid: {nearest}"
     )))
 }
 
@@ -563,9 +576,13 @@ mod tests {
 
     #[test]
     fn size_errors_name_the_nearest_sizes() {
-        let e = check_multiple("--width", 1001, 8).unwrap_err().to_string();
+        let e = check_multiple("--width", 1001, 8, "")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1000 or 1008"), "{e}");
-        let e = check_multiple("--height", 5, 8).unwrap_err().to_string();
+        let e = check_multiple("--height", 5, 8, "")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nearest valid: 8"), "{e}");
     }
 

@@ -100,6 +100,11 @@ impl ModelDir {
     }
 }
 
+/// An input error of the pipelines (every `pipeline::*` module reports bad requests this way).
+fn input(msg: impl Into<String>) -> crate::models::ModelError {
+    crate::models::ModelError::Input(msg.into())
+}
+
 fn manifest_config(m: &Manifest) -> JsonConfig {
     JsonConfig {
         path: PathBuf::from(&m.name),
