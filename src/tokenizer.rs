@@ -84,6 +84,17 @@ pub fn pixart_preprocess(text: &str) -> String {
     text.to_lowercase().trim_matches(py_isspace).to_string()
 }
 
+/// The ids of `text` with no special tokens and no truncation (both tokenizers' `encode_raw`).
+fn encode_ids(inner: &tokenizers::Tokenizer, text: &str) -> TResult<Vec<u32>> {
+    let enc = inner
+        .encode(text, false)
+        .map_err(|e| TokenizerError::Encode {
+            text: text.to_string(),
+            detail: e.to_string(),
+        })?;
+    Ok(enc.get_ids().to_vec())
+}
+
 impl T5Tokenizer {
     /// Reads a tokenizer folder (`tokenizer.json`, else `spiece.model` converted and cached).
     pub fn from_dir(dir: &Path) -> TResult<Self> {
@@ -237,14 +248,7 @@ impl T5Tokenizer {
 
     /// The ids of `text` without special tokens and without truncation.
     pub fn encode_raw(&self, text: &str) -> TResult<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| TokenizerError::Encode {
-                text: text.to_string(),
-                detail: e.to_string(),
-            })?;
-        Ok(enc.get_ids().to_vec())
+        encode_ids(&self.inner, text)
     }
 
     /// Decodes ids back to text (for the truncation warning).
@@ -733,14 +737,7 @@ impl ClipTokenizer {
 
     /// The ids of `text` without BOS/EOS and without truncation.
     pub fn encode_raw(&self, text: &str) -> TResult<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| TokenizerError::Encode {
-                text: text.to_string(),
-                detail: e.to_string(),
-            })?;
-        Ok(enc.get_ids().to_vec())
+        encode_ids(&self.inner, text)
     }
 
     /// `tokenizer(text, padding="max_length", max_length=L, truncation=True)`: `BOS`, the first
