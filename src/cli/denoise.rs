@@ -113,12 +113,7 @@ fn run_on<B: Backend>(be: &B, a: DenoiseArgs) -> anyhow::Result<()> {
     )
     .with_context(|| a.inputs.display().to_string())?;
     bar.finish();
-    let out = HostTensor {
-        shape: latents.shape().to_vec(),
-        data: be.to_host(&latents)?,
-    };
-    write_outputs(&a.out, &[("latents", &out)])?;
-    Ok(())
+    write_latents(be, &latents, &a.out)
 }
 
 fn run_flux<B: Backend>(be: &B, a: &DenoiseArgs, m: &Path) -> anyhow::Result<()> {
@@ -160,10 +155,19 @@ fn run_flux<B: Backend>(be: &B, a: &DenoiseArgs, m: &Path) -> anyhow::Result<()>
     )
     .with_context(|| a.inputs.display().to_string())?;
     bar.finish();
-    let out = HostTensor {
+    write_latents(be, &latents, &a.out)
+}
+
+/// Writes the final latents as the `latents` tensor of `out`.
+fn write_latents<B: Backend>(
+    be: &B,
+    latents: &crate::backend::Tensor<B>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let host = HostTensor {
         shape: latents.shape().to_vec(),
-        data: be.to_host(&latents)?,
+        data: be.to_host(latents)?,
     };
-    write_outputs(&a.out, &[("latents", &out)])?;
+    write_outputs(out, &[("latents", &host)])?;
     Ok(())
 }
