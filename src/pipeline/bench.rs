@@ -250,10 +250,10 @@ impl<B: Backend> BenchGraphs<B> {
     }
 }
 
-/// What one bench row runs: the sampling loop with a schedule (None = uncached), returning
-/// the final latents and the run's report.
-pub type RunFn<'a, B> =
-    dyn FnMut(Option<&Schedule>) -> MResult<(crate::backend::Tensor<B>, DenoiseReport)> + 'a;
+/// What one bench row runs: the sampling run prepared for a schedule (None = uncached); the
+/// bench runs it eagerly or through its recorded graph.
+pub type PrepareFn<'a, 'm, B> =
+    dyn FnMut(Option<&Schedule>) -> MResult<super::run::PreparedRun<'m, B>> + 'a;
 
 /// The model-independent part of a bench: its cost model and the shape of its inputs.
 pub struct BenchTarget {
@@ -295,21 +295,17 @@ pub fn run_bench<B: Backend>(
         prompts: inp.latents.shape[0],
         text_len: inp.prompt_embeds.shape[1],
     };
-    let mut graphs = BenchGraphs::new(spec.graphs);
-    let mut run = |sched: Option<&Schedule>| {
+    let mut prepare = |sched: Option<&Schedule>| {
         let opts = DenoiseOptions {
             steps: spec.steps,
             guidance: spec.guidance,
             schedule: sched,
         };
-        let prepared = super::run::PreparedRun::PixArt(super::denoise::PreparedDenoise::new(
-            be, model, scheduler, &inp, &opts,
-        )?);
-        graphs.run(be, &prepared, inp.latents, sched)
+        Ok(super::run::PreparedRun::PixArt(
+            super::denoise::PreparedDenoise::new(be, model, scheduler, &inp, &opts)?,
+        ))
     };
-    let mut report = run_bench_with(be, &target, spec, &mut run, tick)?;
-    report.graphs = graphs.finish(be)?;
-    Ok(report)
+    run_bench_with(be, &target, spec, inp.latents, &mut prepare, tick)
 }
 
 /// FLUX inputs of a real run's shape: packed noise `[P, N, 4C]`, T5 embeddings
@@ -381,8 +377,7 @@ pub fn run_bench_flux<B: Backend>(
         prompt_embeds: &inputs.prompt_embeds,
         pooled_prompt_embeds: &inputs.pooled_prompt_embeds,
     };
-    let mut graphs = BenchGraphs::new(spec.graphs);
-    let mut run = |sched: Option<&Schedule>| {
+    let mut prepare = |sched: Option<&Schedule>| {
         let opts = super::flux::FluxDenoiseOptions {
             steps: spec.steps,
             guidance: spec.guidance,
@@ -391,24 +386,28 @@ pub fn run_bench_flux<B: Backend>(
             vae_scale_factor,
             schedule: sched,
         };
-        let prepared = super::run::PreparedRun::Flux(super::flux::PreparedFluxDenoise::new(
-            be, model, scheduler, &inp, &opts,
-        )?);
-        graphs.run(be, &prepared, inp.latents, sched)
+        Ok(super::run::PreparedRun::Flux(
+            super::flux::PreparedFluxDenoise::new(be, model, scheduler, &inp, &opts)?,
+        ))
     };
-    let mut report = run_bench_with(be, &target, spec, &mut run, tick)?;
-    report.graphs = graphs.finish(be)?;
-    Ok(report)
+    run_bench_with(be, &target, spec, inp.latents, &mut prepare, tick)
 }
 
-/// The bench loop over the uncached baseline and every schedule of `spec`.
-pub fn run_bench_with<B: Backend>(
+/// The bench loop over the uncached baseline and every schedule of `spec`, each run from
+/// `latents` (through its recorded graph when `spec.graphs` and the backend records them).
+pub fn run_bench_with<'m, B: Backend>(
     be: &B,
     target: &BenchTarget,
     spec: &BenchSpec<'_>,
-    run: &mut RunFn<'_, B>,
+    latents: &HostTensor,
+    prepare: &mut PrepareFn<'_, 'm, B>,
     tick: &mut dyn FnMut(),
 ) -> MResult<BenchReport> {
+    let mut graphs = BenchGraphs::new(spec.graphs);
+    let mut run = |sched: Option<&Schedule>| {
+        let prepared = prepare(sched)?;
+        graphs.run(be, &prepared, latents, sched)
+    };
     let mut all: Vec<(String, Option<&Schedule>)> = vec![("uncached".into(), None)];
     for s in spec.schedules {
         all.push((s.name.clone(), Some(s)));
@@ -481,6 +480,7 @@ pub fn run_bench_with<B: Backend>(
             timings_ms: times,
         });
     }
+    let graphs = graphs.finish(be)?;
     Ok(BenchReport {
         model: spec.model_name.clone(),
         device: be.name().to_string(),
@@ -492,7 +492,7 @@ pub fn run_bench_with<B: Backend>(
         text_len: target.text_len,
         warmup: spec.warmup,
         reps: spec.reps,
-        graphs: false,
+        graphs,
         rows,
     })
 }
