@@ -600,6 +600,11 @@ impl CudaBackend {
             (false, true) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU,
             (true, true) => ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
         };
+        if k == 0 {
+            // An empty reduction: zeros, then the bias/activation pass (no GEMM to plan).
+            self.stream.memset_zeros(out.sm()).map_err(dev_err)?;
+            return self.bias_act(out, bias, act, rows, n);
+        }
         let key: PlanKey = (n, rows, k, dt, epi as i32);
         let mut ltg = self
             .lt
@@ -614,12 +619,6 @@ impl CudaBackend {
         }
         let (alpha, beta) = (1.0f32, 0.0f32);
         let s = &self.stream;
-        if k == 0 {
-            // An empty reduction: zeros, then the bias/activation pass.
-            s.memset_zeros(out.sm()).map_err(dev_err)?;
-            drop(ltg);
-            return self.bias_act(out, bias, act, rows, n);
-        }
         let mut done = false;
         if let Some(Some(plan)) = lt_state.plans.get(&key) {
             let (wp, _g1) = w.s().device_ptr(s);
