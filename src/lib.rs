@@ -9,6 +9,9 @@
 pub mod backend;
 pub mod cache;
 pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod families;
 pub mod ffi;
 pub mod models;
 pub mod pipeline;
@@ -16,3 +19,6 @@ pub mod sampler;
 pub mod search;
 pub mod tokenizer;
 pub mod weights;
+
+pub use engine::{Engine, EngineOptions, ModelSource};
+pub use error::{Error, ErrorKind};
