@@ -1,28 +1,36 @@
-//! The C ABI (include/ecad.h): opaque handles, status codes, a thread-local last error, and a
-//! panic barrier at every entry point. Plain C types only; the caller owns every buffer and
-//! passes every size explicitly.
+//! The C ABI (include/ecad.h), version 2: every operation goes through the [`Engine`], so PixArt
+//! and FLUX, the CPU and CUDA are served by the same calls.
 //!
-//! Handles are registered in a process-wide table when created and removed when destroyed, so
-//! a handle used after destroy (or a pointer that never was a handle) is reported as
-//! `ECAD_INVALID_HANDLE` instead of being dereferenced.
+//! - Status codes: every fallible call returns an [`EcadStatus`]. Failures of the engine are
+//!   mapped from their [`ErrorKind`] by [`status_of`] (never from message text); the ABI's own
+//!   argument checks (NULL, buffer sizes, UTF-8, handles) have their own codes.
+//! - A thread-local last error holds the message of the last failed call.
+//! - A panic barrier (`catch_unwind`) at every entry point: no panic crosses the ABI.
+//! - Handles are never-reused ids in a process-wide registry ([`handles`]): a stale, foreign or
+//!   NULL handle is reported as `ECAD_INVALID_HANDLE` and never reaches another object.
+//! - Growable structs start with `uint32_t struct_size` ([`read_versioned`], [`write_versioned`]).
+//!
+//! The calls live in [`engine`] (open, info, warnings), [`run`] (denoise, generate, encode),
+//! [`schedule`] and [`legacy`] (the version-1 entry points, re-implemented over the engine).
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::Backend;
-use crate::cache::heuristics::heuristic_by_name;
-use crate::cache::schedule::{ModelFamily, Schedule};
-use crate::models::pixart::PixArtTransformer;
-use crate::pipeline::denoise::{denoise, DenoiseInputs, DenoiseOptions};
-use crate::pipeline::generate::{GeneratePipeline, GenerateRequest, Timings};
-use crate::sampler::DpmSolverConfig;
-use crate::weights::HostTensor;
+pub mod engine;
+pub mod handles;
+pub mod legacy;
+pub mod run;
+pub mod schedule;
+
+use crate::error::{Error, ErrorKind};
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
-use std::sync::Mutex;
 
-/// Status codes returned by every fallible call.
+pub use engine::{EcadCallbacks, EcadEngineInfo, EcadEngineParams, EcadFamily};
+pub use engine::{EcadProgressFn, EcadWarningFn};
+pub use legacy::{EcadDenoiseParams, EcadGenerateParams};
+pub use run::{EcadDenoiseRequest, EcadGenerateRequest};
+
+/// Status codes returned by every fallible call. Values 0-9 are those of ABI version 1; new
+/// codes are added at the end.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EcadStatus {
@@ -38,132 +46,77 @@ pub enum EcadStatus {
     EcadInvalidUtf8 = 4,
     /// The handle is NULL, was destroyed, or is not a handle of this kind.
     EcadInvalidHandle = 5,
-    /// The model folder could not be loaded (missing, corrupt or mismatched files).
+    /// The model folder or checkpoint is missing parts, corrupt or does not match its config.
     EcadModelError = 6,
-    /// The schedule could not be parsed or does not fit the model.
+    /// The schedule could not be parsed or does not fit the model or the run.
     EcadScheduleError = 7,
-    /// The requested device is not available.
+    /// The requested device is not available, or failed (driver, out of memory, kernel).
     EcadDeviceUnavailable = 8,
     /// An internal error (a bug); the engine stays usable.
     EcadInternalError = 9,
+    /// A file could not be read or written (ABI version 2).
+    EcadIoError = 10,
+    /// The request is valid but this build, model or device does not support it, e.g. prompts
+    /// on a transformer-only engine (ABI version 2).
+    EcadUnsupported = 11,
+    /// A progress callback returned non-zero: the run stopped and wrote nothing (ABI version 2).
+    EcadCancelled = 12,
 }
 
 use EcadStatus::*;
 
-/// An engine: one loaded model on one device. Opaque to C.
-pub struct EcadEngine {
-    backend: CpuBackend,
-    parts: Parts,
-}
-
-/// A whole pipeline (text encoder, transformer, VAE) or a transformer alone (denoise only).
-enum Parts {
-    Pipeline(Box<GeneratePipeline<CpuBackend>>),
-    Transformer(Box<PixArtTransformer<CpuBackend>>, DpmSolverConfig),
-}
-
-impl EcadEngine {
-    fn model(&self) -> &PixArtTransformer<CpuBackend> {
-        match &self.parts {
-            Parts::Pipeline(p) => &p.transformer,
-            Parts::Transformer(t, _) => t,
-        }
-    }
-    fn scheduler(&self) -> &DpmSolverConfig {
-        match &self.parts {
-            Parts::Pipeline(p) => &p.scheduler,
-            Parts::Transformer(_, s) => s,
-        }
-    }
-    fn pipeline(&self) -> Result<&GeneratePipeline<CpuBackend>, (EcadStatus, String)> {
-        match &self.parts {
-            Parts::Pipeline(p) => Ok(p),
-            Parts::Transformer(..) => err(
-                EcadInvalidArgument,
-                "this engine holds a transformer only (the model folder has no text_encoder/, \
-                 tokenizer/ or vae/): ecad_denoise works, prompts and images need the full pipeline",
-            ),
-        }
+/// The status of an engine error: chosen from its kind alone.
+pub fn status_of(kind: ErrorKind) -> EcadStatus {
+    match kind {
+        ErrorKind::InvalidInput => EcadInvalidArgument,
+        ErrorKind::Io => EcadIoError,
+        ErrorKind::Checkpoint => EcadModelError,
+        ErrorKind::Schedule => EcadScheduleError,
+        ErrorKind::Device => EcadDeviceUnavailable,
+        ErrorKind::Unsupported => EcadUnsupported,
+        ErrorKind::Cancelled => EcadCancelled,
+        ErrorKind::Internal => EcadInternalError,
     }
 }
 
-/// A parsed cache schedule. Opaque to C.
-pub struct EcadSchedule {
-    schedule: Schedule,
+/// A failed call: its status and message.
+#[derive(Debug)]
+pub(crate) struct Fail(pub EcadStatus, pub String);
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Fail(status_of(e.kind()), e.message().to_string())
+    }
 }
 
-/// Inputs and output of `ecad_denoise`. All arrays are row-major float32 owned by the caller;
-/// every `*_len` is the number of floats the array holds.
-#[repr(C)]
-pub struct EcadDenoiseParams {
-    /// Number of prompts B.
-    pub batch: u32,
-    /// Latent height and width h, w (image pixels / 8).
-    pub latent_height: u32,
-    pub latent_width: u32,
-    /// Text length L of the embeddings.
-    pub text_len: u32,
-    /// Denoising steps (at least 2; must equal the schedule's step count).
-    pub steps: u32,
-    /// Classifier-free guidance scale; CFG runs only when > 1.
-    pub guidance: f32,
-    /// Initial noise [B, C, h, w] (C = the model's latent channels).
-    pub latents: *const f32,
-    pub latents_len: usize,
-    /// Prompt embeddings [B, L, caption_channels].
-    pub prompt_embeds: *const f32,
-    pub prompt_embeds_len: usize,
-    /// Prompt mask [B, L] (1 = keep, 0 = padding); NULL = all kept.
-    pub prompt_mask: *const f32,
-    pub prompt_mask_len: usize,
-    /// Negative embeddings and mask, same shapes; required when guidance > 1.
-    pub negative_embeds: *const f32,
-    pub negative_embeds_len: usize,
-    pub negative_mask: *const f32,
-    pub negative_mask_len: usize,
-    /// Output: the final latents [B, C, h, w].
-    pub out_latents: *mut f32,
-    pub out_latents_len: usize,
+pub(crate) type FfiResult<T = ()> = Result<T, Fail>;
+
+pub(crate) fn fail<T>(code: EcadStatus, msg: impl Into<String>) -> FfiResult<T> {
+    Err(Fail(code, msg.into()))
 }
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
-static HANDLES: Mutex<Option<HashSet<(usize, u8)>>> = Mutex::new(None);
-const ENGINE: u8 = 1;
-const SCHEDULE: u8 = 2;
-
-fn register(p: usize, kind: u8) {
-    let mut h = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
-    h.get_or_insert_with(HashSet::new).insert((p, kind));
-}
-
-fn unregister(p: usize, kind: u8) -> bool {
-    let mut h = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
-    h.get_or_insert_with(HashSet::new).remove(&(p, kind))
-}
-
-fn is_live(p: usize, kind: u8) -> bool {
-    let h = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
-    h.as_ref().is_some_and(|s| s.contains(&(p, kind)))
+/// A C string of `s` (interior NULs become spaces).
+pub(crate) fn c_string(s: &str) -> CString {
+    CString::new(s.replace('\0', " ")).unwrap_or_default()
 }
 
 fn set_error(msg: &str) {
-    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    let c = c_string(msg);
     LAST_ERROR.with(|e| *e.borrow_mut() = c);
 }
 
-type FfiResult = Result<(), (EcadStatus, String)>;
-
 /// Runs `f` behind the panic barrier and records the error message.
-fn guard(f: impl FnOnce() -> FfiResult) -> EcadStatus {
+pub(crate) fn guard(f: impl FnOnce() -> FfiResult) -> EcadStatus {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => {
             set_error("");
             EcadOk
         }
-        Ok(Err((code, msg))) => {
+        Ok(Err(Fail(code, msg))) => {
             set_error(&msg);
             code
         }
@@ -179,44 +132,47 @@ fn guard(f: impl FnOnce() -> FfiResult) -> EcadStatus {
     }
 }
 
-fn err<T>(code: EcadStatus, msg: impl Into<String>) -> Result<T, (EcadStatus, String)> {
-    Err((code, msg.into()))
-}
-
 /// Reads an optional C string. NULL → None.
-unsafe fn opt_str<'a>(
-    p: *const c_char,
-    what: &str,
-) -> Result<Option<&'a str>, (EcadStatus, String)> {
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string.
+pub(crate) unsafe fn opt_str<'a>(p: *const c_char, what: &str) -> FfiResult<Option<&'a str>> {
     if p.is_null() {
         return Ok(None);
     }
     // SAFETY: the caller passes a NUL-terminated string (documented in the header).
     match unsafe { CStr::from_ptr(p) }.to_str() {
         Ok(s) => Ok(Some(s)),
-        Err(_) => err(EcadInvalidUtf8, format!("{what} is not valid UTF-8")),
+        Err(_) => fail(EcadInvalidUtf8, format!("{what} is not valid UTF-8")),
     }
 }
 
-unsafe fn req_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, (EcadStatus, String)> {
+/// Reads a required C string.
+///
+/// # Safety
+/// As [`opt_str`].
+pub(crate) unsafe fn req_str<'a>(p: *const c_char, what: &str) -> FfiResult<&'a str> {
     match unsafe { opt_str(p, what) }? {
         Some(s) => Ok(s),
-        None => err(EcadNullPointer, format!("{what} is NULL")),
+        None => fail(EcadNullPointer, format!("{what} is NULL")),
     }
 }
 
 /// Borrows a caller array of exactly `want` floats.
-unsafe fn slice<'a>(
+///
+/// # Safety
+/// `p` is NULL or valid for `len` reads.
+pub(crate) unsafe fn slice<'a>(
     p: *const f32,
     len: usize,
     want: usize,
     what: &str,
-) -> Result<&'a [f32], (EcadStatus, String)> {
+) -> FfiResult<&'a [f32]> {
     if p.is_null() {
-        return err(EcadNullPointer, format!("{what} is NULL"));
+        return fail(EcadNullPointer, format!("{what} is NULL"));
     }
     if len != want {
-        return err(
+        return fail(
             EcadBufferSize,
             format!("{what} holds {len} floats, the call needs {want}"),
         );
@@ -225,48 +181,127 @@ unsafe fn slice<'a>(
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
-/// Unregisters and frees a handle created by `Box::into_raw`.
+/// Borrows an optional caller array: NULL → None, else exactly `want` floats.
 ///
 /// # Safety
-/// `p` must be NULL or a pointer this module registered under `kind`.
-unsafe fn destroy<T>(p: *mut T, kind: u8, what: &str) -> FfiResult {
-    if p.is_null() || !unregister(p as usize, kind) {
-        return err(
-            EcadInvalidHandle,
-            format!("not a live {what} handle (NULL or destroyed)"),
+/// As [`slice`].
+pub(crate) unsafe fn opt_slice<'a>(
+    p: *const f32,
+    len: usize,
+    want: usize,
+    what: &str,
+) -> FfiResult<Option<&'a [f32]>> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    unsafe { slice(p, len, want, what) }.map(Some)
+}
+
+/// Checks an output buffer of exactly `want` elements.
+pub(crate) fn check_out<T>(p: *mut T, len: usize, want: usize, what: &str) -> FfiResult {
+    if p.is_null() {
+        return fail(EcadNullPointer, format!("{what} is NULL"));
+    }
+    if len != want {
+        return fail(
+            EcadBufferSize,
+            format!("{what} holds {len} elements, the call needs {want}"),
         );
     }
-    // SAFETY: registered handles come from Box::into_raw and are unregistered now.
-    drop(unsafe { Box::from_raw(p) });
     Ok(())
 }
 
-fn engine<'a>(e: *const EcadEngine) -> Result<&'a EcadEngine, (EcadStatus, String)> {
-    if e.is_null() || !is_live(e as usize, ENGINE) {
-        return err(
-            EcadInvalidHandle,
-            "not a live engine handle (NULL or destroyed)",
-        );
-    }
-    // SAFETY: registered handles point to live, leaked boxes until destroyed.
-    Ok(unsafe { &*e })
+/// `a * b * ...` or a buffer-size error naming `what`.
+pub(crate) fn product(factors: &[usize], what: &str) -> FfiResult<usize> {
+    factors
+        .iter()
+        .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+        .map_or_else(
+            || {
+                fail(
+                    EcadBufferSize,
+                    format!("{what}: the size overflows ({factors:?})"),
+                )
+            },
+            Ok,
+        )
 }
 
-fn schedule<'a>(s: *const EcadSchedule) -> Result<&'a EcadSchedule, (EcadStatus, String)> {
-    if s.is_null() || !is_live(s as usize, SCHEDULE) {
-        return err(
-            EcadInvalidHandle,
-            "not a live schedule handle (NULL or destroyed)",
+/// Reads a caller's versioned struct (first field `uint32_t struct_size`): refuses a size below
+/// `min` (the first version's), copies the bytes both versions know into a zeroed `T` and
+/// ignores a longer tail.
+///
+/// # Safety
+/// `p` is NULL or points to at least `struct_size` readable bytes; `T` is a `repr(C)` struct of
+/// integers, floats, raw pointers and optional function pointers (all valid when zeroed).
+pub(crate) unsafe fn read_versioned<T: Copy>(p: *const T, min: usize, what: &str) -> FfiResult<T> {
+    if p.is_null() {
+        return fail(EcadNullPointer, format!("{what} is NULL"));
+    }
+    // SAFETY: every versioned struct starts with a u32 (documented).
+    let size = unsafe { std::ptr::read_unaligned(p as *const u32) } as usize;
+    if size < min {
+        return fail(
+            EcadInvalidArgument,
+            format!(
+                "{what}->struct_size is {size}; this library needs at least {min} (set it to sizeof the struct)"
+            ),
         );
     }
-    // SAFETY: as for engines.
-    Ok(unsafe { &*s })
+    // SAFETY: `T` is valid when zeroed (see above).
+    let mut t: T = unsafe { std::mem::zeroed() };
+    let n = size.min(std::mem::size_of::<T>());
+    // SAFETY: the caller's struct holds `size` >= n bytes; `t` holds size_of::<T>() >= n.
+    unsafe { std::ptr::copy_nonoverlapping(p as *const u8, &mut t as *mut T as *mut u8, n) };
+    Ok(t)
+}
+
+/// Writes `value` into a caller's versioned out-struct: checks its `struct_size` against `min`,
+/// writes the bytes both versions know and leaves a longer tail untouched. The written
+/// `struct_size` is the caller's own (so the struct stays reusable).
+///
+/// # Safety
+/// `p` is NULL or points to at least `struct_size` writable bytes.
+pub(crate) unsafe fn write_versioned<T: Copy>(
+    p: *mut T,
+    value: &T,
+    min: usize,
+    what: &str,
+) -> FfiResult {
+    if p.is_null() {
+        return fail(EcadNullPointer, format!("{what} is NULL"));
+    }
+    // SAFETY: the struct starts with a u32 (documented).
+    let size = unsafe { std::ptr::read_unaligned(p as *const u32) };
+    if (size as usize) < min {
+        return fail(
+            EcadInvalidArgument,
+            format!(
+                "{what}->struct_size is {size}; this library needs at least {min} (set it to sizeof the struct)"
+            ),
+        );
+    }
+    let n = (size as usize).min(std::mem::size_of::<T>());
+    // SAFETY: both hold at least n bytes; then the caller's size is put back.
+    unsafe {
+        std::ptr::copy_nonoverlapping(value as *const T as *const u8, p as *mut u8, n);
+        std::ptr::write_unaligned(p as *mut u32, size);
+    }
+    Ok(())
 }
 
 /// The library version, e.g. "0.1.0". Static storage; never NULL.
 #[no_mangle]
 pub extern "C" fn ecad_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
+/// The version of this C ABI: 2 (version 1 had PixArt-only engines and no ecad_abi_version).
+/// A caller built against this header can check `ecad_abi_version() >= ECAD_ABI_VERSION`-style
+/// at run time that the library it loaded has the calls it uses.
+#[no_mangle]
+pub extern "C" fn ecad_abi_version() -> u32 {
+    2
 }
 
 /// The message of the last failed call on this thread ("" after a success). Valid until the
@@ -276,476 +311,92 @@ pub extern "C" fn ecad_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
-/// Loads a model and creates an engine.
-///
-/// `model_dir`: a diffusers PixArt pipeline root (transformer/ + scheduler/), or NULL for the
-/// embedded demo model (random weights: its outputs are noise). `device`: "cpu", "auto" or
-/// NULL (= auto). On success `*out` receives the handle; destroy it with ecad_engine_destroy.
-///
-/// # Safety
-/// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
+/// A status code's name ("ECAD_OK", "ECAD_CANCELLED", ...; "ECAD_UNKNOWN" for a value this
+/// library does not know). Static storage; never NULL.
 #[no_mangle]
-pub unsafe extern "C" fn ecad_engine_create(
-    model_dir: *const c_char,
-    device: *const c_char,
-    out: *mut *mut EcadEngine,
-) -> EcadStatus {
-    guard(|| {
-        if out.is_null() {
-            return err(EcadNullPointer, "out is NULL");
-        }
-        let dir = unsafe { opt_str(model_dir, "model_dir") }?;
-        match unsafe { opt_str(device, "device") }? {
-            None | Some("auto") | Some("cpu") => {}
-            Some("cuda") => return err(EcadDeviceUnavailable, "this build has no CUDA backend"),
-            Some(d) => {
-                return err(
-                    EcadInvalidArgument,
-                    format!("unknown device `{d}` (cpu, cuda, auto)"),
-                )
-            }
-        }
-        let backend = CpuBackend::new();
-        let model_err = |e: crate::models::ModelError| (EcadModelError, e.to_string());
-        let parts = match dir {
-            Some(d) => {
-                let path = Path::new(d);
-                let md = crate::pipeline::ModelDir::resolve(path)
-                    .map_err(|e| (EcadModelError, e.to_string()))?;
-                let root = md.root.clone();
-                let full = root.as_ref().is_some_and(|r| {
-                    ["text_encoder", "tokenizer", "vae"]
-                        .iter()
-                        .all(|p| r.join(p).is_dir())
-                });
-                if full {
-                    Parts::Pipeline(Box::new(
-                        GeneratePipeline::load(&backend, path, None).map_err(model_err)?,
-                    ))
-                } else {
-                    let sc = md
-                        .scheduler_config()
-                        .map_err(|e| (EcadModelError, e.to_string()))?;
-                    let m = crate::pipeline::load_pixart(&backend, path).map_err(model_err)?;
-                    Parts::Transformer(Box::new(m), sc)
-                }
-            }
-            None => Parts::Pipeline(Box::new(
-                GeneratePipeline::demo(&backend, None).map_err(model_err)?,
-            )),
-        };
-        let p = Box::into_raw(Box::new(EcadEngine { backend, parts }));
-        register(p as usize, ENGINE);
-        // SAFETY: out checked non-NULL above.
-        unsafe { *out = p };
-        Ok(())
-    })
+pub extern "C" fn ecad_status_name(status: i32) -> *const c_char {
+    let s: &'static str = match status {
+        0 => "ECAD_OK\0",
+        1 => "ECAD_NULL_POINTER\0",
+        2 => "ECAD_INVALID_ARGUMENT\0",
+        3 => "ECAD_BUFFER_SIZE\0",
+        4 => "ECAD_INVALID_UTF8\0",
+        5 => "ECAD_INVALID_HANDLE\0",
+        6 => "ECAD_MODEL_ERROR\0",
+        7 => "ECAD_SCHEDULE_ERROR\0",
+        8 => "ECAD_DEVICE_UNAVAILABLE\0",
+        9 => "ECAD_INTERNAL_ERROR\0",
+        10 => "ECAD_IO_ERROR\0",
+        11 => "ECAD_UNSUPPORTED\0",
+        12 => "ECAD_CANCELLED\0",
+        _ => "ECAD_UNKNOWN\0",
+    };
+    s.as_ptr() as *const c_char
 }
 
-/// Destroys an engine. Destroying NULL, or a handle twice, returns ECAD_INVALID_HANDLE.
-///
-/// # Safety
-/// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn ecad_engine_destroy(e: *mut EcadEngine) -> EcadStatus {
-    guard(|| unsafe { destroy(e, ENGINE, "engine") })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Model dimensions, for sizing buffers: latent channels, caption (text embedding) width,
-/// number of transformer blocks, the default latent size, and the text length prompts are
-/// encoded to (0 for a transformer-only engine). Any out pointer may be NULL.
-///
-/// # Safety
-/// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn ecad_engine_info(
-    e: *const EcadEngine,
-    latent_channels: *mut u32,
-    caption_channels: *mut u32,
-    num_blocks: *mut u32,
-    sample_size: *mut u32,
-    text_len: *mut u32,
-) -> EcadStatus {
-    guard(|| {
-        let eng = engine(e)?;
-        let c = &eng.model().config;
-        let tl = eng.pipeline().map(|p| p.max_sequence_length).unwrap_or(0);
-        for (p, v) in [
-            (latent_channels, c.in_channels),
-            (caption_channels, c.text_dim()),
-            (num_blocks, c.num_layers),
-            (sample_size, c.sample_size),
-            (text_len, tl),
-        ] {
-            if !p.is_null() {
-                // SAFETY: non-NULL out pointers are writable u32s (documented).
-                unsafe { *p = v as u32 };
-            }
-        }
-        Ok(())
-    })
-}
-
-/// Checks `out`, builds the schedule and hands it to C as a registered handle.
-fn new_schedule(
-    out: *mut *mut EcadSchedule,
-    build: impl FnOnce() -> Result<Schedule, (EcadStatus, String)>,
-) -> FfiResult {
-    if out.is_null() {
-        return err(EcadNullPointer, "out is NULL");
+    #[test]
+    fn every_kind_has_its_own_status() {
+        use std::collections::HashSet;
+        let kinds = [
+            ErrorKind::InvalidInput,
+            ErrorKind::Io,
+            ErrorKind::Checkpoint,
+            ErrorKind::Schedule,
+            ErrorKind::Device,
+            ErrorKind::Unsupported,
+            ErrorKind::Cancelled,
+            ErrorKind::Internal,
+        ];
+        let codes: HashSet<i32> = kinds.iter().map(|&k| status_of(k) as i32).collect();
+        assert_eq!(codes.len(), kinds.len());
+        assert!(!codes.contains(&0));
     }
-    let p = Box::into_raw(Box::new(EcadSchedule { schedule: build()? }));
-    register(p as usize, SCHEDULE);
-    // SAFETY: `out` checked non-NULL above.
-    unsafe { *out = p };
-    Ok(())
-}
 
-/// Loads an ECAD schedule from a JSON file.
-///
-/// # Safety
-/// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn ecad_schedule_from_file(
-    path: *const c_char,
-    out: *mut *mut EcadSchedule,
-) -> EcadStatus {
-    guard(|| {
-        new_schedule(out, || {
-            let p = unsafe { req_str(path, "path") }?;
-            Schedule::from_path(p).map_err(|e| (EcadScheduleError, e.to_string()))
-        })
-    })
-}
-
-/// Parses an ECAD schedule from a NUL-terminated JSON string.
-///
-/// # Safety
-/// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn ecad_schedule_from_json(
-    json: *const c_char,
-    out: *mut *mut EcadSchedule,
-) -> EcadStatus {
-    guard(|| {
-        new_schedule(out, || {
-            let j = unsafe { req_str(json, "json") }?;
-            Schedule::from_json_str(j).map_err(|e| (EcadScheduleError, e.to_string()))
-        })
-    })
-}
-
-/// Builds a heuristic schedule for an engine's model: "default", "fora:N", "ca_sa:N",
-/// "tgate:M" (see `ecad-native bench --help`), for `steps` denoising steps.
-///
-/// # Safety
-/// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn ecad_schedule_heuristic(
-    e: *const EcadEngine,
-    name: *const c_char,
-    steps: u32,
-    out: *mut *mut EcadSchedule,
-) -> EcadStatus {
-    guard(|| {
-        new_schedule(out, || {
-            let blocks = engine(e)?.model().config.num_layers;
-            let n = unsafe { req_str(name, "name") }?;
-            heuristic_by_name(n, ModelFamily::PixArt, steps as usize, blocks, 0)
-                .map_err(|e| (EcadScheduleError, e.to_string()))
-        })
-    })
-}
-
-/// Destroys a schedule. Destroying NULL, or a handle twice, returns ECAD_INVALID_HANDLE.
-///
-/// # Safety
-/// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn ecad_schedule_destroy(s: *mut EcadSchedule) -> EcadStatus {
-    guard(|| unsafe { destroy(s, SCHEDULE, "schedule") })
-}
-
-/// Runs the whole sampling loop (DPM-Solver++, CFG when guidance > 1) from `params->latents`
-/// to `params->out_latents`, with `sched` (NULL = no caching). Nothing is written to the output
-/// buffer unless the call succeeds.
-///
-/// # Safety
-/// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn ecad_denoise(
-    e: *const EcadEngine,
-    sched: *const EcadSchedule,
-    params: *const EcadDenoiseParams,
-) -> EcadStatus {
-    guard(|| {
-        let eng = engine(e)?;
-        let sch = if sched.is_null() {
-            None
-        } else {
-            Some(&schedule(sched)?.schedule)
+    #[test]
+    fn versioned_structs_refuse_short_sizes_and_ignore_long_tails() {
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct V {
+            struct_size: u32,
+            a: u32,
+        }
+        let short = V {
+            struct_size: 4,
+            a: 7,
         };
-        if params.is_null() {
-            return err(EcadNullPointer, "params is NULL");
+        let e = unsafe { read_versioned(&short, 8, "v") }.unwrap_err();
+        assert_eq!(e.0, EcadInvalidArgument);
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Longer {
+            v: V,
+            tail: u32,
         }
-        // SAFETY: non-NULL params point to a caller-owned struct (documented).
-        let p = unsafe { &*params };
-        let cfg = &eng.model().config;
-        let (b, h, w, l) = (
-            p.batch as usize,
-            p.latent_height as usize,
-            p.latent_width as usize,
-            p.text_len as usize,
-        );
-        if b == 0 || h == 0 || w == 0 || l == 0 {
-            return err(
-                EcadInvalidArgument,
-                "batch, latent size and text_len must be positive",
-            );
-        }
-        let c = cfg.in_channels;
-        let lat_n = b * c * h * w;
-        let emb_n = b * l * cfg.text_dim();
-        let host = |shape: Vec<usize>, data: &[f32]| HostTensor {
-            shape,
-            data: data.to_vec(),
+        let long = Longer {
+            v: V {
+                struct_size: 12,
+                a: 7,
+            },
+            tail: 9,
         };
-        let latents = host(vec![b, c, h, w], unsafe {
-            slice(p.latents, p.latents_len, lat_n, "latents")
-        }?);
-        let pe = host(vec![b, l, cfg.text_dim()], unsafe {
-            slice(p.prompt_embeds, p.prompt_embeds_len, emb_n, "prompt_embeds")
-        }?);
-        let pm = if p.prompt_mask.is_null() {
-            None
-        } else {
-            Some(host(vec![b, l], unsafe {
-                slice(p.prompt_mask, p.prompt_mask_len, b * l, "prompt_mask")
-            }?))
+        let r = unsafe { read_versioned(&long.v as *const V, 8, "v") }.unwrap();
+        assert_eq!(r.a, 7);
+        let mut out = Longer {
+            v: V {
+                struct_size: 12,
+                a: 0,
+            },
+            tail: 5,
         };
-        let cfg_on = p.guidance > 1.0;
-        let (ne, nm) = if cfg_on {
-            let ne = host(vec![b, l, cfg.text_dim()], unsafe {
-                slice(
-                    p.negative_embeds,
-                    p.negative_embeds_len,
-                    emb_n,
-                    "negative_embeds (required when guidance > 1)",
-                )
-            }?);
-            let nm = if p.negative_mask.is_null() {
-                None
-            } else {
-                Some(host(vec![b, l], unsafe {
-                    slice(p.negative_mask, p.negative_mask_len, b * l, "negative_mask")
-                }?))
-            };
-            (Some(ne), nm)
-        } else {
-            (None, None)
+        let val = V {
+            struct_size: 0,
+            a: 3,
         };
-        if p.out_latents.is_null() {
-            return err(EcadNullPointer, "out_latents is NULL");
-        }
-        if p.out_latents_len != lat_n {
-            return err(
-                EcadBufferSize,
-                format!(
-                    "out_latents holds {} floats, the call needs {lat_n}",
-                    p.out_latents_len
-                ),
-            );
-        }
-        let inp = DenoiseInputs {
-            latents: &latents,
-            prompt_embeds: &pe,
-            prompt_attention_mask: pm.as_ref(),
-            negative_prompt_embeds: ne.as_ref(),
-            negative_prompt_attention_mask: nm.as_ref(),
-            resolution: None,
-            aspect_ratio: None,
-        };
-        let opts = DenoiseOptions {
-            steps: p.steps as usize,
-            guidance: p.guidance,
-            schedule: sch,
-        };
-        let (out, _) = denoise(
-            &eng.backend,
-            eng.model(),
-            eng.scheduler(),
-            &inp,
-            &opts,
-            &mut |_, _| {},
-        )
-        .map_err(|e| {
-            let code = match e {
-                crate::models::ModelError::Input(ref m) if m.contains("schedule") => {
-                    EcadScheduleError
-                }
-                crate::models::ModelError::Input(_) => EcadInvalidArgument,
-                _ => EcadInternalError,
-            };
-            (code, e.to_string())
-        })?;
-        let host = eng
-            .backend
-            .to_host(&out)
-            .map_err(|e| (EcadInternalError, e.to_string()))?;
-        // SAFETY: out_latents holds lat_n floats (checked above).
-        unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), p.out_latents, lat_n) };
-        Ok(())
-    })
-}
-
-/// Encodes one prompt with the engine's tokenizer and T5 encoder, as the PixArt pipelines do
-/// (lower-cased, truncated to the text length with a warning on stderr, EOS, padding).
-/// `out_embeds` receives [text_len, caption_channels] floats and `out_mask` [text_len]
-/// (see ecad_engine_info). Needs an engine created from a full pipeline (or the demo).
-///
-/// # Safety
-/// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn ecad_encode_prompt(
-    e: *const EcadEngine,
-    prompt: *const c_char,
-    out_embeds: *mut f32,
-    out_embeds_len: usize,
-    out_mask: *mut f32,
-    out_mask_len: usize,
-) -> EcadStatus {
-    guard(|| {
-        let eng = engine(e)?;
-        let pipe = eng.pipeline()?;
-        let text = unsafe { req_str(prompt, "prompt") }?;
-        let l = pipe.max_sequence_length;
-        let want = l * pipe.text_dim;
-        if out_embeds.is_null() || out_mask.is_null() {
-            return err(EcadNullPointer, "out_embeds or out_mask is NULL");
-        }
-        if out_embeds_len != want || out_mask_len != l {
-            return err(
-                EcadBufferSize,
-                format!(
-                    "out_embeds holds {out_embeds_len} and out_mask {out_mask_len} floats; the call needs {want} and {l}"
-                ),
-            );
-        }
-        let enc = pipe
-            .encode_text(&eng.backend, text)
-            .map_err(|e| (EcadInvalidArgument, e.to_string()))?;
-        if enc.truncated_tokens > 0 {
-            eprintln!(
-                "warning: the prompt was truncated to {l} tokens; dropped: {}",
-                enc.truncated_text
-            );
-        }
-        // SAFETY: sizes checked above.
-        unsafe {
-            std::ptr::copy_nonoverlapping(enc.embeds.as_ptr(), out_embeds, want);
-            std::ptr::copy_nonoverlapping(enc.mask.as_ptr(), out_mask, l);
-        }
-        Ok(())
-    })
-}
-
-/// Parameters of `ecad_generate`.
-#[repr(C)]
-pub struct EcadGenerateParams {
-    /// The prompt (NUL-terminated UTF-8).
-    pub prompt: *const c_char,
-    /// The negative prompt; NULL = "" (as diffusers).
-    pub negative_prompt: *const c_char,
-    /// Image size in pixels, multiples of 8; 0 = the model's default. PixArt's aspect-ratio
-    /// binning applies, and the image is resized back to this size.
-    pub width: u32,
-    pub height: u32,
-    /// Denoising steps (at least 2) and the CFG scale (CFG runs when > 1).
-    pub steps: u32,
-    pub guidance: f32,
-    /// Seed of the initial noise (ChaCha8 + Box–Muller; not torch's generator).
-    pub seed: u64,
-    /// Output: height × width × 3 bytes, RGB, row-major.
-    pub out_rgb: *mut u8,
-    pub out_rgb_len: usize,
-}
-
-/// Generates one image from a prompt into a caller-provided RGB8 buffer, with `sched`
-/// (NULL = no caching). Needs an engine created from a full pipeline (or the demo, whose
-/// images are noise). Nothing is written to `out_rgb` unless the call succeeds.
-///
-/// # Safety
-/// Pointers must be NULL or valid for the sizes documented here; strings NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn ecad_generate(
-    e: *const EcadEngine,
-    sched: *const EcadSchedule,
-    params: *const EcadGenerateParams,
-) -> EcadStatus {
-    guard(|| {
-        let eng = engine(e)?;
-        let pipe = eng.pipeline()?;
-        let sch = if sched.is_null() {
-            None
-        } else {
-            Some(&schedule(sched)?.schedule)
-        };
-        if params.is_null() {
-            return err(EcadNullPointer, "params is NULL");
-        }
-        // SAFETY: non-NULL params point to a caller-owned struct (documented).
-        let p = unsafe { &*params };
-        let prompt = unsafe { req_str(p.prompt, "prompt") }?;
-        let negative = unsafe { opt_str(p.negative_prompt, "negative_prompt") }?.unwrap_or("");
-        let nz = |v: u32| (v > 0).then_some(v as usize);
-        let size = pipe
-            .plan_size(nz(p.height), nz(p.width), true)
-            .map_err(|e| (EcadInvalidArgument, e.to_string()))?;
-        let want = size.height * size.width * 3;
-        if p.out_rgb.is_null() {
-            return err(EcadNullPointer, "out_rgb is NULL");
-        }
-        if p.out_rgb_len != want {
-            return err(
-                EcadBufferSize,
-                format!(
-                    "out_rgb holds {} bytes; a {}x{} RGB image needs {want}",
-                    p.out_rgb_len, size.width, size.height
-                ),
-            );
-        }
-        if let Some(s) = sch {
-            crate::pipeline::denoise::validate_schedule(
-                s,
-                p.steps as usize,
-                pipe.transformer.config.num_layers,
-                p.guidance,
-            )
-            .map_err(|e| (EcadScheduleError, e.to_string()))?;
-        }
-        let seeds = [p.seed];
-        let req = GenerateRequest {
-            prompt,
-            negative_prompt: negative,
-            seeds: &seeds,
-            steps: p.steps as usize,
-            guidance: p.guidance,
-            size,
-            schedule: sch,
-        };
-        let mut texts = std::collections::HashMap::new();
-        let mut timings = Timings::default();
-        let images = pipe
-            .generate(&eng.backend, &req, &mut texts, &mut timings, &mut |_, _| {})
-            .map_err(|e| (EcadInvalidArgument, e.to_string()))?;
-        let img = images
-            .first()
-            .ok_or_else(|| (EcadInternalError, "no image produced".to_string()))?;
-        if img.rgb.len() != want {
-            return err(EcadInternalError, "image size mismatch");
-        }
-        // SAFETY: out_rgb holds `want` bytes (checked above).
-        unsafe { std::ptr::copy_nonoverlapping(img.rgb.as_ptr(), p.out_rgb, want) };
-        Ok(())
-    })
+        unsafe { write_versioned(&mut out.v as *mut V, &val, 8, "v") }.unwrap();
+        assert_eq!((out.v.struct_size, out.v.a, out.tail), (12, 3, 5));
+    }
 }
