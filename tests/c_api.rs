@@ -1,6 +1,7 @@
-//! The C ABI: the committed header equals what cbindgen generates from src/ffi, the C example
-//! builds against target/release exactly as the README says and runs from any directory, and
-//! the error-path program passes clean under valgrind (leaks and invalid accesses are errors).
+//! The C ABI: the committed header equals what cbindgen generates from src/ffi, the C examples
+//! (PixArt demo, FLUX `flux-narrow`) build against target/release exactly as the README says and
+//! run from any directory, and the error-path program passes clean under valgrind (leaks and
+//! invalid accesses are errors).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,6 +65,7 @@ fn compile(src: &str, out: &Path, extra: &[&str]) {
     let st = Command::new("cc")
         .arg("-I")
         .arg(root().join("include"))
+        .args(["-Wall", "-Wextra", "-Werror", "-std=c99"])
         .arg(root().join(src))
         .arg("-L")
         .arg(&lib)
@@ -98,11 +100,40 @@ fn c_example_builds_and_runs_from_any_directory() {
     let bytes = std::fs::read(work.join("ecad_latents.f32")).unwrap();
     assert_eq!(bytes.len(), 4 * 4 * 32 * 32, "demo latents 1x4x32x32");
     assert!(bytes.chunks(4).any(|c| c != [0, 0, 0, 0]));
-    // The demo pipeline also generates an image through ecad_generate (256 x 256 RGB).
+    assert!(stdout.contains("seeds differ: 1"), "{stdout}");
+    // The demo pipeline also generates 2 prompts x 2 seeds through ecad_engine_generate; the
+    // first image is written (256 x 256 RGB).
     let ppm = std::fs::read(work.join("ecad_image.ppm")).unwrap();
     let header = b"P6\n256 256\n255\n";
     assert!(ppm.starts_with(header), "bad PPM header");
     assert_eq!(ppm.len(), header.len() + 256 * 256 * 3);
+}
+
+#[test]
+fn c_flux_example_denoises_and_cancels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("flux_denoise");
+    compile("examples/c/flux_denoise.c", &exe, &[]);
+    let o = Command::new(&exe)
+        .current_dir(tmp.path())
+        .env("LD_LIBRARY_PATH", release_lib())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("flux denoised"), "{stdout}");
+    assert!(
+        stdout.contains("cancelled run: ECAD_CANCELLED, output untouched: 1"),
+        "{stdout}"
+    );
+    // flux-narrow at 128 px: 1 x (8 x 8) x (4 x 16) packed latents.
+    let bytes = std::fs::read(tmp.path().join("ecad_flux_latents.f32")).unwrap();
+    assert_eq!(bytes.len(), 4 * 64 * 64);
+    assert!(bytes.chunks(4).any(|c| c != [0, 0, 0, 0]));
 }
 
 #[test]

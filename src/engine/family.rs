@@ -252,12 +252,20 @@ pub trait FamilyModel<B: Backend>: Send + Sync {
         progress: &mut Progress<'_>,
     ) -> Result<Generated>;
     /// The output size generate gives for a requested size.
-    fn plan_size(&self, height: Option<usize>, width: Option<usize>, binning: bool)
-        -> Result<(usize, usize)>;
+    fn plan_size(
+        &self,
+        height: Option<usize>,
+        width: Option<usize>,
+        binning: bool,
+    ) -> Result<(usize, usize)>;
     fn encode_prompt(&mut self, be: &B, prompt: &str) -> Result<EncodedPrompt>;
     fn release_text_encoders(&mut self);
-    fn bench(&self, be: &B, req: &BenchRequest<'_>, progress: &mut Progress<'_>)
-        -> Result<BenchOutcome>;
+    fn bench(
+        &self,
+        be: &B,
+        req: &BenchRequest<'_>,
+        progress: &mut Progress<'_>,
+    ) -> Result<BenchOutcome>;
     /// The sampling target and calibration samples of a search.
     fn search_target(&self, req: &SearchRequest) -> Result<SearchTarget<'_, B>>;
 }
@@ -293,10 +301,17 @@ pub(crate) trait DynEngine: Send + Sync {
         req: &DenoiseRequest<'_>,
         progress: &mut Progress<'_>,
     ) -> Result<HostTensor>;
-    fn generate(&mut self, req: &GenerateRequest<'_>, progress: &mut Progress<'_>)
-        -> Result<Generated>;
-    fn plan_size(&self, height: Option<usize>, width: Option<usize>, binning: bool)
-        -> Result<(usize, usize)>;
+    fn generate(
+        &mut self,
+        req: &GenerateRequest<'_>,
+        progress: &mut Progress<'_>,
+    ) -> Result<Generated>;
+    fn plan_size(
+        &self,
+        height: Option<usize>,
+        width: Option<usize>,
+        binning: bool,
+    ) -> Result<(usize, usize)>;
     fn encode_prompt(&mut self, prompt: &str) -> Result<EncodedPrompt>;
     fn release_text_encoders(&mut self);
     fn bench(&self, req: &BenchRequest<'_>, progress: &mut Progress<'_>) -> Result<BenchOutcome>;

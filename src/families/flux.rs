@@ -172,7 +172,10 @@ impl Family for Flux {
 /// What a FLUX engine holds.
 enum Parts<B: Backend> {
     Config(FluxConfig),
-    Transformer(Box<FluxTransformer<B>>, std::result::Result<FlowMatchConfig, String>),
+    Transformer(
+        Box<FluxTransformer<B>>,
+        std::result::Result<FlowMatchConfig, String>,
+    ),
     /// The whole pipeline; its transformer may still be unloaded (see
     /// [`FluxGeneratePipeline::load_transformer`]).
     Pipeline(Box<FluxGeneratePipeline<B>>),

@@ -248,9 +248,9 @@ pub unsafe extern "C" fn ecad_encode_prompt(
     })
 }
 
-/// Version 1: generates one image from a prompt into a caller RGB8 buffer of height * width
-/// * 3 bytes, with `sched` (NULL = no caching). Needs a pipeline. Nothing is written unless
-/// the call succeeds. ecad_engine_generate does batches of prompts and seeds.
+/// Version 1: generates one image from a prompt into a caller RGB8 buffer of
+/// height x width x 3 bytes, with `sched` (NULL = no caching). Needs a pipeline. Nothing is
+/// written unless the call succeeds. ecad_engine_generate does batches of prompts and seeds.
 ///
 /// # Safety
 /// `params` is NULL or valid; its strings NULL or NUL-terminated.

@@ -359,7 +359,7 @@ mod tests {
     #[test]
     fn versioned_structs_refuse_short_sizes_and_ignore_long_tails() {
         #[repr(C)]
-        #[derive(Clone, Copy)]
+        #[derive(Clone, Copy, Debug)]
         struct V {
             struct_size: u32,
             a: u32,

@@ -435,7 +435,8 @@ pub unsafe extern "C" fn ecad_engine_generate(
         if p.num_prompts > 0 && p.prompts.is_null() {
             return fail(EcadNullPointer, "prompts is NULL");
         }
-        let mut prompts = Vec::with_capacity(p.num_prompts as usize);
+        // Not preallocated from the caller's count: the vector grows as the strings are read.
+        let mut prompts = Vec::new();
         for i in 0..p.num_prompts as usize {
             // SAFETY: prompts holds num_prompts pointers (documented).
             let s = unsafe { *p.prompts.add(i) };
