@@ -46,7 +46,7 @@ impl ErrorKind {
 
     /// The CLI's exit status for this kind (documented in the README): 2 invalid input (as for
     /// a usage error), 3 I/O, 4 checkpoint, 5 schedule, 6 device, 7 unsupported, 130 cancelled
-    /// (as for SIGINT), 101 internal (as for a panic).
+    /// (as for SIGINT), 70 internal (EX_SOFTWARE; a panic exits 101).
     pub fn exit_code(self) -> i32 {
         match self {
             ErrorKind::InvalidInput => 2,
@@ -56,7 +56,7 @@ impl ErrorKind {
             ErrorKind::Device => 6,
             ErrorKind::Unsupported => 7,
             ErrorKind::Cancelled => 130,
-            ErrorKind::Internal => 101,
+            ErrorKind::Internal => 70,
         }
     }
 }
@@ -236,7 +236,8 @@ fn search_kind(e: &crate::search::SearchError) -> ErrorKind {
         | S::ForeignCheckpoint { .. }
         | S::CheckpointExists { .. }
         | S::NoCheckpoint { .. } => ErrorKind::InvalidInput,
-        S::Scorer { .. } => ErrorKind::Internal,
+        // The user's scorer command failed or printed something unusable.
+        S::Scorer { .. } => ErrorKind::InvalidInput,
     }
 }
 

@@ -177,7 +177,13 @@ mod tests {
         assert_eq!(DeviceSpec::parse("CUDA").unwrap(), DeviceSpec::Cuda(0));
         assert_eq!(DeviceSpec::parse("cuda:3").unwrap(), DeviceSpec::Cuda(3));
         assert_eq!(DeviceSpec::parse("auto").unwrap(), DeviceSpec::Auto);
-        for bad in ["cuda:", "cuda:-1", "cuda:99999999999999999999", "tpu", "cuda:1024"] {
+        for bad in [
+            "cuda:",
+            "cuda:-1",
+            "cuda:99999999999999999999",
+            "tpu",
+            "cuda:1024",
+        ] {
             let e = DeviceSpec::parse(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad}");
         }

@@ -229,7 +229,16 @@ pub struct ForwardBench {
 pub enum BenchOutcome {
     Runs(BenchReport),
     Forward(ForwardBench),
-    Ops(Vec<OpRow>),
+    Ops(OpsBench),
+}
+
+/// The kernel micro-benchmark's rows and shapes.
+#[derive(Clone, Debug)]
+pub struct OpsBench {
+    pub rows: Vec<OpRow>,
+    pub batch: usize,
+    pub tokens: usize,
+    pub text_len: usize,
 }
 
 /// A loaded model of one family on backend `B`: the operations every door needs. Written once
@@ -252,12 +261,20 @@ pub trait FamilyModel<B: Backend>: Send + Sync {
         progress: &mut Progress<'_>,
     ) -> Result<Generated>;
     /// The output size generate gives for a requested size.
-    fn plan_size(&self, height: Option<usize>, width: Option<usize>, binning: bool)
-        -> Result<(usize, usize)>;
+    fn plan_size(
+        &self,
+        height: Option<usize>,
+        width: Option<usize>,
+        binning: bool,
+    ) -> Result<(usize, usize)>;
     fn encode_prompt(&mut self, be: &B, prompt: &str) -> Result<EncodedPrompt>;
     fn release_text_encoders(&mut self);
-    fn bench(&self, be: &B, req: &BenchRequest<'_>, progress: &mut Progress<'_>)
-        -> Result<BenchOutcome>;
+    fn bench(
+        &self,
+        be: &B,
+        req: &BenchRequest<'_>,
+        progress: &mut Progress<'_>,
+    ) -> Result<BenchOutcome>;
     /// The sampling target and calibration samples of a search.
     fn search_target(&self, req: &SearchRequest) -> Result<SearchTarget<'_, B>>;
 }
@@ -293,10 +310,17 @@ pub(crate) trait DynEngine: Send + Sync {
         req: &DenoiseRequest<'_>,
         progress: &mut Progress<'_>,
     ) -> Result<HostTensor>;
-    fn generate(&mut self, req: &GenerateRequest<'_>, progress: &mut Progress<'_>)
-        -> Result<Generated>;
-    fn plan_size(&self, height: Option<usize>, width: Option<usize>, binning: bool)
-        -> Result<(usize, usize)>;
+    fn generate(
+        &mut self,
+        req: &GenerateRequest<'_>,
+        progress: &mut Progress<'_>,
+    ) -> Result<Generated>;
+    fn plan_size(
+        &self,
+        height: Option<usize>,
+        width: Option<usize>,
+        binning: bool,
+    ) -> Result<(usize, usize)>;
     fn encode_prompt(&mut self, prompt: &str) -> Result<EncodedPrompt>;
     fn release_text_encoders(&mut self);
     fn bench(&self, req: &BenchRequest<'_>, progress: &mut Progress<'_>) -> Result<BenchOutcome>;
@@ -373,9 +397,12 @@ pub struct FamilyEntry {
     pub detect: fn(&JsonConfig) -> bool,
     pub archs: fn() -> &'static [ArchEntry],
     pub describe: fn(&Resolved) -> Result<ModelInfo>,
-    pub(crate) open:
-        fn(AnyBackend, &Resolved, &ModelInfo, &EngineOptions) -> Result<Box<dyn DynEngine>>,
+    pub(crate) open: OpenFn,
 }
+
+/// A family's loader with the backend type erased.
+pub(crate) type OpenFn =
+    fn(AnyBackend, &Resolved, &ModelInfo, &EngineOptions) -> Result<Box<dyn DynEngine>>;
 
 /// The registry entry of family `F`.
 pub const fn entry<F: Family>() -> FamilyEntry {

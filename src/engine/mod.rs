@@ -19,7 +19,7 @@ pub mod search;
 pub use device::{AnyBackend, DeviceSpec, Dtype};
 pub use family::{
     ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, EncodedPrompt, ForwardBench,
-    GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs,
+    GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs, OpsBench,
 };
 pub use progress::{Event, Progress};
 pub use search::{SearchOutcome, SearchRequest};
@@ -301,7 +301,13 @@ impl Engine {
         width: u64,
         options: TrueCostOptions,
     ) -> Result<TrueMacsReport> {
-        Ok(true_macs(schedule, &self.info.dims, height, width, options)?)
+        Ok(true_macs(
+            schedule,
+            &self.info.dims,
+            height,
+            width,
+            options,
+        )?)
     }
 
     /// A heuristic schedule by name (`default`, `fora:N`, `ca_sa:N`, `tgate:M`, ...).
@@ -340,7 +346,11 @@ impl Engine {
     }
 
     /// Times uncached and scheduled runs (or single forwards, or one block's ops).
-    pub fn bench(&self, req: &BenchRequest<'_>, progress: &mut Progress<'_>) -> Result<BenchOutcome> {
+    pub fn bench(
+        &self,
+        req: &BenchRequest<'_>,
+        progress: &mut Progress<'_>,
+    ) -> Result<BenchOutcome> {
         if req.reps == 0 {
             return Err(Error::invalid("--reps must be at least 1"));
         }

@@ -57,9 +57,10 @@ impl ModelDir {
     pub fn fingerprint(&self) -> Result<String> {
         let mut h = crate::search::genome::Fnv::default();
         let cfg = self.transformer.join("config.json");
-        h.update(&std::fs::read(&cfg).map_err(|e| {
-            Error::new(ErrorKind::Io, format!("{}: {e}", cfg.display()))
-        })?);
+        h.update(
+            &std::fs::read(&cfg)
+                .map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", cfg.display())))?,
+        );
         if let Some(root) = &self.root {
             let sc = root.join("scheduler").join("scheduler_config.json");
             if let Ok(b) = std::fs::read(&sc) {

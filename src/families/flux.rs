@@ -57,8 +57,9 @@ fn config_of(source: &Resolved) -> Result<FluxConfig> {
 }
 
 fn validate(s: &Schedule, steps: usize, _guidance: Option<f32>, info: &ModelInfo) -> Result<()> {
-    validate_flux_schedule(s, steps, info.blocks, info.single_blocks)?;
-    Ok(())
+    validate_flux_schedule(s, steps, info.blocks, info.single_blocks)
+        // A schedule that does not fit the run is a schedule error, whatever layer found it.
+        .map_err(|e| Error::new(ErrorKind::Schedule, Error::from(e).message()))
 }
 
 impl Family for Flux {
@@ -172,7 +173,10 @@ impl Family for Flux {
 /// What a FLUX engine holds.
 enum Parts<B: Backend> {
     Config(FluxConfig),
-    Transformer(Box<FluxTransformer<B>>, std::result::Result<FlowMatchConfig, String>),
+    Transformer(
+        Box<FluxTransformer<B>>,
+        std::result::Result<FlowMatchConfig, String>,
+    ),
     /// The whole pipeline; its transformer may still be unloaded (see
     /// [`FluxGeneratePipeline::load_transformer`]).
     Pipeline(Box<FluxGeneratePipeline<B>>),

@@ -5,12 +5,12 @@ use crate::backend::Backend;
 use crate::cache::schedule::{ModelFamily, Schedule};
 use crate::engine::family::{
     ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, EncodedPrompt, Family,
-    FamilyModel, ForwardBench, GenerateRequest, Generated, GeneratedImage, ModelInfo,
-    NamedInputs, Resolved,
+    FamilyModel, ForwardBench, GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs,
+    OpsBench, Resolved,
 };
 use crate::engine::search::{SearchRequest, SearchTarget};
 use crate::engine::{EngineOptions, Load, Progress};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::models::pixart::{ForwardInputs, PixArtConfig, PixArtTransformer};
 use crate::models::RandomSource;
 use crate::pipeline::bench::{
@@ -63,7 +63,11 @@ fn arch_config(name: &str) -> Result<PixArtConfig> {
         "xl2-256" => PixArtConfig::xl2(32, false),
         "xl2-512" => PixArtConfig::xl2(64, false),
         "xl2-1024" => PixArtConfig::xl2(128, false),
-        other => return Err(Error::internal(format!("not a PixArt architecture: {other}"))),
+        other => {
+            return Err(Error::internal(format!(
+                "not a PixArt architecture: {other}"
+            )))
+        }
     })
 }
 
@@ -80,8 +84,9 @@ fn validate(s: &Schedule, steps: usize, guidance: Option<f32>, info: &ModelInfo)
         steps,
         info.blocks,
         guidance.unwrap_or(info.default_guidance),
-    )?;
-    Ok(())
+    )
+    // A schedule that does not fit the run is a schedule error, whatever layer found it.
+    .map_err(|e| Error::new(ErrorKind::Schedule, Error::from(e).message()))
 }
 
 impl Family for PixArt {
@@ -148,11 +153,13 @@ impl Family for PixArt {
         let full = match (options.load, source) {
             (Load::Pipeline, _) => true,
             (Load::PipelineIfPresent, Resolved::Arch(a)) => a.name == "demo",
-            (Load::PipelineIfPresent, Resolved::Dir(_, dir)) => dir.root.as_ref().is_some_and(|r| {
-                ["text_encoder", "tokenizer", "vae"]
-                    .iter()
-                    .all(|p| r.join(p).is_dir())
-            }),
+            (Load::PipelineIfPresent, Resolved::Dir(_, dir)) => {
+                dir.root.as_ref().is_some_and(|r| {
+                    ["text_encoder", "tokenizer", "vae"]
+                        .iter()
+                        .all(|p| r.join(p).is_dir())
+                })
+            }
             _ => false,
         };
         let parts = match (options.load, source) {
@@ -180,10 +187,7 @@ impl Family for PixArt {
                 // forward takes a transformer folder; the sampler's config is needed by denoise
                 // only, so its absence is reported there.
                 let scheduler = dir.scheduler_config().map_err(|e| e.to_string());
-                Parts::Transformer(
-                    Box::new(crate::pipeline::load_pixart(be, path)?),
-                    scheduler,
-                )
+                Parts::Transformer(Box::new(crate::pipeline::load_pixart(be, path)?), scheduler)
             }
             (_, Resolved::Arch(a)) => Parts::Transformer(
                 Box::new(PixArtTransformer::load(
@@ -208,7 +212,10 @@ enum Parts<B: Backend> {
     /// The config only (the ops micro-benchmark).
     Config(PixArtConfig),
     /// The transformer and the sampler's config (or why the folder has none).
-    Transformer(Box<PixArtTransformer<B>>, std::result::Result<DpmSolverConfig, String>),
+    Transformer(
+        Box<PixArtTransformer<B>>,
+        std::result::Result<DpmSolverConfig, String>,
+    ),
     /// The whole pipeline.
     Pipeline(Box<GeneratePipeline<B>>),
 }
@@ -228,9 +235,9 @@ impl<B: Backend> PixArtModel<B> {
     }
     fn scheduler(&self) -> Result<&DpmSolverConfig> {
         match &self.parts {
-            Parts::Transformer(_, s) => s.as_ref().map_err(|e| {
-                Error::new(crate::error::ErrorKind::Checkpoint, e.clone())
-            }),
+            Parts::Transformer(_, s) => s
+                .as_ref()
+                .map_err(|e| Error::new(crate::error::ErrorKind::Checkpoint, e.clone())),
             Parts::Pipeline(p) => Ok(&p.scheduler),
             Parts::Config(_) => Err(no_weights()),
         }
@@ -438,7 +445,12 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
         });
         // All text first, then (for a one-shot caller) the T5 weights are freed before the
         // denoising loops.
-        for p in req.prompts.iter().map(String::as_str).chain([req.negative_prompt]) {
+        for p in req
+            .prompts
+            .iter()
+            .map(String::as_str)
+            .chain([req.negative_prompt])
+        {
             pipe.encode_cached(be, p, &mut texts, &mut timings)?;
         }
         for (pi, prompt) in req.prompts.iter().enumerate() {
@@ -556,7 +568,12 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
             let rows = bench_ops(
                 be, &cfg, batch, tokens, text_len, req.warmup, req.reps, elem,
             )?;
-            return Ok(BenchOutcome::Ops(rows));
+            return Ok(BenchOutcome::Ops(OpsBench {
+                rows,
+                batch,
+                tokens,
+                text_len,
+            }));
         }
         let model = self.transformer()?;
         let inputs = BenchInputs::random(&cfg, req.prompts, (side, side), text_len, req.seed);
@@ -567,8 +584,9 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
         } * (req.warmup + req.reps);
         progress.start("bench", runs);
         if req.mode == BenchMode::Forward {
-            let (t, dev) =
-                bench_forward(be, model, &inputs, req.warmup, req.reps, &mut || progress.tick())?;
+            let (t, dev) = bench_forward(be, model, &inputs, req.warmup, req.reps, &mut || {
+                progress.tick()
+            })?;
             progress.finish();
             return Ok(BenchOutcome::Forward(ForwardBench {
                 timings_ms: t,
