@@ -5,35 +5,49 @@ use anyhow::bail;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Columns of the report: schedule (uncached, a file's name or a heuristic), TMACs (ECAD's MAC \
+count of a whole run, 10^12), MAC x (uncached MACs / the schedule's), median ms (wall time of a \
+whole run, median of --reps after --warmup), time x (uncached median / the schedule's), eff \
+(time x / MAC x: 1 means the wall clock follows the MAC count; below 1, fixed costs the schedule \
+does not remove), cache MB (component cache memory), rel err (relative L2 error of the final \
+latents against the uncached run) and PSNR dB (against the uncached run).
+
+Examples:
+  ecad-native bench --schedule fora:2 --schedule pixart-alpha-256/fast
+  ecad-native bench --arch xl2-256 --steps 20 --schedule ca_sa:3 --reps 5 --json bench.json
+  ecad-native bench --arch xl2-256 --ops --device cuda --dtype bf16")]
 pub struct BenchArgs {
     /// Pipeline root to benchmark (its own weights and scheduler).
     #[arg(long, conflicts_with = "arch")]
     pub model: Option<PathBuf>,
-    /// A built-in architecture with seeded random weights (default: demo).
+    /// A built-in architecture with seeded random weights [default: demo].
     #[arg(long, value_parser = super::arch_parser())]
     pub arch: Option<String>,
     /// Schedules to compare with the uncached run: JSON files, or heuristics by name
     /// (fora:N, ca_sa:N, tgate:M, default). Repeatable.
     #[arg(long = "schedule")]
     pub schedules: Vec<String>,
+    /// Denoising steps per run.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    /// PixArt: CFG scale (default 4.5). FLUX: the distilled guidance value (default 3.5).
+    /// PixArt: the CFG scale; FLUX: the distilled guidance value [default: 4.5 PixArt, 3.5
+    /// FLUX].
     #[arg(long)]
     pub guidance: Option<f32>,
     /// Prompts per run (the PixArt transformer batch is twice this with CFG).
     #[arg(long, default_value_t = 1)]
     pub prompts: usize,
-    /// Text tokens (default: PixArt-α 120; FLUX 512).
+    /// Text tokens per prompt [default: 120 PixArt, 512 FLUX].
     #[arg(long)]
     pub text_len: Option<usize>,
-    /// PixArt: latent height and width (default: the model's sample_size).
+    /// PixArt: latent height and width [default: the model's sample_size].
     #[arg(long)]
     pub latent: Option<usize>,
-    /// FLUX: image height in pixels (default 256).
+    /// FLUX: image height in pixels [default: 256].
     #[arg(long)]
     pub height: Option<usize>,
-    /// FLUX: image width in pixels (default 256).
+    /// FLUX: image width in pixels [default: 256].
     #[arg(long)]
     pub width: Option<usize>,
     /// Untimed runs before timing.
@@ -47,7 +61,8 @@ pub struct BenchArgs {
     pub forward: bool,
     /// Time the ops of one transformer block at the architecture's shapes (GEMMs, self- and
     /// cross-attention, adaLN LayerNorm, the cache blend) instead of the model: the kernel
-    /// micro-benchmark, with TFLOP/s or GB/s. PixArt `--arch` only.
+    /// micro-benchmark, with TFLOP/s or GB/s. PixArt architectures only (`--arch`, or the
+    /// demo without it).
     #[arg(long, conflicts_with = "forward")]
     pub ops: bool,
     /// On CUDA, run every step's kernels eagerly instead of recording each schedule's whole run

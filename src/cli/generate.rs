@@ -12,6 +12,11 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
+Examples:
+  ecad-native generate --prompt \"a red cube on a table\" --schedule pixart-alpha-256/fast --out cube.png
+  ecad-native generate --model PixArt-XL-2-256x256 --prompts-file prompts.txt --batch 2 --out out/img.png
+  ecad-native generate --model FLUX.1-dev --prompt \"a lighthouse\" --height 512 --width 512 --schedule flux-256/fast --out l.png --device cuda --dtype bf16
+
 Without --model, an embedded demo pipeline runs (tiny seeded random T5, transformer and VAE \
 with a small built-in vocabulary): it works on a fresh machine, but its images are NOISE, not \
 pictures. For real images pass a PixArt-α or PixArt-Σ diffusers folder (transformer/, \
@@ -22,8 +27,8 @@ runs no CFG and puts --guidance into its guidance embedding.
 Initial noise comes from ChaCha8 seeded with the image's seed (Box-Muller normals): the same \
 arguments and seed give byte-identical PNGs, but not the images torch's generator would give.")]
 pub struct GenerateArgs {
-    /// Diffusers PixArt or FLUX pipeline root; the embedded demo pipeline (noise images) when
-    /// absent.
+    /// Diffusers PixArt or FLUX pipeline root [default: the embedded demo pipeline, whose
+    /// images are noise].
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// The prompt (repeatable: one image set per prompt).
@@ -35,37 +40,38 @@ pub struct GenerateArgs {
     /// The negative prompt (PixArt, used when --guidance > 1; FLUX runs no CFG).
     #[arg(long, default_value = "")]
     pub negative_prompt: String,
-    /// Number of denoising steps (default: the --schedule's step count, else 20 for PixArt and
-    /// 28 for FLUX, as FluxPipeline).
+    /// Number of denoising steps [default: the --schedule's step count, else 20 PixArt, 28
+    /// FLUX (as FluxPipeline)].
     #[arg(long)]
     pub steps: Option<usize>,
-    /// PixArt: classifier-free guidance scale (default 4.5; CFG runs only when > 1). FLUX: the
-    /// distilled guidance value (default 3.5).
+    /// PixArt: the classifier-free guidance scale (CFG runs only when > 1). FLUX: the distilled
+    /// guidance value [default: 4.5 PixArt, 3.5 FLUX].
     #[arg(long)]
     pub guidance: Option<f32>,
     /// Seed of the first image; image k (over prompts, then batch) uses seed + k.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Image width in pixels (PixArt: multiple of 8, FLUX: of 16; default: the model's
-    /// resolution, 1024 for FLUX.1).
+    /// Image width in pixels (PixArt: multiple of 8, FLUX: of 16) [default: the model's
+    /// resolution, 1024 for FLUX.1].
     #[arg(long)]
     pub width: Option<usize>,
-    /// Image height in pixels (as --width).
+    /// Image height in pixels (as --width) [default: the model's resolution].
     #[arg(long)]
     pub height: Option<usize>,
     /// Run at the requested size instead of PixArt's nearest aspect-ratio bin (then the size
     /// must be a multiple of 16).
     #[arg(long)]
     pub no_binning: bool,
-    /// An ECAD cache schedule: a JSON file or a heuristic name; its step count must equal
-    /// --steps when given.
+    /// An ECAD cache schedule: a JSON file, a built-in name (`ecad-native schedule list`) or a
+    /// heuristic (fora:N, ca_sa:N, tgate:M); its step count must equal --steps when given
+    /// [default: none, every component computed].
     #[arg(long)]
     pub schedule: Option<String>,
     /// Images per prompt (run as one batch).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Text length L: default 120 for PixArt-α, 300 for PixArt-Σ (from model_index.json),
-    /// 512 for FLUX's T5 (at most 512).
+    /// Text length L (at most 512 for FLUX's T5) [default: 120 PixArt-α, 300 PixArt-Σ (from
+    /// model_index.json), 512 FLUX].
     #[arg(long)]
     pub max_sequence_length: Option<usize>,
     /// Output PNG. With several images: OUT-000.png, OUT-001.png, … and a manifest OUT.json.
@@ -99,6 +105,15 @@ fn read_prompts(a: &GenerateArgs) -> anyhow::Result<Vec<String>> {
 }
 
 fn check_out_dir(out: &Path) -> anyhow::Result<()> {
+    if !out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    {
+        bail!(
+            "--out {}: generate writes PNG images; give a file name ending in .png",
+            out.display()
+        );
+    }
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

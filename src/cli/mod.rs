@@ -100,6 +100,9 @@ impl DeviceOpts {
     }
 }
 
+/// What `forward`, `denoise` and `generate` print when they run the demo model.
+pub(crate) const DEMO_NOTE: &str = "note: no --model given: running the embedded demo model (random weights); its outputs are noise";
+
 /// The model source of `--model` / `--arch` (the demo when neither is given).
 pub(crate) fn model_source(model: Option<&std::path::Path>, arch: Option<&str>) -> ModelSource {
     match (model, arch) {

@@ -204,7 +204,11 @@ impl<B: Backend> FluxModel<B> {
         match &self.parts {
             Parts::Transformer(t, _) => Ok(t),
             Parts::Pipeline(p) => p.transformer.as_ref().ok_or_else(|| {
-                Error::internal("the FLUX transformer is not loaded yet (generate loads it)")
+                Error::unsupported(
+                    "this FLUX engine reads its transformer at its first generate (Load::Pipeline \
+                     keeps a one-shot generate from holding the text encoders and the transformer \
+                     at once); open it with Load::PipelineIfPresent to hold every part",
+                )
             }),
             Parts::Config(_) => Err(no_weights()),
         }
