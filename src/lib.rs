@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cache;
 pub mod cli;
 pub mod ffi;
+pub mod interrupt;
 pub mod models;
 pub mod pipeline;
 pub mod sampler;
