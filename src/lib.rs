@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod families;
 pub mod ffi;
+pub mod interrupt;
 pub mod models;
 pub mod pipeline;
 pub mod sampler;

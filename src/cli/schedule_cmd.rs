@@ -28,6 +28,13 @@ pub enum ScheduleCommand {
         #[arg(long, default_value_t = 2)]
         batch: u64,
     },
+    /// The compiled-in paper schedules (`--schedule NAME`): model, resolution, steps and ECAD
+    /// MAC speedup.
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(cmd: ScheduleCommand) -> anyhow::Result<()> {
@@ -58,5 +65,9 @@ pub fn run(cmd: ScheduleCommand) -> anyhow::Result<()> {
             println!("{json}");
             Ok(())
         }
+        ScheduleCommand::List { json } => schedule_list::run(json),
     }
 }
+
+#[path = "schedule_list.rs"]
+mod schedule_list;
