@@ -165,6 +165,14 @@ fn known_kind(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
             _ => ErrorKind::InvalidInput,
         });
     }
+    if let Some(e) = e.downcast_ref::<crate::cache::builtin::ResolveError>() {
+        use crate::cache::builtin::ResolveError as R;
+        return Some(match e {
+            R::Schedule(s) => schedule_kind(s),
+            R::Heuristic(_) | R::Unknown { .. } => ErrorKind::Schedule,
+            R::Macs(_) => ErrorKind::InvalidInput,
+        });
+    }
     if let Some(e) = e.downcast_ref::<SearchError>() {
         return Some(search_kind(e));
     }
@@ -262,6 +270,7 @@ from_layer!(
     crate::cache::heuristics::HeuristicError,
     crate::cache::macs::MacsError,
     crate::search::SearchError,
+    crate::cache::builtin::ResolveError,
 );
 
 impl From<std::io::Error> for Error {
