@@ -15,4 +15,5 @@ pub mod pipeline;
 pub mod sampler;
 pub mod search;
 pub mod tokenizer;
+pub mod util;
 pub mod weights;

@@ -9,7 +9,7 @@
 //! evaluation is deterministic.
 
 use super::evaluate::{cand_name, Evaluation, Evaluator, WorkReport};
-use super::genome::{from_hex, to_hex, Fnv};
+use super::genome::{from_hex, to_hex};
 use super::nsga2::{constraint_violation, mating, repair, survive, GaParams, Genome, Individual};
 use super::output::{front_indices, hypervolume, normalise, write_outputs, HV_REFERENCE};
 use super::rng::{RngState, SearchRng};
@@ -17,6 +17,7 @@ use super::{SResult, SearchError};
 use crate::backend::Backend;
 use crate::cache::heuristics::{heuristic_by_name, tgate_without_ca_avg, TgateParams};
 use crate::cache::schedule::{ModelFamily, Schedule};
+use crate::util::{fnv1a, Fnv};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -689,7 +690,7 @@ pub fn save_checkpoint(path: &Path, st: &SearchState) -> SResult<()> {
     };
     let state = serde_json::to_value(&ck).expect("serialisable");
     let text = serde_json::to_string(&state).expect("json");
-    let sum = format!("{:016x}", super::genome::fnv1a(text.as_bytes()));
+    let sum = format!("{:016x}", fnv1a(text.as_bytes()));
     let doc = serde_json::json!({
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -752,7 +753,7 @@ pub fn load_checkpoint(
         .ok_or_else(|| corrupt("no `state`".into()))?;
     let sum = format!(
         "{:016x}",
-        super::genome::fnv1a(serde_json::to_string(state).expect("json").as_bytes())
+        fnv1a(serde_json::to_string(state).expect("json").as_bytes())
     );
     if doc.get("checksum").and_then(Value::as_str) != Some(sum.as_str()) {
         return Err(corrupt("checksum mismatch".into()));

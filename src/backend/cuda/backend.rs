@@ -124,7 +124,7 @@ impl CudaBackend {
         let blas = CudaBlas::new(stream.clone()).map_err(dev_err)?;
         let lt = Lt::new(&stream)?;
         let include = super::cuda_include_dir();
-        let cache = crate::tokenizer::cache_dir();
+        let cache = crate::util::cache_dir();
         let mut funcs = HashMap::new();
         for (name, src) in KERNEL_SOURCES.iter().filter(|(n, _)| n.ends_with(".cu")) {
             // NVRTC has no file system view of kernels/: inline the shared headers.
