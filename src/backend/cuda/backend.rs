@@ -22,10 +22,10 @@
 //! CUDA driver is present (SKIPPED otherwise; scripts/gpu-check.sh runs it on a GPU machine).
 //!
 //! This file holds the backend itself (construction, the [`Backend`] impl, which hands each op
-//! family to its submodule); the parts live in: [`dtype`] (storage dtypes), [`memory`]
-//! (buffers, the pool, uploads), [`graph`] (graph capture), [`gemm`] (cuBLASLt plans, `linear`,
-//! `conv2d`), [`launch`] (kernel loading and launch shapes), and the op families [`layout`],
-//! [`attention`], [`norm`] and [`elementwise`].
+//! family to its submodule); the parts live in: `dtype` (storage dtypes), `memory`
+//! (buffers, the pool, uploads), `graph` (graph capture), `gemm` (cuBLASLt plans, `linear`,
+//! `conv2d`), `launch` (kernel loading and launch shapes), and the op families `layout`,
+//! `attention`, `norm` and `elementwise`.
 
 mod attention;
 mod dtype;
