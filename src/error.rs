@@ -46,7 +46,7 @@ impl ErrorKind {
 
     /// The CLI's exit status for this kind (documented in the README): 2 invalid input (as for
     /// a usage error), 3 I/O, 4 checkpoint, 5 schedule, 6 device, 7 unsupported, 130 cancelled
-    /// (as for SIGINT), 101 internal (as for a panic).
+    /// (as for SIGINT), 70 internal (EX_SOFTWARE; a panic exits 101).
     pub fn exit_code(self) -> i32 {
         match self {
             ErrorKind::InvalidInput => 2,
@@ -56,7 +56,7 @@ impl ErrorKind {
             ErrorKind::Device => 6,
             ErrorKind::Unsupported => 7,
             ErrorKind::Cancelled => 130,
-            ErrorKind::Internal => 101,
+            ErrorKind::Internal => 70,
         }
     }
 }
@@ -165,6 +165,14 @@ fn known_kind(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
             _ => ErrorKind::InvalidInput,
         });
     }
+    if let Some(e) = e.downcast_ref::<crate::cache::builtin::ResolveError>() {
+        use crate::cache::builtin::ResolveError as R;
+        return Some(match e {
+            R::Schedule(s) => schedule_kind(s),
+            R::Heuristic(_) | R::Unknown { .. } => ErrorKind::Schedule,
+            R::Macs(_) => ErrorKind::InvalidInput,
+        });
+    }
     if let Some(e) = e.downcast_ref::<SearchError>() {
         return Some(search_kind(e));
     }
@@ -236,7 +244,8 @@ fn search_kind(e: &crate::search::SearchError) -> ErrorKind {
         | S::ForeignCheckpoint { .. }
         | S::CheckpointExists { .. }
         | S::NoCheckpoint { .. } => ErrorKind::InvalidInput,
-        S::Scorer { .. } => ErrorKind::Internal,
+        // The user's scorer command failed or printed something unusable.
+        S::Scorer { .. } => ErrorKind::InvalidInput,
     }
 }
 
@@ -261,6 +270,7 @@ from_layer!(
     crate::cache::heuristics::HeuristicError,
     crate::cache::macs::MacsError,
     crate::search::SearchError,
+    crate::cache::builtin::ResolveError,
 );
 
 impl From<std::io::Error> for Error {

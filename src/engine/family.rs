@@ -229,7 +229,16 @@ pub struct ForwardBench {
 pub enum BenchOutcome {
     Runs(BenchReport),
     Forward(ForwardBench),
-    Ops(Vec<OpRow>),
+    Ops(OpsBench),
+}
+
+/// The kernel micro-benchmark's rows and shapes.
+#[derive(Clone, Debug)]
+pub struct OpsBench {
+    pub rows: Vec<OpRow>,
+    pub batch: usize,
+    pub tokens: usize,
+    pub text_len: usize,
 }
 
 /// A loaded model of one family on backend `B`: the operations every door needs. Written once
@@ -388,9 +397,12 @@ pub struct FamilyEntry {
     pub detect: fn(&JsonConfig) -> bool,
     pub archs: fn() -> &'static [ArchEntry],
     pub describe: fn(&Resolved) -> Result<ModelInfo>,
-    pub(crate) open:
-        fn(AnyBackend, &Resolved, &ModelInfo, &EngineOptions) -> Result<Box<dyn DynEngine>>,
+    pub(crate) open: OpenFn,
 }
+
+/// A family's loader with the backend type erased.
+pub(crate) type OpenFn =
+    fn(AnyBackend, &Resolved, &ModelInfo, &EngineOptions) -> Result<Box<dyn DynEngine>>;
 
 /// The registry entry of family `F`.
 pub const fn entry<F: Family>() -> FamilyEntry {

@@ -19,7 +19,7 @@ pub mod search;
 pub use device::{AnyBackend, DeviceSpec, Dtype};
 pub use family::{
     ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, EncodedPrompt, ForwardBench,
-    GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs,
+    GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs, OpsBench,
 };
 pub use progress::{Event, Progress};
 pub use search::{SearchOutcome, SearchRequest};
@@ -322,17 +322,15 @@ impl Engine {
         )?)
     }
 
-    /// A schedule from a spec: a JSON file, or a heuristic by name.
+    /// A schedule from a spec: a built-in name (`pixart-alpha-256/fast`, see
+    /// [`crate::cache::builtin`]), a JSON file, or a heuristic by name (`fora:3`, ...). Whether
+    /// it fits a run is [`Engine::validate_schedule`]'s to say.
     pub fn resolve_schedule(&self, spec: &str, steps: usize) -> Result<Schedule> {
-        let p = std::path::Path::new(spec);
-        if p.extension().is_some_and(|e| e == "json") || p.is_file() {
-            return Ok(Schedule::from_path(p)?);
-        }
-        self.heuristic(spec, steps).map_err(|e| {
-            e.context(format!(
-                "--schedule {spec}: not a file, and not a heuristic name"
-            ))
-        })
+        let i = &self.info;
+        let s =
+            crate::cache::builtin::resolve_spec(spec, i.layout, steps, i.blocks, i.single_blocks)
+                .map_err(|e| Error::from(e).context(format!("--schedule {spec}")))?;
+        Ok(s)
     }
 
     /// Checks that `s` can drive a run of this model with `steps` steps and `guidance`.

@@ -57,8 +57,9 @@ fn config_of(source: &Resolved) -> Result<FluxConfig> {
 }
 
 fn validate(s: &Schedule, steps: usize, _guidance: Option<f32>, info: &ModelInfo) -> Result<()> {
-    validate_flux_schedule(s, steps, info.blocks, info.single_blocks)?;
-    Ok(())
+    validate_flux_schedule(s, steps, info.blocks, info.single_blocks)
+        // A schedule that does not fit the run is a schedule error, whatever layer found it.
+        .map_err(|e| Error::new(ErrorKind::Schedule, Error::from(e).message()))
 }
 
 impl Family for Flux {
@@ -203,7 +204,11 @@ impl<B: Backend> FluxModel<B> {
         match &self.parts {
             Parts::Transformer(t, _) => Ok(t),
             Parts::Pipeline(p) => p.transformer.as_ref().ok_or_else(|| {
-                Error::internal("the FLUX transformer is not loaded yet (generate loads it)")
+                Error::unsupported(
+                    "this FLUX engine reads its transformer at its first generate (Load::Pipeline \
+                     keeps a one-shot generate from holding the text encoders and the transformer \
+                     at once); open it with Load::PipelineIfPresent to hold every part",
+                )
             }),
             Parts::Config(_) => Err(no_weights()),
         }

@@ -6,11 +6,11 @@ use crate::cache::schedule::{ModelFamily, Schedule};
 use crate::engine::family::{
     ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, EncodedPrompt, Family,
     FamilyModel, ForwardBench, GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs,
-    Resolved,
+    OpsBench, Resolved,
 };
 use crate::engine::search::{SearchRequest, SearchTarget};
 use crate::engine::{EngineOptions, Load, Progress};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::models::pixart::{ForwardInputs, PixArtConfig, PixArtTransformer};
 use crate::models::RandomSource;
 use crate::pipeline::bench::{
@@ -84,8 +84,9 @@ fn validate(s: &Schedule, steps: usize, guidance: Option<f32>, info: &ModelInfo)
         steps,
         info.blocks,
         guidance.unwrap_or(info.default_guidance),
-    )?;
-    Ok(())
+    )
+    // A schedule that does not fit the run is a schedule error, whatever layer found it.
+    .map_err(|e| Error::new(ErrorKind::Schedule, Error::from(e).message()))
 }
 
 impl Family for PixArt {
@@ -567,7 +568,12 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
             let rows = bench_ops(
                 be, &cfg, batch, tokens, text_len, req.warmup, req.reps, elem,
             )?;
-            return Ok(BenchOutcome::Ops(rows));
+            return Ok(BenchOutcome::Ops(OpsBench {
+                rows,
+                batch,
+                tokens,
+                text_len,
+            }));
         }
         let model = self.transformer()?;
         let inputs = BenchInputs::random(&cfg, req.prompts, (side, side), text_len, req.seed);
