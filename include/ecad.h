@@ -43,10 +43,12 @@
  *     ecad_engine_generate). ecad_engine_info works for both families.
  *   - Prompts and images on a transformer-only engine return ECAD_UNSUPPORTED (was
  *     ECAD_INVALID_ARGUMENT).
- *   - Status codes now follow the error's kind: a missing or unreadable file (a schedule file,
- *     a model folder's file) is ECAD_IO_ERROR (new, was ECAD_SCHEDULE_ERROR or
- *     ECAD_MODEL_ERROR); model and prompt-encoder failures that were ECAD_INVALID_ARGUMENT or
- *     ECAD_INTERNAL_ERROR now carry their kind (ECAD_MODEL_ERROR, ECAD_DEVICE_UNAVAILABLE, ...).
+ *   - Status codes now follow the error's kind: a file that cannot be read (a missing or
+ *     unreadable schedule file; a model folder's file that is there but cannot be opened or
+ *     mapped) is ECAD_IO_ERROR (new, was ECAD_SCHEDULE_ERROR or ECAD_MODEL_ERROR); a missing
+ *     model folder stays ECAD_MODEL_ERROR; model and prompt-encoder failures that were
+ *     ECAD_INVALID_ARGUMENT or ECAD_INTERNAL_ERROR now carry their kind (ECAD_MODEL_ERROR,
+ *     ECAD_DEVICE_UNAVAILABLE, ...).
  *     Old values are unchanged; new codes are 10 ECAD_IO_ERROR, 11 ECAD_UNSUPPORTED,
  *     12 ECAD_CANCELLED.
  *   - ecad_encode_prompt no longer prints a truncation warning to stderr: it is kept for
@@ -57,7 +59,8 @@
  *   (EcadEngineInfo), ecad_engine_plan_size, ecad_engine_take_warnings, ecad_engine_denoise
  *   (EcadDenoiseRequest: PixArt and FLUX), ecad_engine_generate (EcadGenerateRequest: P prompts
  *   x B seeds into one buffer), ecad_engine_encode_prompt (FLUX's pooled embedding too),
- *   ecad_schedule_resolve (file, built-in or heuristic name), ecad_schedule_steps, and
+ *   ecad_schedule_resolve (a file, a built-in name such as "pixart-alpha-256/fast", or a
+ *   heuristic name, as the CLI's --schedule), ecad_schedule_steps, and
  *   EcadCallbacks (progress with cancellation, warnings) on every run.
  */
 
@@ -540,8 +543,13 @@ enum EcadStatus ecad_schedule_heuristic(const struct EcadEngine *e,
                                         uint32_t steps,
                                         struct EcadSchedule **out);
 
-// A schedule from a spec, as the CLI's `--schedule` takes it: a JSON file path, a built-in
-// schedule name, or a heuristic name (see ecad_schedule_heuristic) for `steps` steps.
+// A schedule from a spec, resolved as the CLI's `--schedule` is, in this order: a built-in
+// name (ECAD's paper schedules, e.g. "pixart-alpha-256/fast", "flux-256/faster"; see
+// `ecad-native schedule list`), a JSON file (a path ending in ".json", or any existing file),
+// a heuristic name (see ecad_schedule_heuristic). `steps` is for heuristics only: a built-in
+// or a file keeps its own (ecad_schedule_steps). An unknown spec is ECAD_SCHEDULE_ERROR (the
+// message lists the built-in names); a missing ".json" file is ECAD_IO_ERROR. Whether the
+// schedule fits the model is checked by the run that uses it.
 //
 // # Safety
 // `spec` is NULL or NUL-terminated; `out` is NULL or writable.

@@ -168,3 +168,114 @@ fn c_error_paths_are_clean_under_valgrind() {
     assert!(o.status.success(), "valgrind reported errors:\n{err}");
     assert!(err.contains("ERROR SUMMARY: 0 errors"), "{err}");
 }
+
+/// `ecad_schedule_resolve` takes the built-in schedule names the CLI's `--schedule` takes
+/// (cache::builtin), before files and heuristics: each resolves with its own step count, a
+/// PixArt one drives a cached denoise of the demo (28 blocks, as PixArt-α's), one of another
+/// family is refused by the run, and a misspelt name is a schedule error naming the options.
+#[test]
+fn c_abi_resolves_builtin_schedule_names() {
+    use ecad_native::cache::builtin::{builtin_names, find_builtin};
+    use ecad_native::ffi::engine::{ecad_engine_destroy, ecad_engine_get_info, ecad_engine_open};
+    use ecad_native::ffi::run::ecad_engine_denoise;
+    use ecad_native::ffi::schedule::{
+        ecad_schedule_destroy, ecad_schedule_resolve, ecad_schedule_steps, EcadSchedule,
+    };
+    use ecad_native::ffi::{ecad_last_error, EcadDenoiseRequest, EcadEngineInfo};
+    use ecad_native::ffi::{EcadEngineParams, EcadStatus};
+    use std::ffi::{CStr, CString};
+
+    let last_error = || {
+        unsafe { CStr::from_ptr(ecad_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    // SAFETY: the structs are plain integers and pointers, valid when zeroed.
+    let mut params: EcadEngineParams = unsafe { std::mem::zeroed() };
+    params.struct_size = std::mem::size_of::<EcadEngineParams>() as u32;
+    params.device = c"cpu".as_ptr();
+    params.threads = 1;
+    let mut e = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { ecad_engine_open(&params, &mut e) },
+        EcadStatus::EcadOk
+    );
+    let mut info: EcadEngineInfo = unsafe { std::mem::zeroed() };
+    info.struct_size = std::mem::size_of::<EcadEngineInfo>() as u32;
+    assert_eq!(
+        unsafe { ecad_engine_get_info(e, &mut info) },
+        EcadStatus::EcadOk
+    );
+
+    let resolve = |name: &str, steps: u32| {
+        let c = CString::new(name).unwrap();
+        let mut s: *mut EcadSchedule = std::ptr::null_mut();
+        let st = unsafe { ecad_schedule_resolve(e, c.as_ptr(), steps, &mut s) };
+        (st, s)
+    };
+    let names = builtin_names();
+    assert!(names.contains(&"pixart-alpha-256/fast"), "{names:?}");
+    for name in &names {
+        // The steps argument is for heuristics; a built-in keeps its own.
+        let (st, s) = resolve(name, 7);
+        assert_eq!(st, EcadStatus::EcadOk, "{name}: {}", last_error());
+        let mut n = 0u32;
+        assert_eq!(
+            unsafe { ecad_schedule_steps(s, &mut n) },
+            EcadStatus::EcadOk
+        );
+        assert_eq!(n as usize, find_builtin(name).unwrap().steps, "{name}");
+        assert_eq!(unsafe { ecad_schedule_destroy(s) }, EcadStatus::EcadOk);
+    }
+    let (st, s) = resolve("pixart-alpha-256/fst", 20);
+    assert_eq!(st, EcadStatus::EcadScheduleError);
+    assert!(s.is_null(), "no handle on failure");
+    assert!(
+        last_error().contains("pixart-alpha-256/fast"),
+        "{}",
+        last_error()
+    );
+
+    // A small denoise (64 px: 8 x 8 latents, text 4, no CFG) with and without the schedule.
+    let (c, d, l) = (
+        info.latent_channels as usize,
+        info.text_dim as usize,
+        4usize,
+    );
+    let lat: Vec<f32> = (0..c * 64)
+        .map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0)
+        .collect();
+    let emb: Vec<f32> = (0..l * d)
+        .map(|i| ((i * 13 % 97) as f32) / 97.0 - 0.5)
+        .collect();
+    let run = |sched: *const EcadSchedule| {
+        let mut out = vec![0f32; lat.len()];
+        let mut r: EcadDenoiseRequest = unsafe { std::mem::zeroed() };
+        r.struct_size = std::mem::size_of::<EcadDenoiseRequest>() as u32;
+        (r.batch, r.height, r.width, r.text_len, r.steps) = (1, 64, 64, l as u32, 20);
+        r.guidance = 1.0;
+        (r.latents, r.latents_len) = (lat.as_ptr(), lat.len());
+        (r.prompt_embeds, r.prompt_embeds_len) = (emb.as_ptr(), emb.len());
+        (r.out_latents, r.out_latents_len) = (out.as_mut_ptr(), out.len());
+        let st = unsafe { ecad_engine_denoise(e, sched, &r, std::ptr::null()) };
+        (st, out)
+    };
+    let (st, uncached) = run(std::ptr::null());
+    assert_eq!(st, EcadStatus::EcadOk, "{}", last_error());
+    let (st, fast) = resolve("pixart-alpha-256/fast", 20);
+    assert_eq!(st, EcadStatus::EcadOk);
+    let (st, cached) = run(fast);
+    assert_eq!(st, EcadStatus::EcadOk, "{}", last_error());
+    assert!(cached.iter().all(|v| v.is_finite()));
+    assert_ne!(cached, uncached, "the built-in schedule skips computation");
+    // A FLUX schedule does not fit a PixArt run: refused by the run, nothing written.
+    let (st, flux) = resolve("flux-256/fast", 20);
+    assert_eq!(st, EcadStatus::EcadOk);
+    let (st, out) = run(flux);
+    assert_eq!(st, EcadStatus::EcadScheduleError, "{}", last_error());
+    assert!(out.iter().all(|&v| v == 0.0));
+    for s in [fast, flux] {
+        assert_eq!(unsafe { ecad_schedule_destroy(s) }, EcadStatus::EcadOk);
+    }
+    assert_eq!(unsafe { ecad_engine_destroy(e) }, EcadStatus::EcadOk);
+}

@@ -49,7 +49,7 @@ static int v2_error_paths(void) {
     ep.model_dir = "/nonexistent/model";
     EXPECT(ecad_engine_open(&ep, &e), ECAD_INVALID_ARGUMENT); /* both set */
     ep.arch = NULL;
-    EXPECT(ecad_engine_open(&ep, &e), ECAD_IO_ERROR);
+    EXPECT(ecad_engine_open(&ep, &e), ECAD_MODEL_ERROR); /* no such folder */
     ep.model_dir = NULL;
     ep.device = "tpu";
     EXPECT(ecad_engine_open(&ep, &e), ECAD_INVALID_ARGUMENT);
@@ -102,6 +102,13 @@ static int v2_error_paths(void) {
     EXPECT(ecad_schedule_steps(s2, &n), ECAD_OK);
     if (n != 4) { fprintf(stderr, "steps %u\n", n); failures++; }
     EXPECT(ecad_engine_destroy((EcadEngine *)s2), ECAD_INVALID_HANDLE);
+    /* A built-in schedule name (as the CLI's --schedule): it keeps its own 20 steps. */
+    EcadSchedule *s3 = NULL;
+    EXPECT(ecad_schedule_resolve(e, "pixart-alpha-256/fast", 4, &s3), ECAD_OK);
+    EXPECT(ecad_schedule_steps(s3, &n), ECAD_OK);
+    if (n != 20) { fprintf(stderr, "built-in steps %u\n", n); failures++; }
+    EXPECT(ecad_schedule_destroy(s3), ECAD_OK);
+    EXPECT(ecad_schedule_resolve(e, "pixart-alpha-256/fst", 20, &s3), ECAD_SCHEDULE_ERROR);
 
     /* Denoise: sizes, family-specific inputs, cancellation. */
     const uint32_t L = 3, hw = 16; /* 16 px = 2x2 latents */
@@ -180,7 +187,7 @@ int main(void) {
 
     /* Null pointers and bad strings. */
     EXPECT(ecad_engine_create(NULL, NULL, NULL), ECAD_NULL_POINTER);
-    EXPECT(ecad_engine_create("/nonexistent/model", NULL, &e), ECAD_IO_ERROR);
+    EXPECT(ecad_engine_create("/nonexistent/model", NULL, &e), ECAD_MODEL_ERROR); /* as in v1 */
     EXPECT(ecad_engine_create(NULL, "tpu", &e), ECAD_INVALID_ARGUMENT);
     EXPECT(ecad_engine_create(NULL, "cuda", &e), ECAD_DEVICE_UNAVAILABLE);
     const char bad_utf8[] = {(char)0xff, (char)0xfe, 0};
