@@ -1,10 +1,12 @@
 //! The C ABI's overhead over the Rust API: the same denoise (demo model, same inputs, same
-//! thread count) through `Engine::denoise` and through `ecad_engine_denoise`, interleaved,
-//! medians after warm-up. Ignored by default (a measurement, not a check); run it optimised:
+//! thread count) through `Engine::denoise` and through `ecad_engine_denoise`, interleaved in
+//! pairs of alternating order, medians after warm-up. Ignored by default (a measurement, not a
+//! check: no timing threshold); run it optimised:
 //!
 //!     cargo test --release --test c_overhead -- --ignored --nocapture
 //!
-//! Settings: ECAD_OVERHEAD_REPS (default 15), ECAD_OVERHEAD_STEPS (default 10).
+//! Settings: ECAD_OVERHEAD_REPS (default 15), ECAD_OVERHEAD_STEPS (default 10),
+//! ECAD_OVERHEAD_THREADS (default: all cores).
 
 use ecad_native::engine::{DenoiseRequest, DeviceSpec, Engine, EngineOptions, Load, NamedInputs};
 use ecad_native::engine::{ModelSource, Progress};
@@ -44,7 +46,8 @@ fn noise(n: usize, seed: u32) -> Vec<f32> {
 fn c_api_overhead_over_rust_api() {
     let reps = env("ECAD_OVERHEAD_REPS", 15).max(3);
     let steps = env("ECAD_OVERHEAD_STEPS", 10);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = env("ECAD_OVERHEAD_THREADS", cores).max(1);
 
     let engine = Engine::open(
         ModelSource::Demo,
@@ -145,17 +148,28 @@ fn c_api_overhead_over_rust_api() {
     }
     let (mut tr, mut tc) = (Vec::new(), Vec::new());
     let mut reference = Vec::new();
-    for _ in 0..reps {
+    // Pairs of runs, the order alternating (a run warms the caches for the next one).
+    for i in 0..reps {
+        if i % 2 == 1 {
+            tc.push(c_api());
+        }
         let (ms, data) = rust();
         tr.push(ms);
         reference = data;
-        tc.push(c_api());
+        if i % 2 == 0 {
+            tc.push(c_api());
+        }
     }
     assert_eq!(reference, out, "the C API gives the Rust API's latents");
+    // The median of the pairs' ratios cancels slow drifts of the machine's load, which the
+    // ratio of the two medians does not.
+    let mut ratios: Vec<f64> = tc.iter().zip(&tr).map(|(c, r)| c / r).collect();
+    let paired = median(&mut ratios);
     let (mr, mc) = (median(&mut tr), median(&mut tc));
     println!(
         "denoise demo {h}x{h} latents, {steps} steps, CFG, L={l}, {threads} threads, {reps} reps: \
-         Rust API median {mr:.3} ms, C API median {mc:.3} ms, overhead {:.3} ms ({:+.2}%)",
+         Rust API median {mr:.3} ms, C API median {mc:.3} ms, overhead {:.3} ms ({:+.2}%); \
+         median of paired C/Rust ratios {paired:.4}",
         mc - mr,
         (mc / mr - 1.0) * 100.0
     );
