@@ -9,13 +9,13 @@ use crate::pipeline::ModelDir;
 /// Every family, in detection order: a folder belongs to the first whose `detect` accepts its
 /// transformer config. PixArt comes last: it accepts any config that is not another family's,
 /// so that a malformed PixArt config is reported by PixArt's own parser.
-static FAMILIES: [FamilyEntry; 2] = [
+static FAMILIES: &[FamilyEntry] = &[
     entry::<crate::families::flux::Flux>(),
     entry::<crate::families::pixart::PixArt>(),
 ];
 
 pub fn families() -> &'static [FamilyEntry] {
-    &FAMILIES
+    FAMILIES
 }
 
 /// The family and resolved source of `source`.
