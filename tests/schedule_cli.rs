@@ -34,6 +34,55 @@ fn json_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 #[test]
+fn macs_takes_built_in_names_and_heuristics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = xl2_256_model(tmp.path());
+    let macs = |schedule: &str, extra: &[&str]| -> serde_json::Value {
+        let o = cli()
+            .args(["schedule", "macs", "--height", "256", "--width", "256"])
+            .args(["--schedule", schedule])
+            .arg("--model")
+            .arg(&model)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{schedule}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // A built-in name counts what its shipped file counts, and what ECAD stored in it.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schedules/paper/pixart_alpha_256/ours_fast.json");
+    let by_name = macs("pixart-alpha-256/fast", &[]);
+    assert_eq!(by_name, macs(file.to_str().unwrap(), &[]));
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(by_name["total_macs"], stored["metrics"]["total_macs"]);
+    // A heuristic takes --steps; FORA every 2 steps computes half the steps in full.
+    let full = macs("default", &["--steps", "4"]);
+    let fora = macs("fora:2", &["--steps", "4"]);
+    assert_eq!(fora["by_inference_step"].as_object().unwrap().len(), 4);
+    assert_eq!(
+        fora["by_inference_step"]["000"],
+        full["by_inference_step"]["000"]
+    );
+    assert!(fora["total_macs"].as_u64().unwrap() < full["total_macs"].as_u64().unwrap());
+    // An unknown name is refused with the list of names.
+    let o = cli()
+        .args(["schedule", "macs", "--height", "256", "--width", "256"])
+        .args(["--schedule", "pixart-alpha-256/fastest-ever", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("pixart-alpha-256/fast"), "{err}");
+}
+
+#[test]
 fn macs_equal_stored_metrics_of_alpha_256_schedules() {
     let tmp = tempfile::tempdir().unwrap();
     let model = xl2_256_model(tmp.path());

@@ -1,5 +1,4 @@
 use crate::cache::macs::TrueCostOptions;
-use crate::cache::schedule::Schedule;
 use crate::engine::{EngineOptions, Load, ModelSource};
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -7,16 +6,33 @@ use std::path::PathBuf;
 #[derive(Subcommand, Debug)]
 pub enum ScheduleCommand {
     /// Cost of a schedule: ECAD's MAC count (default) or this engine's true cost.
+    ///
+    /// Prints one JSON object: {"total_macs": N, "by_inference_step": {"000": N, ...}} (the
+    /// contract in docs/CLI-CONTRACT.md); with --true-cost, the engine's own cost breakdown.
+    #[command(after_help = "Examples:
+  ecad-native schedule macs --model PixArt-XL-2-256x256 --height 256 --width 256 \\
+      --schedule pixart-alpha-256/fast
+  ecad-native schedule macs --model PixArt-XL-2-256x256 --height 256 --width 256 \\
+      --schedule my_schedule.json --true-cost
+  ecad-native schedule macs --model FLUX.1-dev --height 1024 --width 1024 \\
+      --schedule fora:3 --steps 28")]
     Macs {
+        /// The schedule: a built-in name (`ecad-native schedule list`), an ECAD schedule JSON
+        /// file, or a heuristic (`fora:N`, `ca_sa:N`, `tgate:M`, `default`, for --steps steps).
         #[arg(long)]
-        schedule: PathBuf,
+        schedule: String,
         /// Model folder; only the transformer config.json is read.
         #[arg(long)]
         model: PathBuf,
+        /// Image height in pixels (the token count follows from it and the VAE's factor 8).
         #[arg(long)]
         height: u64,
+        /// Image width in pixels.
         #[arg(long)]
         width: u64,
+        /// Steps of a heuristic --schedule (a file or built-in name has its own).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
         /// Report this engine's true cost instead (attention products included, text work
         /// counted once per run).
         #[arg(long)]
@@ -44,11 +60,11 @@ pub fn run(cmd: ScheduleCommand) -> anyhow::Result<()> {
             model,
             height,
             width,
+            steps,
             true_cost,
             text_len,
             batch,
         } => {
-            let s = Schedule::from_path(&schedule)?;
             let engine = super::open_engine(
                 ModelSource::Dir(model),
                 EngineOptions {
@@ -56,6 +72,10 @@ pub fn run(cmd: ScheduleCommand) -> anyhow::Result<()> {
                     ..EngineOptions::default()
                 },
             )?;
+            if !(1..=10_000).contains(&steps) {
+                anyhow::bail!("--steps must be between 1 and 10000, got {steps}");
+            }
+            let s = engine.resolve_schedule(&schedule, steps)?;
             let json = if true_cost {
                 let r = engine.true_macs(&s, height, width, TrueCostOptions { batch, text_len })?;
                 serde_json::to_string(&r)?
