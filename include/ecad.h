@@ -286,8 +286,9 @@ typedef struct EcadDenoiseRequest {
 // A progress callback: `stage` names the current stage ("denoise", "prompt 1/2", ...; valid
 // during the call only), `done` of `total` units are finished (called with done = 0 when a
 // stage starts). Return 0 to go on, non-zero to cancel: the run stops at the next point it can
-// and returns ECAD_CANCELLED without writing any output. It may be called from a worker thread
-// of the engine; it must not call ecad_* functions on the same engine.
+// (a denoising loop: after the current sampler step) and returns ECAD_CANCELLED without
+// writing any output. It may be called from a worker thread of the engine; it must not call
+// ecad_* functions on the same engine.
 typedef int (*EcadProgressFn)(void *user, const char *stage, uint32_t done, uint32_t total);
 
 // A warning callback: `message` is valid during the call only.

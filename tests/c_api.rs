@@ -126,8 +126,11 @@ fn c_flux_example_denoises_and_cancels() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(stdout.contains("flux denoised"), "{stdout}");
+    // Cancelled from the callback after step 1 of 2: the engine stops at once.
     assert!(
-        stdout.contains("cancelled run: ECAD_CANCELLED, output untouched: 1"),
+        stdout.contains(
+            "cancelled run: ECAD_CANCELLED, output untouched: 1, stopped after step 1 of 2"
+        ),
         "{stdout}"
     );
     // flux-narrow at 128 px: 1 x (8 x 8) x (4 x 16) packed latents.

@@ -115,15 +115,18 @@ int main(int argc, char **argv) {
         if (pr.last_done != steps || pr.last_total != steps) rc = 1;
     }
 
-    /* Cancel after the first step: ECAD_CANCELLED, and the output is left as it was. */
+    /* Cancel after the first step: the run stops there (no second step), returns ECAD_CANCELLED
+     * and leaves the output as it was. */
     if (rc == 0) {
         for (size_t i = 0; i < lat_n; i++) out[i] = 42.0f;
         pr.cancel_at = 1;
+        pr.last_done = 0;
         s = ecad_engine_denoise(engine, sched, &r, &cb);
         int untouched = 1;
         for (size_t i = 0; i < lat_n; i++) untouched &= out[i] == 42.0f;
-        printf("cancelled run: %s, output untouched: %d\n", ecad_status_name(s), untouched);
-        if (s != ECAD_CANCELLED || !untouched) rc = 1;
+        printf("cancelled run: %s, output untouched: %d, stopped after step %u of %u\n",
+               ecad_status_name(s), untouched, pr.last_done, steps);
+        if (s != ECAD_CANCELLED || !untouched || pr.last_done != 1) rc = 1;
     }
     ecad_schedule_destroy(sched);
     ecad_engine_destroy(engine);

@@ -139,8 +139,9 @@ pub(crate) const ENGINE_INFO_V1: usize = std::mem::size_of::<EcadEngineInfo>();
 /// A progress callback: `stage` names the current stage ("denoise", "prompt 1/2", ...; valid
 /// during the call only), `done` of `total` units are finished (called with done = 0 when a
 /// stage starts). Return 0 to go on, non-zero to cancel: the run stops at the next point it can
-/// and returns ECAD_CANCELLED without writing any output. It may be called from a worker thread
-/// of the engine; it must not call ecad_* functions on the same engine.
+/// (a denoising loop: after the current sampler step) and returns ECAD_CANCELLED without
+/// writing any output. It may be called from a worker thread of the engine; it must not call
+/// ecad_* functions on the same engine.
 pub type EcadProgressFn = Option<
     unsafe extern "C" fn(user: *mut c_void, stage: *const c_char, done: u32, total: u32) -> c_int,
 >;
