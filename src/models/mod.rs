@@ -95,15 +95,106 @@ impl TensorSource for RandomSource {
     }
 }
 
-/// Loads `name` with `shape` onto the backend as a weight.
-pub fn load<B: Backend>(
-    be: &B,
-    src: &dyn TensorSource,
-    name: &str,
-    shape: &[usize],
-) -> MResult<Tensor<B>> {
-    let data = src.tensor(name, shape)?;
-    Ok(be.upload_weight(data, shape)?)
+/// A scoped view of a [`TensorSource`] on a backend: the checkpoint path prefix the module
+/// being loaded lives under. Loaders push one path segment per module (`vb.pp("attn1")`,
+/// `vb.pp("transformer_blocks").pp(i)`) and name each tensor once, relative to it
+/// (`vb.get(&[d], "weight")`), so every checkpoint name is spelled in exactly one place.
+pub struct Vb<'a, B: Backend> {
+    be: &'a B,
+    src: &'a dyn TensorSource,
+    prefix: String,
+}
+
+impl<B: Backend> Clone for Vb<'_, B> {
+    fn clone(&self) -> Self {
+        Vb {
+            be: self.be,
+            src: self.src,
+            prefix: self.prefix.clone(),
+        }
+    }
+}
+
+impl<'a, B: Backend> Vb<'a, B> {
+    /// The root scope (empty prefix).
+    pub fn new(be: &'a B, src: &'a dyn TensorSource) -> Self {
+        Vb {
+            be,
+            src,
+            prefix: String::new(),
+        }
+    }
+
+    /// The scope one path segment deeper: `pp("to_out").pp(0)` is `{prefix}.to_out.0`.
+    pub fn pp(&self, segment: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            segment.to_string()
+        } else {
+            format!("{}.{segment}", self.prefix)
+        };
+        Vb {
+            be: self.be,
+            src: self.src,
+            prefix,
+        }
+    }
+
+    /// The scope's prefix (`""` at the root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The full checkpoint name of `name` in this scope.
+    pub fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    pub fn backend(&self) -> &'a B {
+        self.be
+    }
+
+    /// Whether the source holds `name` in this scope (optional or alternatively named tensors).
+    pub fn contains(&self, name: &str) -> bool {
+        self.src.has(&self.path(name))
+    }
+
+    /// Loads the weight `name` of this scope, which must have exactly `shape`, onto the backend.
+    /// A missing or mis-shaped tensor is reported with its full name.
+    pub fn get(&self, shape: &[usize], name: &str) -> MResult<Tensor<B>> {
+        let data = self.src.tensor(&self.path(name), shape)?;
+        Ok(self.be.upload_weight(data, shape)?)
+    }
+
+    /// Like [`Vb::get`], also accepting the tensor stored with the shape `stored_alt` (the same
+    /// elements in the same order, e.g. a `[c, c, 1, 1]` convolution holding a `[c, c]` linear);
+    /// the tensor is `shape` either way.
+    pub fn get_reshaped(
+        &self,
+        shape: &[usize],
+        stored_alt: &[usize],
+        name: &str,
+    ) -> MResult<Tensor<B>> {
+        let path = self.path(name);
+        let data = match self.src.tensor(&path, shape) {
+            Err(WeightsError::ShapeMismatch { actual, .. })
+                if actual == stored_alt
+                    && actual.iter().product::<usize>() == shape.iter().product::<usize>() =>
+            {
+                self.src.tensor(&path, stored_alt)?
+            }
+            r => r?,
+        };
+        Ok(self.be.upload_weight(data, shape)?)
+    }
+
+    /// Reads the tensor `name` of this scope to the host as f32 (tables used on the host).
+    pub fn get_host(&self, shape: &[usize], name: &str) -> MResult<Vec<f32>> {
+        Ok(self.src.tensor(&self.path(name), shape)?)
+    }
 }
 
 /// `nn.Linear`: `weight [out, in]`, optional `bias [out]`.
@@ -113,18 +204,12 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    pub fn load(
-        be: &B,
-        src: &dyn TensorSource,
-        prefix: &str,
-        in_dim: usize,
-        out_dim: usize,
-        bias: bool,
-    ) -> MResult<Self> {
+    /// Loads `weight [out, in]` (and `bias [out]` when `bias`) of the scope `vb`.
+    pub fn load(vb: &Vb<'_, B>, in_dim: usize, out_dim: usize, bias: bool) -> MResult<Self> {
         Ok(Linear {
-            weight: load(be, src, &format!("{prefix}.weight"), &[out_dim, in_dim])?,
+            weight: vb.get(&[out_dim, in_dim], "weight")?,
             bias: if bias {
-                Some(load(be, src, &format!("{prefix}.bias"), &[out_dim])?)
+                Some(vb.get(&[out_dim], "bias")?)
             } else {
                 None
             },
@@ -152,10 +237,10 @@ pub struct TimestepEmbedding<B: Backend> {
 }
 
 impl<B: Backend> TimestepEmbedding<B> {
-    pub fn load(be: &B, src: &dyn TensorSource, p: &str, i: usize, o: usize) -> MResult<Self> {
+    pub fn load(vb: &Vb<'_, B>, i: usize, o: usize) -> MResult<Self> {
         Ok(TimestepEmbedding {
-            linear_1: Linear::load(be, src, &format!("{p}.linear_1"), i, o, true)?,
-            linear_2: Linear::load(be, src, &format!("{p}.linear_2"), o, o, true)?,
+            linear_1: Linear::load(&vb.pp("linear_1"), i, o, true)?,
+            linear_2: Linear::load(&vb.pp("linear_2"), o, o, true)?,
         })
     }
     pub fn forward(&self, be: &B, x: &Tensor<B>) -> BResult<Tensor<B>> {
