@@ -22,6 +22,7 @@ pub mod bf16;
 pub mod check;
 pub mod cpu;
 pub mod cuda;
+pub mod shapes;
 
 use std::fmt;
 use std::sync::Arc;

@@ -206,14 +206,18 @@ const TOKEN_EMBEDDING: &str = "embeddings.token_embedding.weight";
 impl<B: Backend> ClipTextModel<B> {
     /// Loads from a source holding `text_model.*` or the same names without the prefix.
     pub fn load(be: &B, config: ClipTextConfig, src: &dyn TensorSource) -> MResult<Self> {
-        let root = Vb::new(be, src);
+        Self::load_vb(&Self::scope(&Vb::new(be, src)), config)
+    }
+
+    /// The scope of the text tower in a checkpoint: `text_model`, or the root when the tensors
+    /// are stored without the prefix.
+    pub fn scope<'a>(root: &Vb<'a, B>) -> Vb<'a, B> {
         let prefixed = root.pp(TEXT_MODEL_PREFIX.trim_end_matches('.'));
-        let vb = if root.contains(TOKEN_EMBEDDING) && !prefixed.contains(TOKEN_EMBEDDING) {
-            root
+        if root.contains(TOKEN_EMBEDDING) && !prefixed.contains(TOKEN_EMBEDDING) {
+            root.clone()
         } else {
             prefixed
-        };
-        Self::load_vb(&vb, config)
+        }
     }
 
     /// Builds the text tower from the scope holding `embeddings`, `encoder` and
@@ -257,38 +261,12 @@ impl<B: Backend> ClipTextModel<B> {
         })
     }
 
-    /// The tensors this config implies (with the `text_model.` prefix): name, shape.
+    /// The tensors this config implies (with the `text_model.` prefix): name, shape. Recorded
+    /// from [`Self::load`].
     pub fn expected_tensors(c: &ClipTextConfig) -> Vec<(String, Vec<usize>)> {
-        let (d, ff) = (c.hidden_size, c.intermediate_size);
-        let p = TEXT_MODEL_PREFIX;
-        let mut v = vec![
-            (
-                format!("{p}embeddings.token_embedding.weight"),
-                vec![c.vocab_size, d],
-            ),
-            (
-                format!("{p}embeddings.position_embedding.weight"),
-                vec![c.max_position_embeddings, d],
-            ),
-        ];
-        for i in 0..c.num_hidden_layers {
-            let l = format!("{p}encoder.layers.{i}");
-            for n in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-                v.push((format!("{l}.self_attn.{n}.weight"), vec![d, d]));
-                v.push((format!("{l}.self_attn.{n}.bias"), vec![d]));
-            }
-            for n in ["layer_norm1", "layer_norm2"] {
-                v.push((format!("{l}.{n}.weight"), vec![d]));
-                v.push((format!("{l}.{n}.bias"), vec![d]));
-            }
-            v.push((format!("{l}.mlp.fc1.weight"), vec![ff, d]));
-            v.push((format!("{l}.mlp.fc1.bias"), vec![ff]));
-            v.push((format!("{l}.mlp.fc2.weight"), vec![d, ff]));
-            v.push((format!("{l}.mlp.fc2.bias"), vec![d]));
-        }
-        v.push((format!("{p}final_layer_norm.weight"), vec![d]));
-        v.push((format!("{p}final_layer_norm.bias"), vec![d]));
-        v
+        super::record_tensors(&[], |root| {
+            ClipTextModel::load_vb(&ClipTextModel::scope(root), c.clone()).map(drop)
+        })
     }
 
     /// Checks `ids` (`batch` rows of equal length) against the vocabulary and the position table;

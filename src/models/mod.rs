@@ -8,10 +8,12 @@ pub mod pixart;
 pub mod t5;
 pub mod vae;
 
+use crate::backend::shapes::ShapeOnly;
 use crate::backend::{Activation, BResult, Backend, Tensor};
 use crate::weights::{WResult, WeightStore, WeightsError};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::cell::RefCell;
 
 /// Errors from building or running a model.
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +197,57 @@ impl<'a, B: Backend> Vb<'a, B> {
     pub fn get_host(&self, shape: &[usize], name: &str) -> MResult<Vec<f32>> {
         Ok(self.src.tensor(&self.path(name), shape)?)
     }
+}
+
+/// A tensor source that serves no data: it answers every request with an empty tensor and
+/// records `(name, shape)` in request order. Paired with the shape-only backend
+/// ([`ShapeOnly`]) it turns a model loader into the list of tensors a config implies
+/// ([`record_tensors`]), so that list is never written by hand.
+pub struct Recorder {
+    present: Vec<String>,
+    seen: RefCell<Vec<(String, Vec<usize>)>>,
+}
+
+impl Recorder {
+    /// `present`: the names [`TensorSource::has`] answers true for (optional or alternatively
+    /// named tensors the loader probes); every other probe answers false.
+    pub fn new(present: &[&str]) -> Self {
+        Recorder {
+            present: present.iter().map(|s| s.to_string()).collect(),
+            seen: RefCell::new(Vec::new()),
+        }
+    }
+    /// The requests so far, in order.
+    pub fn into_tensors(self) -> Vec<(String, Vec<usize>)> {
+        self.seen.into_inner()
+    }
+}
+
+impl TensorSource for Recorder {
+    /// Records the request; the (empty) data is for the shape-only backend, which ignores it.
+    fn tensor(&self, name: &str, shape: &[usize]) -> WResult<Vec<f32>> {
+        self.seen
+            .borrow_mut()
+            .push((name.to_string(), shape.to_vec()));
+        Ok(Vec::new())
+    }
+    fn has(&self, name: &str) -> bool {
+        self.present.iter().any(|p| p == name)
+    }
+}
+
+/// The `(name, shape)` list, in load order, of the tensors `load` reads, found by running it on
+/// the shape-only backend with a [`Recorder`] (no weight is read or allocated). `present` are
+/// the names the loader's probes find. A loader on this pair fails only on its own validation;
+/// the list is then what it read up to that point.
+pub fn record_tensors(
+    present: &[&str],
+    load: impl FnOnce(&Vb<'_, ShapeOnly>) -> MResult<()>,
+) -> Vec<(String, Vec<usize>)> {
+    let rec = Recorder::new(present);
+    let result = load(&Vb::new(&ShapeOnly, &rec));
+    debug_assert!(result.is_ok(), "a recording load failed: {result:?}");
+    rec.into_tensors()
 }
 
 /// `nn.Linear`: `weight [out, in]`, optional `bias [out]`.

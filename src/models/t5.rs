@@ -196,28 +196,12 @@ impl<B: Backend> T5Encoder<B> {
         })
     }
 
-    /// The tensors this config implies (for validation): name, shape.
+    /// The tensors this config implies (for validation): name, shape, with the embedding table
+    /// stored as `embedding_name` (one of [`EMBEDDING_NAMES`]). Recorded from [`Self::load`].
     pub fn expected_tensors(c: &T5Config, embedding_name: &str) -> Vec<(String, Vec<usize>)> {
-        let (d, inner) = (c.d_model, c.inner_dim());
-        let mut v = vec![(embedding_name.to_string(), vec![c.vocab_size, d])];
-        v.push((
-            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".into(),
-            vec![c.relative_attention_num_buckets, c.num_heads],
-        ));
-        for i in 0..c.num_layers {
-            let p = format!("encoder.block.{i}.layer");
-            v.push((format!("{p}.0.layer_norm.weight"), vec![d]));
-            for n in ["q", "k", "v"] {
-                v.push((format!("{p}.0.SelfAttention.{n}.weight"), vec![inner, d]));
-            }
-            v.push((format!("{p}.0.SelfAttention.o.weight"), vec![d, inner]));
-            v.push((format!("{p}.1.layer_norm.weight"), vec![d]));
-            v.push((format!("{p}.1.DenseReluDense.wi_0.weight"), vec![c.d_ff, d]));
-            v.push((format!("{p}.1.DenseReluDense.wi_1.weight"), vec![c.d_ff, d]));
-            v.push((format!("{p}.1.DenseReluDense.wo.weight"), vec![d, c.d_ff]));
-        }
-        v.push(("encoder.final_layer_norm.weight".into(), vec![d]));
-        v
+        super::record_tensors(&[embedding_name], |vb| {
+            T5Encoder::load_vb(vb, c.clone()).map(drop)
+        })
     }
 
     /// The relative position bias `[H, L, L]` for a sequence length.

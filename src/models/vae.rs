@@ -12,7 +12,7 @@
 use super::{Linear, MResult, ModelError, TensorSource, Vb};
 use crate::backend::{BResult, Backend, Tensor};
 use crate::weights::config::JsonConfig;
-use crate::weights::{WResult, WeightsError};
+use crate::weights::WResult;
 use std::path::Path;
 
 /// GroupNorm eps of every decoder norm.
