@@ -77,6 +77,9 @@ pub struct TensorInfo {
     pub shape: Vec<usize>,
     pub dtype: Dtype,
     shard: usize,
+    /// Byte range of the data inside the shard's mapping (from the header, parsed once).
+    start: usize,
+    end: usize,
 }
 
 /// A set of safetensors files seen as one name → tensor map.
@@ -149,7 +152,9 @@ impl WeightStore {
                 path: path.clone(),
                 detail: e.to_string(),
             })?;
+            let base = mmap.as_ptr() as usize;
             for (name, view) in st.tensors() {
+                let start = view.data().as_ptr() as usize - base;
                 if tensors.contains_key(&name) {
                     return Err(WeightsError::Layout {
                         path: path.clone(),
@@ -162,6 +167,8 @@ impl WeightStore {
                         shape: view.shape().to_vec(),
                         dtype: view.dtype(),
                         shard: si,
+                        start,
+                        end: start + view.data().len(),
                     },
                 );
             }
@@ -222,18 +229,11 @@ impl WeightStore {
                 actual: info.shape.clone(),
             });
         }
-        let st = SafeTensors::deserialize(&shard.mmap).map_err(|e| WeightsError::Corrupt {
-            path: shard.path.clone(),
-            detail: e.to_string(),
-        })?;
-        let view = st.tensor(name).map_err(|e| WeightsError::Corrupt {
-            path: shard.path.clone(),
-            detail: e.to_string(),
-        })?;
-        bytes_to_f32(view.dtype(), view.data(), false).ok_or_else(|| WeightsError::BadDtype {
+        let data = &shard.mmap[info.start..info.end];
+        bytes_to_f32(info.dtype, data, false).ok_or_else(|| WeightsError::BadDtype {
             path: shard.path.clone(),
             name: name.to_string(),
-            dtype: format!("{:?}", view.dtype()),
+            dtype: format!("{:?}", info.dtype),
             allowed: "F32, F16, BF16",
         })
     }
