@@ -3,7 +3,7 @@
 //! loader on it with a recording tensor source ([`crate::models::Recorder`]) lists the tensors
 //! (name, shape) a config implies without reading or allocating any weight.
 
-use super::{Activation, BResult, Backend, BackendError, Precision, Tensor};
+use super::{Activation, BResult, Backend, BackendError, Precision, Tensor, WeightView};
 use std::sync::Arc;
 
 /// The backend of shapes (see the module docs).
@@ -35,6 +35,9 @@ impl Backend for ShapeOnly {
         Ok(Self::shaped(shape))
     }
     fn upload_weight(&self, _data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
+        Ok(Self::shaped(shape))
+    }
+    fn upload_weight_raw(&self, _view: WeightView<'_>, shape: &[usize]) -> BResult<Tensor<Self>> {
         Ok(Self::shaped(shape))
     }
     fn upload_f32(&self, _data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {

@@ -9,7 +9,7 @@ pub mod t5;
 pub mod vae;
 
 use crate::backend::shapes::ShapeOnly;
-use crate::backend::{Activation, BResult, Backend, Tensor};
+use crate::backend::{checked_numel, Activation, BResult, Backend, Tensor, WeightView};
 use crate::weights::{WResult, WeightStore, WeightsError};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -32,15 +32,20 @@ pub type MResult<T> = Result<T, ModelError>;
 
 /// Where weights come from: a checkpoint on disk, or seeded random values (the demo model).
 pub trait TensorSource {
-    /// Returns the tensor `name` as f32, which must have exactly `shape`.
-    fn tensor(&self, name: &str, shape: &[usize]) -> WResult<Vec<f32>>;
+    /// The tensor `name`, which must have exactly `shape`, as stored (borrowed bytes of its
+    /// dtype where the source holds them, else f32 values).
+    fn view(&self, name: &str, shape: &[usize]) -> WResult<WeightView<'_>>;
     /// Whether the source holds `name` (used for optional modules).
     fn has(&self, name: &str) -> bool;
+    /// The tensor `name` as f32, which must have exactly `shape`.
+    fn tensor(&self, name: &str, shape: &[usize]) -> WResult<Vec<f32>> {
+        Ok(self.view(name, shape)?.into_f32())
+    }
 }
 
 impl TensorSource for WeightStore {
-    fn tensor(&self, name: &str, shape: &[usize]) -> WResult<Vec<f32>> {
-        self.get_f32(name, shape)
+    fn view(&self, name: &str, shape: &[usize]) -> WResult<WeightView<'_>> {
+        self.get_view(name, shape)
     }
     fn has(&self, name: &str) -> bool {
         self.contains(name)
@@ -64,6 +69,18 @@ impl RandomSource {
         }
         h
     }
+
+    /// The values of tensor `name` with `shape`.
+    fn values(&self, name: &str, shape: &[usize]) -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        let mut rng = ChaCha8Rng::seed_from_u64(self.name_seed(name));
+        let scale = if shape.len() >= 2 {
+            1.0 / (shape[1..].iter().product::<usize>() as f32).sqrt()
+        } else {
+            0.2
+        };
+        randn(&mut rng, n).into_iter().map(|v| v * scale).collect()
+    }
 }
 
 /// Standard normal samples from a seeded ChaCha8 stream (Box–Muller), reproducible everywhere.
@@ -82,15 +99,8 @@ pub fn randn(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 }
 
 impl TensorSource for RandomSource {
-    fn tensor(&self, name: &str, shape: &[usize]) -> WResult<Vec<f32>> {
-        let n: usize = shape.iter().product();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.name_seed(name));
-        let scale = if shape.len() >= 2 {
-            1.0 / (shape[1..].iter().product::<usize>() as f32).sqrt()
-        } else {
-            0.2
-        };
-        Ok(randn(&mut rng, n).into_iter().map(|v| v * scale).collect())
+    fn view(&self, name: &str, shape: &[usize]) -> WResult<WeightView<'_>> {
+        Ok(WeightView::F32(self.values(name, shape)))
     }
     fn has(&self, _name: &str) -> bool {
         true
@@ -167,8 +177,8 @@ impl<'a, B: Backend> Vb<'a, B> {
     /// Loads the weight `name` of this scope, which must have exactly `shape`, onto the backend.
     /// A missing or mis-shaped tensor is reported with its full name.
     pub fn get(&self, shape: &[usize], name: &str) -> MResult<Tensor<B>> {
-        let data = self.src.tensor(&self.path(name), shape)?;
-        Ok(self.be.upload_weight(data, shape)?)
+        let view = self.src.view(&self.path(name), shape)?;
+        Ok(self.be.upload_weight_raw(view, shape)?)
     }
 
     /// Like [`Vb::get`], also accepting the tensor stored with the shape `stored_alt` (the same
@@ -181,16 +191,15 @@ impl<'a, B: Backend> Vb<'a, B> {
         name: &str,
     ) -> MResult<Tensor<B>> {
         let path = self.path(name);
-        let data = match self.src.tensor(&path, shape) {
+        let view = match self.src.view(&path, shape) {
             Err(WeightsError::ShapeMismatch { actual, .. })
-                if actual == stored_alt
-                    && actual.iter().product::<usize>() == shape.iter().product::<usize>() =>
+                if actual == stored_alt && checked_numel(&actual) == checked_numel(shape) =>
             {
-                self.src.tensor(&path, stored_alt)?
+                self.src.view(&path, stored_alt)?
             }
             r => r?,
         };
-        Ok(self.be.upload_weight(data, shape)?)
+        Ok(self.be.upload_weight_raw(view, shape)?)
     }
 
     /// Reads the tensor `name` of this scope to the host as f32 (tables used on the host).
@@ -225,11 +234,11 @@ impl Recorder {
 
 impl TensorSource for Recorder {
     /// Records the request; the (empty) data is for the shape-only backend, which ignores it.
-    fn tensor(&self, name: &str, shape: &[usize]) -> WResult<Vec<f32>> {
+    fn view(&self, name: &str, shape: &[usize]) -> WResult<WeightView<'_>> {
         self.seen
             .borrow_mut()
             .push((name.to_string(), shape.to_vec()));
-        Ok(Vec::new())
+        Ok(WeightView::F32(Vec::new()))
     }
     fn has(&self, name: &str) -> bool {
         self.present.iter().any(|p| p == name)
@@ -314,4 +323,71 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
         return f64::INFINITY;
     }
     (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::WeightDtype;
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+
+    /// A checkpoint with one tensor per stored dtype loads through `Vb` exactly as the f32
+    /// values `get_f32` reads, and a missing or mis-shaped tensor is named with its full path.
+    #[test]
+    fn typed_views_load_what_get_f32_reads() {
+        let vals = [1.5f32, -0.333, 65504.0, 1e-3, 7.0, -2.25];
+        let f32b: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bf16b: Vec<u8> = vals
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
+        let f16b: Vec<u8> = vals
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        let views = vec![
+            (
+                "m.a.weight",
+                TensorView::new(Dtype::F32, vec![2, 3], &f32b).unwrap(),
+            ),
+            (
+                "m.b.weight",
+                TensorView::new(Dtype::BF16, vec![2, 3], &bf16b).unwrap(),
+            ),
+            (
+                "m.c.weight",
+                TensorView::new(Dtype::F16, vec![6, 1, 1], &f16b).unwrap(),
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        std::fs::write(&path, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
+        let store = WeightStore::open_files(dir.path(), std::slice::from_ref(&path)).unwrap();
+        let be = CpuBackend::default();
+        let vb = Vb::new(&be, &store).pp("m");
+        for (seg, dtype) in [("a", WeightDtype::F32), ("b", WeightDtype::Bf16)] {
+            let t = vb.pp(seg).get(&[2, 3], "weight").unwrap();
+            let name = format!("m.{seg}.weight");
+            let want = store.get_f32(&name, &[2, 3]).unwrap();
+            assert_eq!(be.to_host(&t).unwrap(), want);
+            assert_eq!(store.get_view(&name, &[2, 3]).unwrap().dtype(), dtype);
+        }
+        let t = vb.pp("c").get_reshaped(&[6], &[6, 1, 1], "weight").unwrap();
+        assert_eq!(t.shape(), &[6]);
+        let e = vb.pp("d").get(&[2, 3], "weight").unwrap_err().to_string();
+        assert!(e.contains("m.d.weight"), "{e}");
+        let e = vb.pp("a").get(&[3, 2], "weight").unwrap_err().to_string();
+        assert!(
+            e.contains("m.a.weight") && e.contains("w.safetensors"),
+            "{e}"
+        );
+        // A view whose length does not fit the shape is refused, not uploaded.
+        let bad = WeightView::Stored {
+            dtype: WeightDtype::Bf16,
+            bytes: &bf16b[..4],
+        };
+        assert!(be.upload_weight_raw(bad, &[2, 3]).is_err());
+    }
 }

@@ -23,7 +23,8 @@
 
 use super::KERNEL_SOURCES;
 use crate::backend::{
-    check, shape_err, Activation, BResult, Backend, BackendError, Precision, Tensor,
+    check, shape_err, Activation, BResult, Backend, BackendError, Precision, Tensor, WeightDtype,
+    WeightView,
 };
 use cudarc::cublas::CudaBlas;
 use cudarc::cublaslt::{result as lt, sys as ltsys};
@@ -31,6 +32,7 @@ use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
     DriverError, LaunchConfig, PushKernelArg,
 };
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -99,6 +101,36 @@ impl DType {
                 .collect(),
         }
     }
+    /// A weight stored as little-endian `src` elements, in this dtype's bytes: bit for bit
+    /// `self.encode` of the weight widened to f32 (the path weights took before), without the
+    /// f32 detour. Stored in this dtype already, the bytes are borrowed as they are, unless one
+    /// is a signalling NaN, which the widening would have quieted (then a quieted copy); an f32
+    /// weight on f32 storage is borrowed as it is. Any other pair is converted once, element by
+    /// element (widened exactly, rounded to nearest even), into the target bytes.
+    fn encode_stored(self, src: WeightDtype, bytes: &[u8]) -> Cow<'_, [u8]> {
+        match (src, self) {
+            (WeightDtype::F32, DType::F32) => Cow::Borrowed(bytes),
+            (WeightDtype::Bf16, DType::Bf16) => quieted16(bytes, quiet_bf16),
+            (WeightDtype::F16, DType::F16) => quieted16(bytes, quiet_f16),
+            _ => {
+                let n = bytes.len() / src.size();
+                let mut out = Vec::with_capacity(n.saturating_mul(self.size()));
+                for c in bytes.chunks_exact(src.size()) {
+                    let v = src.read_f32(c);
+                    match self {
+                        DType::F32 => out.extend_from_slice(&v.to_le_bytes()),
+                        DType::Bf16 => {
+                            out.extend_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes())
+                        }
+                        DType::F16 => {
+                            out.extend_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes())
+                        }
+                    }
+                }
+                Cow::Owned(out)
+            }
+        }
+    }
     /// Bytes of this dtype decoded to f32 (exact).
     fn decode(self, bytes: &[u8]) -> Vec<f32> {
         match self {
@@ -116,6 +148,40 @@ impl DType {
                 .collect(),
         }
     }
+}
+
+/// A bf16 bit pattern as `half`'s widening to f32 and rounding back leave it: a NaN gets its
+/// quiet bit, everything else is unchanged.
+fn quiet_bf16(b: u16) -> u16 {
+    if b & 0x7fff > 0x7f80 {
+        b | 0x0040
+    } else {
+        b
+    }
+}
+
+/// [`quiet_bf16`] for IEEE half precision.
+fn quiet_f16(b: u16) -> u16 {
+    if b & 0x7fff > 0x7c00 {
+        b | 0x0200
+    } else {
+        b
+    }
+}
+
+/// 16-bit little-endian elements with `quiet` applied: borrowed when it changes none of them
+/// (a checkpoint holds no signalling NaN), else a copy.
+fn quieted16(bytes: &[u8], quiet: fn(u16) -> u16) -> Cow<'_, [u8]> {
+    let bits = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
+    if bytes.chunks_exact(2).all(|c| quiet(bits(c)) == bits(c)) {
+        return Cow::Borrowed(bytes);
+    }
+    Cow::Owned(
+        bytes
+            .chunks_exact(2)
+            .flat_map(|c| quiet(bits(c)).to_le_bytes())
+            .collect(),
+    )
 }
 
 /// A device buffer: `len` elements of `dtype`. Buffers come from the stream-ordered pool and
@@ -557,13 +623,35 @@ impl CudaBackend {
         if data.len() != shape.iter().product::<usize>() {
             return shape_err("upload", format!("{} values for {shape:?}", data.len()));
         }
-        let buf = if data.is_empty() {
+        let bytes = if data.is_empty() {
+            Vec::new()
+        } else {
+            dtype.encode(data)
+        };
+        self.upload_bytes(Cow::Owned(bytes), data.len(), shape, dtype)
+    }
+
+    /// A new tensor of `shape` holding `n` elements of `dtype`, given as their little-endian
+    /// bytes (exactly `n · size` of them, borrowed from a checkpoint's mapping or encoded).
+    fn upload_bytes(
+        &self,
+        bytes: Cow<'_, [u8]>,
+        n: usize,
+        shape: &[usize],
+        dtype: DType,
+    ) -> BResult<Tensor<Self>> {
+        if n.checked_mul(dtype.size()) != Some(bytes.len()) {
+            return shape_err(
+                "upload",
+                format!("{} bytes for {n} {dtype:?} values", bytes.len()),
+            );
+        }
+        let buf = if n == 0 {
             self.alloc_dt(0, dtype)?
         } else if self.capturing() {
-            self.upload_recorded(dtype.encode(data), data.len(), dtype)?
+            self.upload_recorded(bytes.into_owned(), n, dtype)?
         } else {
-            let bytes = dtype.encode(data);
-            let mut b = self.alloc_dt(data.len(), dtype)?;
+            let mut b = self.alloc_dt(n, dtype)?;
             self.stream
                 .memcpy_htod(&bytes[..], b.sm())
                 .map_err(dev_err)?;
@@ -951,6 +1039,19 @@ impl Backend for CudaBackend {
 
     fn upload(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
         self.upload_as(&data, shape, self.dtype)
+    }
+
+    /// Weights go to the device in the storage dtype straight from their stored bytes
+    /// ([`DType::encode_stored`]: as they are when the dtypes agree, else converted once on the
+    /// host); the bits are those `upload_weight` of the widened values stores.
+    fn upload_weight_raw(&self, view: WeightView<'_>, shape: &[usize]) -> BResult<Tensor<Self>> {
+        let n = view.check("upload_weight_raw", shape)?;
+        match view {
+            WeightView::F32(data) => self.upload_weight(data, shape),
+            WeightView::Stored { dtype, bytes } => {
+                self.upload_bytes(self.dtype.encode_stored(dtype, bytes), n, shape, self.dtype)
+            }
+        }
     }
 
     fn upload_f32(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
@@ -1645,6 +1746,77 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `encode_stored` gives the bytes of the f32 path (`encode` of the widened weight) for
+    /// every stored dtype and storage dtype: every 16-bit pattern (NaNs, signalling ones
+    /// included), and f32 specials, ties and pseudo-random patterns. Same dtypes borrow.
+    #[test]
+    fn encode_stored_matches_the_f32_path_bit_for_bit() {
+        use super::{Cow, WeightDtype, WeightView};
+        let all16: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        let mut f32s: Vec<u32> = [
+            0.0f32,
+            -0.0,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            1.0 + 1.0 / 2048.0,
+            65504.0,
+            65520.0,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-40,
+            6e-8,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ]
+        .iter()
+        .map(|v| v.to_bits())
+        .chain([0x7f80_0001, 0xffc0_1234, 0x7fbf_ffff])
+        .collect();
+        let mut r = 0x9e37_79b9u32;
+        for _ in 0..200_000 {
+            r ^= r << 13;
+            r ^= r >> 17;
+            r ^= r << 5;
+            f32s.push(r);
+        }
+        let f32b: Vec<u8> = f32s.iter().flat_map(|b| b.to_le_bytes()).collect();
+        for src in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16] {
+            let bytes = if src == WeightDtype::F32 {
+                &f32b
+            } else {
+                &all16
+            };
+            let view = WeightView::Stored { dtype: src, bytes };
+            let widened = view.into_f32();
+            for dt in [DType::F32, DType::Bf16, DType::F16] {
+                let got = dt.encode_stored(src, bytes);
+                assert!(got[..] == dt.encode(&widened)[..], "{src:?} -> {dt:?}");
+            }
+        }
+        // f32 on f32 storage is borrowed; so are bf16 and f16 weights on their own storage
+        // when they hold no signalling NaN.
+        assert!(matches!(
+            DType::F32.encode_stored(WeightDtype::F32, &f32b),
+            Cow::Borrowed(_)
+        ));
+        let quiet: Vec<u8> = [1.5f32, -2.0, 3e-3, f32::NAN]
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes())
+            .collect();
+        assert!(matches!(
+            DType::Bf16.encode_stored(WeightDtype::Bf16, &quiet),
+            Cow::Borrowed(_)
+        ));
+        let quiet: Vec<u8> = [1.5f32, -2.0, 3e-3, f32::NAN]
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+            .collect();
+        assert!(matches!(
+            DType::F16.encode_stored(WeightDtype::F16, &quiet),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
