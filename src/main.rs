@@ -16,7 +16,8 @@ fn main() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             eprintln!("error: {e:#}");
-            std::process::exit(1);
+            // The exit status says what kind of failure it was (README, "Exit status").
+            std::process::exit(ecad_native::Error::kind_of(e.as_ref()).exit_code());
         }
         Err(_) => std::process::exit(101),
     }

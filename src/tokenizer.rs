@@ -12,8 +12,8 @@
 //!    prepend always)` as pre-tokenizer, and the added special tokens `<pad>`, `</s>`, `<unk>`,
 //!    SentencePiece control/user pieces and `<extra_id_{99..0}>` (ids after the pieces, so
 //!    `<extra_id_0>` is the last id, as in T5). The result is cached as JSON in the cache folder
-//!    (see [`cache_dir`]) under a name derived from the hash of `spiece.model`, and later runs
-//!    load the cache. A cache that cannot be written is not an error.
+//!    (see [`crate::util::cache_dir`]) under a name derived from the hash of `spiece.model`, and
+//!    later runs load the cache. A cache that cannot be written is not an error.
 //!
 //! PixArt's preprocessing (`clean_caption=False`): `text.lower().strip()` with Python's
 //! semantics; then `ids = encode(text)[:L-1] + [</s>]`, padded with `<pad>` = 0 to `L`, and the
@@ -136,10 +136,10 @@ impl T5Tokenizer {
 
     /// Converts a SentencePiece model, using (and filling) the JSON cache.
     fn from_spiece_cached(path: &Path, bytes: &[u8], extra_ids: usize) -> TResult<Self> {
-        let cached = cache_dir().map(|d| {
+        let cached = crate::util::cache_dir().map(|d| {
             d.join("tokenizers").join(format!(
                 "t5-v1-{:016x}-x{extra_ids}.json",
-                fnv1a(bytes) ^ bytes.len() as u64
+                crate::util::fnv1a(bytes) ^ bytes.len() as u64
             ))
         });
         if let Some(c) = &cached {
@@ -237,8 +237,7 @@ impl T5Tokenizer {
             .inner
             .to_string(false)
             .map_err(|e| invalid(path, e.to_string()))?;
-        crate::weights::atomic_write(path, text.as_bytes())
-            .map_err(|e| invalid(path, e.to_string()))
+        crate::util::atomic_write(path, text.as_bytes()).map_err(|e| invalid(path, e.to_string()))
     }
 
     /// Vocabulary size including added tokens (must not exceed the encoder's embedding rows).
@@ -296,29 +295,6 @@ fn extra_ids_of(dir: &Path) -> TResult<usize> {
     Ok(v.get("extra_ids")
         .and_then(|x| x.as_u64())
         .map_or(100, |x| x as usize))
-}
-
-/// The cache folder: `$ECAD_NATIVE_CACHE`, else `$XDG_CACHE_HOME/ecad-native`, else
-/// `~/.cache/ecad-native`; None when none can be determined.
-pub fn cache_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("ECAD_NATIVE_CACHE").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d).join("ecad-native"));
-    }
-    std::env::var_os("HOME")
-        .filter(|d| !d.is_empty())
-        .map(|h| PathBuf::from(h).join(".cache").join("ecad-native"))
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 // ---- a minimal reader of sentencepiece_model.proto ---------------------------------------------

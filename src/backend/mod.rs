@@ -16,7 +16,7 @@
 //!   the CUDA backend can use cuBLASLt epilogues.
 //! - `synchronize` exists for timing. Graph capture (`capture_begin`/`capture_end`/
 //!   `graph_launch`, `copy_into` for a graph's inputs) is driven by the pipeline
-//!   ([`crate::pipeline::run::GraphedRun`]) through hooks whose CPU defaults record nothing.
+//!   (its `GraphedRun`) through hooks whose CPU defaults record nothing.
 
 pub mod bf16;
 pub mod check;

@@ -5,6 +5,7 @@
 //! [`NoCache`], which always computes; a schedule-driven store returns the stored buffer for a
 //! reused component, without running the closure (zero work, zero copies).
 
+pub mod builtin;
 pub mod heuristics;
 pub mod macs;
 pub mod schedule;

@@ -1,35 +1,41 @@
 use super::DeviceOpts;
-use crate::backend::Backend;
-use crate::pipeline::denoise::{denoise, DenoiseInputs, DenoiseOptions};
-use crate::pipeline::flux::{
-    denoise_flux, validate_flux_schedule, FluxDenoiseInputs, FluxDenoiseOptions,
-};
-use crate::pipeline::ModelDir;
-use crate::sampler::DpmSolverConfig;
-use crate::weights::{read_inputs, write_outputs, HostTensor};
-use anyhow::{bail, Context};
-use std::path::Path;
+use crate::engine::{DenoiseRequest, Load, NamedInputs, Progress};
+use crate::weights::{read_inputs, write_outputs};
+use anyhow::Context;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+The inputs and the output are named tensors in safetensors files; docs/CLI-CONTRACT.md lists \
+every name and shape. --write-example-inputs FILE writes a valid inputs file for the demo model \
+(seeded noise and prompt embeddings) and exits.
+
+Examples:
+  ecad-native denoise --write-example-inputs demo-in.safetensors
+  ecad-native denoise --inputs demo-in.safetensors --out latents.safetensors --schedule pixart-alpha-256/fast
+  ecad-native denoise --model FLUX.1-dev --inputs flux-in.safetensors --out latents.safetensors --height 256 --width 256 --steps 28")]
 pub struct DenoiseArgs {
-    /// Pipeline root (transformer/ and scheduler/); the embedded demo model when absent.
+    /// Pipeline root (transformer/ and scheduler/) [default: the embedded demo model].
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Write a valid inputs file for the demo model here (seeded latents and prompt
+    /// embeddings, with CFG's negative embeddings) and exit.
+    #[arg(long, conflicts_with_all = ["inputs", "out", "model"])]
+    pub write_example_inputs: Option<PathBuf>,
     /// Inputs: latents, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
     /// negative_prompt_attention_mask (optional: resolution, aspect_ratio); for FLUX models
     /// latents (packed, [B, N_img, 64]), prompt_embeds and pooled_prompt_embeds.
-    #[arg(long)]
-    pub inputs: PathBuf,
+    #[arg(long, required_unless_present = "write_example_inputs")]
+    pub inputs: Option<PathBuf>,
     /// Output file; receives `latents`.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "write_example_inputs")]
+    pub out: Option<PathBuf>,
     /// Number of denoising steps (at least 2).
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    /// PixArt: classifier-free guidance scale (default 4.5; CFG runs only when > 1). FLUX: the
-    /// distilled guidance value for the guidance embedding (default 3.5; no CFG batch; ignored
-    /// by a model without guidance embeddings).
+    /// PixArt: the classifier-free guidance scale (CFG runs only when > 1). FLUX: the distilled
+    /// guidance value for the guidance embedding (no CFG batch; ignored by a model without
+    /// guidance embeddings) [default: 4.5 PixArt, 3.5 FLUX].
     #[arg(long)]
     pub guidance: Option<f32>,
     /// Image height in pixels (FLUX only, required there: it sets the position ids and the
@@ -39,135 +45,92 @@ pub struct DenoiseArgs {
     /// Image width in pixels (FLUX only, required there).
     #[arg(long)]
     pub width: Option<usize>,
-    /// An ECAD cache schedule (JSON); its step count must equal --steps.
+    /// An ECAD cache schedule: a JSON file, a built-in name (`ecad-native schedule list`) or a
+    /// heuristic (fora:N, ca_sa:N, tgate:M); its step count must equal --steps [default: none,
+    /// every component computed].
     #[arg(long)]
-    pub schedule: Option<PathBuf>,
+    pub schedule: Option<String>,
     #[command(flatten)]
     pub device: DeviceOpts,
 }
 
 pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
-    super::with_backend!(a.device, |be| run_on(be, a))
-}
-
-fn run_on<B: Backend>(be: &B, a: DenoiseArgs) -> anyhow::Result<()> {
-    if let Some(m) = a.model.as_deref() {
-        if crate::pipeline::is_flux_model(Some(m))? {
-            return run_flux(be, &a, m);
-        }
+    if let Some(path) = &a.write_example_inputs {
+        return write_example_inputs(path);
     }
-    if a.height.is_some() || a.width.is_some() {
-        bail!("--height/--width are for FLUX models; a PixArt run takes its size from `latents`");
-    }
-    let guidance = a.guidance.unwrap_or(4.5);
-    let schedule = super::read_schedule(a.schedule.as_deref())?;
-    let (model, sched_cfg) = match &a.model {
-        Some(m) => {
-            let dir = ModelDir::resolve(m)?;
-            let sc = dir.scheduler_config()?;
-            (crate::pipeline::load_pixart(be, m)?, sc)
-        }
-        None => (crate::pipeline::load_demo(be)?, DpmSolverConfig::default()),
+    let (Some(inputs_path), Some(out)) = (&a.inputs, &a.out) else {
+        anyhow::bail!("give --inputs FILE and --out FILE (or --write-example-inputs FILE)");
     };
-    if let Some(s) = &schedule {
-        crate::pipeline::denoise::validate_schedule(
-            s,
-            a.steps,
-            model.transformer_blocks.len(),
-            guidance,
-        )
-        .with_context(|| format!("{}", a.schedule.as_ref().unwrap().display()))?;
+    let engine = super::open_engine(
+        super::model_source(a.model.as_deref(), None),
+        a.device.engine_options(Load::Transformer),
+    )?;
+    let schedule = super::resolve_schedule(&engine, a.schedule.as_deref(), a.steps)?;
+    if let (Some(s), Some(spec)) = (&schedule, &a.schedule) {
+        engine
+            .validate_schedule(s, a.steps, a.guidance)
+            .with_context(|| spec.clone())?;
     }
-    let inputs = read_inputs(&a.inputs)?;
-    let get = |name: &str| super::input_tensor(&inputs, &a.inputs, name);
-    let need_neg = guidance > 1.0;
-    let inp = DenoiseInputs {
-        latents: get("latents")?,
-        prompt_embeds: get("prompt_embeds")?,
-        prompt_attention_mask: inputs.get("prompt_attention_mask"),
-        negative_prompt_embeds: if need_neg {
-            Some(get("negative_prompt_embeds")?)
-        } else {
-            None
+    if engine.info().is_demo {
+        eprintln!("{}", super::DEMO_NOTE);
+    }
+    let inputs = read_inputs(inputs_path)?;
+    let origin = inputs_path.display().to_string();
+    let mut bars = super::Bars::new();
+    let mut sink = |e: &crate::engine::Event<'_>| bars.on_event(e);
+    let latents = engine.denoise(
+        &NamedInputs {
+            tensors: &inputs,
+            origin: &origin,
         },
-        negative_prompt_attention_mask: if need_neg {
-            inputs.get("negative_prompt_attention_mask")
-        } else {
-            None
-        },
-        resolution: inputs.get("resolution"),
-        aspect_ratio: inputs.get("aspect_ratio"),
-    };
-    let bar = super::progress::Progress::new("denoise", a.steps);
-    let (latents, _report) = denoise(
-        be,
-        &model,
-        &sched_cfg,
-        &inp,
-        &DenoiseOptions {
+        &DenoiseRequest {
             steps: a.steps,
-            guidance,
+            guidance: a.guidance,
+            height: a.height,
+            width: a.width,
             schedule: schedule.as_ref(),
         },
-        &mut |i, _| bar.set(i),
-    )
-    .with_context(|| a.inputs.display().to_string())?;
-    bar.finish();
-    write_latents(be, &latents, &a.out)
+        &mut Progress::new(&mut sink),
+    )?;
+    write_outputs(out, &[("latents", &latents)])?;
+    Ok(())
 }
 
-fn run_flux<B: Backend>(be: &B, a: &DenoiseArgs, m: &Path) -> anyhow::Result<()> {
-    let (Some(height), Some(width)) = (a.height, a.width) else {
-        bail!("a FLUX model needs --height and --width (image pixels)");
-    };
-    let dir = ModelDir::resolve(m)?;
-    let sched_cfg = dir.flow_match_config()?;
-    let vae_scale_factor = dir.vae_scale_factor()?;
-    let schedule = super::read_schedule(a.schedule.as_deref())?;
-    let model = crate::pipeline::load_flux(be, m)?;
-    if let (Some(s), Some(p)) = (&schedule, &a.schedule) {
-        let c = &model.config;
-        validate_flux_schedule(s, a.steps, c.num_layers, c.num_single_layers)
-            .with_context(|| p.display().to_string())?;
-    }
-    let inputs = read_inputs(&a.inputs)?;
-    let get = |name: &str| super::input_tensor(&inputs, &a.inputs, name);
-    let inp = FluxDenoiseInputs {
-        latents: get("latents")?,
-        prompt_embeds: get("prompt_embeds")?,
-        pooled_prompt_embeds: get("pooled_prompt_embeds")?,
-    };
-    let bar = super::progress::Progress::new("denoise", a.steps);
-    let (latents, _report) = denoise_flux(
-        be,
-        &model,
-        &sched_cfg,
-        &inp,
-        &FluxDenoiseOptions {
-            steps: a.steps,
-            guidance: a.guidance.unwrap_or(3.5),
-            height,
-            width,
-            vae_scale_factor,
-            schedule: schedule.as_ref(),
+/// `--write-example-inputs`: seeded inputs of the demo model's shapes (one prompt, 8x8 latent,
+/// 16 text tokens of which 10 are valid, with CFG's negative prompt).
+fn write_example_inputs(path: &std::path::Path) -> anyhow::Result<()> {
+    use crate::weights::HostTensor;
+    let info = crate::Engine::open(
+        crate::engine::ModelSource::Demo,
+        crate::engine::EngineOptions {
+            load: Load::Config,
+            ..Default::default()
         },
-        &mut |i, _| bar.set(i),
-    )
-    .with_context(|| a.inputs.display().to_string())?;
-    bar.finish();
-    write_latents(be, &latents, &a.out)
-}
-
-/// Writes the final latents as the `latents` tensor of `out`.
-fn write_latents<B: Backend>(
-    be: &B,
-    latents: &crate::backend::Tensor<B>,
-    out: &Path,
-) -> anyhow::Result<()> {
-    let host = HostTensor {
-        shape: latents.shape().to_vec(),
-        data: be.to_host(latents)?,
-    };
-    write_outputs(out, &[("latents", &host)])?;
+    )?
+    .info()
+    .clone();
+    let (c, side, l, d) = (
+        info.latent_channels,
+        info.sample_size / 4,
+        16,
+        info.text_dim,
+    );
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0xE9);
+    let mut normal = |n: usize| crate::models::randn(&mut rng, n);
+    let mask: Vec<f32> = (0..l).map(|i| if i < 10 { 1.0 } else { 0.0 }).collect();
+    let t = |shape: Vec<usize>, data: Vec<f32>| HostTensor { shape, data };
+    let tensors = [
+        (
+            "latents",
+            t(vec![1, c, side, side], normal(c * side * side)),
+        ),
+        ("prompt_embeds", t(vec![1, l, d], normal(l * d))),
+        ("prompt_attention_mask", t(vec![1, l], mask.clone())),
+        ("negative_prompt_embeds", t(vec![1, l, d], normal(l * d))),
+        ("negative_prompt_attention_mask", t(vec![1, l], mask)),
+    ];
+    let named: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    write_outputs(path, &named)?;
+    println!("{}", path.display());
     Ok(())
 }

@@ -1,21 +1,22 @@
 //! `generate`: prompt(s) → PNG image(s).
 
 use super::DeviceOpts;
-use crate::backend::Backend;
-use crate::cache::schedule::Schedule;
-use crate::pipeline::generate::{
-    output_paths, GeneratePipeline, GenerateRequest, RgbImage, Timings,
-};
+use crate::engine::{GenerateRequest, GeneratedImage, Load, Progress};
+use crate::pipeline::generate::output_paths;
 use crate::pipeline::image::encode_png;
 use crate::weights::atomic_write;
 use anyhow::{bail, Context};
 use serde_json::json;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
+Examples:
+  ecad-native generate --prompt \"a red cube on a table\" --schedule pixart-alpha-256/fast --out cube.png
+  ecad-native generate --model PixArt-XL-2-256x256 --prompts-file prompts.txt --batch 2 --out out/img.png
+  ecad-native generate --model FLUX.1-dev --prompt \"a lighthouse\" --height 512 --width 512 --schedule flux-256/fast --out l.png --device cuda --dtype bf16
+
 Without --model, an embedded demo pipeline runs (tiny seeded random T5, transformer and VAE \
 with a small built-in vocabulary): it works on a fresh machine, but its images are NOISE, not \
 pictures. For real images pass a PixArt-α or PixArt-Σ diffusers folder (transformer/, \
@@ -26,8 +27,8 @@ runs no CFG and puts --guidance into its guidance embedding.
 Initial noise comes from ChaCha8 seeded with the image's seed (Box-Muller normals): the same \
 arguments and seed give byte-identical PNGs, but not the images torch's generator would give.")]
 pub struct GenerateArgs {
-    /// Diffusers PixArt or FLUX pipeline root; the embedded demo pipeline (noise images) when
-    /// absent.
+    /// Diffusers PixArt or FLUX pipeline root [default: the embedded demo pipeline, whose
+    /// images are noise].
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// The prompt (repeatable: one image set per prompt).
@@ -39,36 +40,38 @@ pub struct GenerateArgs {
     /// The negative prompt (PixArt, used when --guidance > 1; FLUX runs no CFG).
     #[arg(long, default_value = "")]
     pub negative_prompt: String,
-    /// Number of denoising steps (default: the --schedule's step count, else 20 for PixArt and
-    /// 28 for FLUX, as FluxPipeline).
+    /// Number of denoising steps [default: the --schedule's step count, else 20 PixArt, 28
+    /// FLUX (as FluxPipeline)].
     #[arg(long)]
     pub steps: Option<usize>,
-    /// PixArt: classifier-free guidance scale (default 4.5; CFG runs only when > 1). FLUX: the
-    /// distilled guidance value (default 3.5).
+    /// PixArt: the classifier-free guidance scale (CFG runs only when > 1). FLUX: the distilled
+    /// guidance value [default: 4.5 PixArt, 3.5 FLUX].
     #[arg(long)]
     pub guidance: Option<f32>,
     /// Seed of the first image; image k (over prompts, then batch) uses seed + k.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Image width in pixels (PixArt: multiple of 8, FLUX: of 16; default: the model's
-    /// resolution, 1024 for FLUX.1).
+    /// Image width in pixels (PixArt: multiple of 8, FLUX: of 16) [default: the model's
+    /// resolution, 1024 for FLUX.1].
     #[arg(long)]
     pub width: Option<usize>,
-    /// Image height in pixels (as --width).
+    /// Image height in pixels (as --width) [default: the model's resolution].
     #[arg(long)]
     pub height: Option<usize>,
     /// Run at the requested size instead of PixArt's nearest aspect-ratio bin (then the size
     /// must be a multiple of 16).
     #[arg(long)]
     pub no_binning: bool,
-    /// An ECAD cache schedule (JSON); its step count must equal --steps when given.
+    /// An ECAD cache schedule: a JSON file, a built-in name (`ecad-native schedule list`) or a
+    /// heuristic (fora:N, ca_sa:N, tgate:M); its step count must equal --steps when given
+    /// [default: none, every component computed].
     #[arg(long)]
-    pub schedule: Option<PathBuf>,
+    pub schedule: Option<String>,
     /// Images per prompt (run as one batch).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Text length L: default 120 for PixArt-α, 300 for PixArt-Σ (from model_index.json),
-    /// 512 for FLUX's T5 (at most 512).
+    /// Text length L (at most 512 for FLUX's T5) [default: 120 PixArt-α, 300 PixArt-Σ (from
+    /// model_index.json), 512 FLUX].
     #[arg(long)]
     pub max_sequence_length: Option<usize>,
     /// Output PNG. With several images: OUT-000.png, OUT-001.png, … and a manifest OUT.json.
@@ -81,7 +84,7 @@ pub struct GenerateArgs {
     pub device: DeviceOpts,
 }
 
-pub(super) fn read_prompts(a: &GenerateArgs) -> anyhow::Result<Vec<String>> {
+fn read_prompts(a: &GenerateArgs) -> anyhow::Result<Vec<String>> {
     let mut prompts = a.prompt.clone();
     if let Some(p) = &a.prompts_file {
         let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
@@ -102,6 +105,15 @@ pub(super) fn read_prompts(a: &GenerateArgs) -> anyhow::Result<Vec<String>> {
 }
 
 fn check_out_dir(out: &Path) -> anyhow::Result<()> {
+    if !out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    {
+        bail!(
+            "--out {}: generate writes PNG images; give a file name ending in .png",
+            out.display()
+        );
+    }
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -124,79 +136,86 @@ fn check_out_dir(out: &Path) -> anyhow::Result<()> {
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
-    super::with_backend!(a.device, |be| run_on(be, a))
-}
-
-/// One finished image and where it came from.
-pub(super) struct ImageOut {
-    pub prompt_index: usize,
-    pub batch_index: usize,
-    pub seed: u64,
-    pub image: RgbImage,
-}
-
-/// Steps: `--steps`, else the schedule's, else the family default.
-pub(super) fn resolve_steps(
-    a: &GenerateArgs,
-    schedule: Option<&Schedule>,
-    default: usize,
-) -> anyhow::Result<usize> {
-    let steps = match (a.steps, schedule) {
-        (Some(n), _) => n,
-        (None, Some(s)) => s.num_inference_steps(),
-        (None, None) => default,
-    };
-    if steps < 2 {
-        bail!("--steps must be at least 2, got {steps}");
+    let t_start = Instant::now();
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
     }
-    Ok(steps)
-}
-
-/// Runs every prompt's batch through `generate(prompt, seeds, on_step)` with a progress bar:
-/// image k (over prompts, then the batch) gets seed `--seed + k`.
-#[allow(clippy::type_complexity)]
-pub(super) fn generate_all(
-    a: &GenerateArgs,
-    prompts: &[String],
-    steps: usize,
-    generate: &mut dyn FnMut(
-        &str,
-        &[u64],
-        &mut dyn FnMut(usize, usize),
-    ) -> anyhow::Result<Vec<RgbImage>>,
-) -> anyhow::Result<Vec<ImageOut>> {
-    let mut images = Vec::with_capacity(prompts.len() * a.batch);
-    for (pi, prompt) in prompts.iter().enumerate() {
-        let seeds: Vec<u64> = (0..a.batch)
-            .map(|j| a.seed.wrapping_add((pi * a.batch + j) as u64))
-            .collect();
-        let label = if prompts.len() > 1 {
-            format!("prompt {}/{}", pi + 1, prompts.len())
-        } else {
-            "denoise".to_string()
-        };
-        let bar = super::progress::Progress::new(&label, steps);
-        let out = generate(prompt, &seeds, &mut |i, _| bar.set(i))?;
-        bar.finish();
-        for (j, image) in out.into_iter().enumerate() {
-            images.push(ImageOut {
-                prompt_index: pi,
-                batch_index: j,
-                seed: seeds[j],
-                image,
-            });
+    if a.max_sequence_length == Some(0) {
+        bail!("--max-sequence-length must be at least 1");
+    }
+    let prompts = read_prompts(&a)?;
+    check_out_dir(&a.out)?;
+    let mut options = a.device.engine_options(Load::Pipeline);
+    options.max_sequence_length = a.max_sequence_length;
+    let mut engine = super::open_engine(super::model_source(a.model.as_deref(), None), options)?;
+    if engine.info().is_demo {
+        eprintln!("note: no --model given: running the embedded demo pipeline (random weights); its images are noise");
+    }
+    let steps_for_names = a.steps.unwrap_or(engine.info().default_steps);
+    let schedule = super::resolve_schedule(&engine, a.schedule.as_deref(), steps_for_names)?;
+    if let (Some(s), Some(spec)) = (&schedule, &a.schedule) {
+        let steps = a.steps.unwrap_or(s.num_inference_steps());
+        if steps >= 2 {
+            engine
+                .validate_schedule(s, steps, a.guidance)
+                .with_context(|| spec.clone())?;
         }
     }
-    Ok(images)
+    let t_loaded = t_start.elapsed();
+    let mut bars = super::Bars::new();
+    let mut sink = |e: &crate::engine::Event<'_>| bars.on_event(e);
+    let out = engine.generate(
+        &GenerateRequest {
+            prompts: &prompts,
+            negative_prompt: &a.negative_prompt,
+            steps: a.steps,
+            guidance: a.guidance,
+            seed: a.seed,
+            batch: a.batch,
+            height: a.height,
+            width: a.width,
+            binning: !a.no_binning,
+            schedule: schedule.as_ref(),
+            release_text_encoders: true,
+        },
+        &mut Progress::new(&mut sink),
+    )?;
+    let n_images = out.images.len();
+    write_images(&a, &prompts, &out.settings, out.images)?;
+    if a.verbose {
+        let total = t_start.elapsed();
+        let t = &out.timings;
+        let size = if engine.info().family == "flux" {
+            format!("{}x{}", out.width, out.height)
+        } else {
+            format!(
+                "{}x{} generated at {}x{}",
+                out.width, out.height, out.gen_width, out.gen_height
+            )
+        };
+        eprintln!(
+            "timing: load {:.2} s, text encoder{} {:.2} s, denoise {:.2} s, decode {:.2} s, total {:.2} s ({} image{}, {size}); peak host memory {}",
+            t_loaded.as_secs_f64(),
+            if engine.info().family == "flux" { "s" } else { "" },
+            t.text_encoder.as_secs_f64(),
+            t.denoise.as_secs_f64(),
+            t.decode.as_secs_f64(),
+            total.as_secs_f64(),
+            n_images,
+            if n_images == 1 { "" } else { "s" },
+            crate::pipeline::peak_host_memory_text(),
+        );
+    }
+    Ok(())
 }
 
 /// Encodes every image as PNG (with its parameters as a text chunk), adds the manifest for
 /// several images, writes everything atomically (all or nothing) and prints the paths.
-pub(super) fn write_images(
+fn write_images(
     a: &GenerateArgs,
     prompts: &[String],
     common: &serde_json::Value,
-    images: Vec<ImageOut>,
+    images: Vec<GeneratedImage>,
 ) -> anyhow::Result<()> {
     let (files, manifest_path) = output_paths(&a.out, images.len());
     let mut outputs: Vec<(PathBuf, Vec<u8>)> = Vec::with_capacity(images.len() + 1);
@@ -251,118 +270,6 @@ pub(super) fn write_images(
     }
     for (path, _) in &outputs {
         println!("{}", path.display());
-    }
-    Ok(())
-}
-
-fn run_on<B: Backend>(be: &B, a: GenerateArgs) -> anyhow::Result<()> {
-    let t_start = Instant::now();
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    if a.max_sequence_length == Some(0) {
-        bail!("--max-sequence-length must be at least 1");
-    }
-    let prompts = read_prompts(&a)?;
-    check_out_dir(&a.out)?;
-    let schedule = super::read_schedule(a.schedule.as_deref())?;
-    if let Some(m) = a.model.as_deref() {
-        if crate::pipeline::is_flux_model(Some(m))? {
-            return super::generate_flux::run_flux(be, &a, m, &prompts, schedule.as_ref(), t_start);
-        }
-    }
-    let steps = resolve_steps(&a, schedule.as_ref(), 20)?;
-    let guidance = a.guidance.unwrap_or(4.5);
-    let mut pipe = match &a.model {
-        Some(m) => GeneratePipeline::load(be, m, a.max_sequence_length)?,
-        None => GeneratePipeline::demo(be, a.max_sequence_length)?,
-    };
-    if pipe.is_demo {
-        eprintln!("note: no --model given: running the embedded demo pipeline (random weights); its images are noise");
-    }
-    if let Some(s) = &schedule {
-        crate::pipeline::denoise::validate_schedule(
-            s,
-            steps,
-            pipe.transformer.transformer_blocks.len(),
-            guidance,
-        )
-        .with_context(|| a.schedule.as_ref().unwrap().display().to_string())?;
-    }
-    let size = pipe.plan_size(a.height, a.width, !a.no_binning)?;
-    let t_loaded = t_start.elapsed();
-
-    let n_images = prompts.len() * a.batch;
-    let mut texts = HashMap::new();
-    let mut timings = Timings::default();
-    let common = json!({
-        "model": pipe.source,
-        "negative_prompt": a.negative_prompt,
-        "steps": steps,
-        "guidance": guidance,
-        "width": size.width,
-        "height": size.height,
-        "generated_width": size.gen_width,
-        "generated_height": size.gen_height,
-        "max_sequence_length": pipe.max_sequence_length,
-        "schedule": schedule.as_ref().map(|s| s.name.clone()),
-        "noise": "ChaCha8Rng::seed_from_u64(seed) + Box-Muller (ecad-native)",
-        "version": env!("CARGO_PKG_VERSION"),
-    });
-    // All text first, then the T5 weights are freed before the denoising loops.
-    for p in prompts.iter().chain([&a.negative_prompt]) {
-        pipe.encode_cached(be, p, &mut texts, &mut timings)?;
-    }
-    for (pi, prompt) in prompts.iter().enumerate() {
-        if let Some(t) = texts
-            .get(prompt.as_str())
-            .filter(|t| t.truncated_tokens > 0)
-        {
-            eprintln!(
-                "warning: prompt {} is longer than {} tokens; {} tokens were truncated: {:?}",
-                pi + 1,
-                pipe.max_sequence_length - 1,
-                t.truncated_tokens,
-                t.truncated_text
-            );
-        }
-    }
-    pipe.release_text_encoder();
-    let images = generate_all(&a, &prompts, steps, &mut |prompt, seeds, on_step| {
-        Ok(pipe.generate(
-            be,
-            &GenerateRequest {
-                prompt,
-                negative_prompt: &a.negative_prompt,
-                seeds,
-                steps,
-                guidance,
-                size,
-                schedule: schedule.as_ref(),
-            },
-            &mut texts,
-            &mut timings,
-            on_step,
-        )?)
-    })?;
-    write_images(&a, &prompts, &common, images)?;
-    if a.verbose {
-        let total = t_start.elapsed();
-        eprintln!(
-            "timing: load {:.2} s, text encoder {:.2} s, denoise {:.2} s, decode {:.2} s, total {:.2} s ({} image{}, {}x{} generated at {}x{}); peak host memory {}",
-            t_loaded.as_secs_f64(),
-            timings.text_encoder.as_secs_f64(),
-            timings.denoise.as_secs_f64(),
-            timings.decode.as_secs_f64(),
-            total.as_secs_f64(),
-            n_images,
-            if n_images == 1 { "" } else { "s" },
-            size.width,
-            size.height,
-            size.gen_width,
-            size.gen_height,
-            crate::pipeline::peak_host_memory_text(),
-        );
     }
     Ok(())
 }

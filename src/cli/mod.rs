@@ -4,19 +4,26 @@ mod bench;
 mod denoise;
 mod forward;
 mod generate;
-mod generate_flux;
 pub mod progress;
 mod schedule_cmd;
 mod search;
 mod weights_cmd;
 
+use crate::engine::{DeviceSpec, Dtype, Engine, EngineOptions, Event, Load, ModelSource};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "ecad-native",
     version,
-    about = "Native diffusion-transformer engine with ECAD feature caching (PixArt-α/Σ)"
+    about = "Native diffusion-transformer engine with ECAD feature caching (PixArt-α/Σ, FLUX.1)",
+    long_about = "Native diffusion-transformer engine with ECAD feature caching. Runs PixArt-α/Σ \
+(T5, DPM-Solver++ with CFG) and FLUX.1 (CLIP + T5, flow-matching Euler with embedded guidance) \
+from diffusers folders, on the CPU or a CUDA GPU, computing what diffusers computes; reuses \
+transformer components across denoising steps by ECAD schedules (or heuristics such as FORA \
+and T-GATE), and searches such schedules with NSGA-II.\n\nExit status: 0 success, 2 invalid \
+input, 3 I/O, 4 checkpoint, 5 schedule, 6 device, 7 unsupported, 130 cancelled, 70 internal \
+error (101: a panic, a bug)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -51,26 +58,23 @@ pub enum Command {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DeviceArg {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DtypeArg {
     F32,
     Bf16,
     F16,
 }
 
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    DeviceSpec::parse(s).map_err(|e| e.message().to_string())
+}
+
 /// Options shared by every command that runs a model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceOpts {
-    /// Where to run: the CPU, a CUDA GPU, or CUDA when usable (a driver, and the backend passes
-    /// a start-up check against the CPU) else the CPU.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceArg,
+    /// Where to run: cpu, cuda (device 0), cuda:N, or auto: CUDA when usable (a driver, and the
+    /// backend passes a start-up check against the CPU) else the CPU.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceSpec,
     /// Arithmetic precision. f32 is true float32 (no TF32 shortcuts). bf16 computes what a
     /// PyTorch bfloat16 pipeline computes: weights, inputs and every op output rounded to bf16
     /// (f32 accumulation inside ops); on CUDA tensors are stored in bf16 (tensor-core GEMMs and
@@ -80,154 +84,95 @@ pub struct DeviceOpts {
     pub dtype: DtypeArg,
 }
 
-/// A resolved device with its float32 backend (what `DeviceOpts::device` returns).
-pub enum Device {
-    Cpu(crate::backend::cpu::CpuBackend),
-    Cuda(Box<crate::backend::cuda::CudaBackend>),
-}
-
-/// A resolved device and dtype: the backend a command runs on (`DeviceOpts::backend`). The CUDA
-/// backend carries its storage dtype itself; the CPU computes bf16 through the precision
-/// decorator.
-pub enum AnyBackend {
-    Cpu(crate::backend::cpu::CpuBackend),
-    Cuda(Box<crate::backend::cuda::CudaBackend>),
-    CpuBf16(crate::backend::bf16::Bf16<crate::backend::cpu::CpuBackend>),
-}
-
-/// Runs `$body` with `$be: &impl Backend` bound to the backend `$opts` (a `DeviceOpts`)
-/// resolves to, for every device × dtype combination. Evaluates to `$body`'s value.
-macro_rules! with_backend {
-    ($opts:expr, |$be:ident| $body:expr) => {
-        match $opts.backend()? {
-            $crate::cli::AnyBackend::Cpu(b) => {
-                let $be = &b;
-                $body
-            }
-            $crate::cli::AnyBackend::Cuda(b) => {
-                let $be = &*b;
-                $body
-            }
-            $crate::cli::AnyBackend::CpuBf16(b) => {
-                let $be = &b;
-                $body
-            }
-        }
-    };
-}
-pub(crate) use with_backend;
-
 impl DeviceOpts {
-    /// Opens the CUDA backend with tensors stored in `dtype`.
-    fn cuda(&self, dtype: crate::backend::cuda::DType) -> anyhow::Result<Device> {
-        if let Some(why) = crate::backend::cuda::driver_unavailable_reason() {
-            anyhow::bail!("--device cuda: {why}; use --device cpu");
-        }
-        let be = crate::backend::cuda::CudaBackend::with_dtype(0, dtype)
-            .map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?;
-        Ok(Device::Cuda(Box::new(be)))
-    }
-
-    /// `--device auto`: CUDA when a driver is present, the backend starts and it passes its
-    /// start-up check against the CPU ([`crate::backend::cuda::self_check`]); else `None` (the
-    /// CPU), with one warning line when a GPU was there but failed.
-    fn auto_cuda(&self, dtype: crate::backend::cuda::DType) -> Option<Device> {
-        // ECAD_DEVICE=cpu pins `auto` to the CPU (the test suite runs the CLI this way, so that
-        // its exact comparisons with the CPU reference hold on a GPU machine too).
-        let pinned_cpu = std::env::var("ECAD_DEVICE").is_ok_and(|v| v.eq_ignore_ascii_case("cpu"));
-        if pinned_cpu || crate::backend::cuda::driver_unavailable_reason().is_some() {
-            return None;
-        }
-        let why = match crate::backend::cuda::CudaBackend::with_dtype(0, dtype) {
-            Ok(be) => match crate::backend::cuda::self_check(&be) {
-                Ok(()) => return Some(Device::Cuda(Box::new(be))),
-                Err(e) => format!("failed its start-up check ({e})"),
+    /// The engine options these flags ask for.
+    pub fn engine_options(&self, load: Load) -> EngineOptions {
+        EngineOptions {
+            device: self.device,
+            dtype: match self.dtype {
+                DtypeArg::F32 => Dtype::F32,
+                DtypeArg::Bf16 => Dtype::Bf16,
+                DtypeArg::F16 => Dtype::F16,
             },
-            Err(e) => format!("did not start ({e})"),
-        };
-        eprintln!("warning: --device auto: the CUDA backend {why}; running on the CPU");
-        None
-    }
-
-    fn f32_device(&self) -> anyhow::Result<Device> {
-        match self.device {
-            DeviceArg::Cuda => self.cuda(crate::backend::cuda::DType::F32),
-            DeviceArg::Auto => Ok(self
-                .auto_cuda(crate::backend::cuda::DType::F32)
-                .unwrap_or_else(|| Device::Cpu(crate::backend::cpu::CpuBackend::new()))),
-            DeviceArg::Cpu => Ok(Device::Cpu(crate::backend::cpu::CpuBackend::new())),
+            load,
+            ..EngineOptions::default()
         }
     }
+}
 
-    /// Resolves `--device` for a command that runs in float32 only; `--dtype bf16/f16` are
-    /// refused (commands that support them use [`DeviceOpts::backend`]). `auto` picks CUDA
-    /// only when the backend passes its start-up check against the CPU.
-    pub fn device(&self) -> anyhow::Result<Device> {
-        if self.dtype != DtypeArg::F32 {
-            anyhow::bail!(
-                "--dtype {} is not supported by this command yet; use --dtype f32",
-                if self.dtype == DtypeArg::Bf16 {
-                    "bf16"
-                } else {
-                    "f16"
+/// What `forward`, `denoise` and `generate` print when they run the demo model.
+pub(crate) const DEMO_NOTE: &str = "note: no --model given: running the embedded demo model (random weights); its outputs are noise";
+
+/// The model source of `--model` / `--arch` (the demo when neither is given).
+pub(crate) fn model_source(model: Option<&std::path::Path>, arch: Option<&str>) -> ModelSource {
+    match (model, arch) {
+        (Some(m), _) => ModelSource::Dir(m.to_path_buf()),
+        (None, Some(a)) => ModelSource::Arch(a.to_string()),
+        (None, None) => ModelSource::Demo,
+    }
+}
+
+/// Opens the engine and prints its warnings (one line each).
+pub(crate) fn open_engine(source: ModelSource, options: EngineOptions) -> anyhow::Result<Engine> {
+    let mut e = Engine::open(source, options)?;
+    for w in e.take_warnings() {
+        eprintln!("warning: {w}");
+    }
+    Ok(e)
+}
+
+/// `--arch`'s values: every registered family's built-in architectures.
+pub(crate) fn arch_parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        crate::engine::archs()
+            .into_iter()
+            .map(|a| clap::builder::PossibleValue::new(a.name).help(a.help)),
+    )
+}
+
+/// The CLI's progress display for an engine run: a bar per stage on a terminal (stderr), and
+/// warnings as `warning:` lines.
+pub(crate) struct Bars {
+    bar: Option<progress::Progress>,
+}
+
+impl Bars {
+    pub fn new() -> Self {
+        Bars { bar: None }
+    }
+    /// The engine callback (never cancels).
+    pub fn on_event(&mut self, e: &Event<'_>) -> bool {
+        match e {
+            Event::Start { label, total } => {
+                if let Some(b) = self.bar.take() {
+                    b.finish();
                 }
-            );
-        }
-        self.f32_device()
-    }
-
-    /// Resolves `--device` and `--dtype`: CUDA in the asked storage dtype, or the CPU in f32 or
-    /// wrapped in the bf16 precision decorator ([`crate::backend::bf16::Bf16`]: rounding
-    /// emulated on f32 storage).
-    pub fn backend(&self) -> anyhow::Result<AnyBackend> {
-        use crate::backend::bf16::Bf16;
-        use crate::backend::cuda::DType;
-        let storage = match self.dtype {
-            DtypeArg::F32 => DType::F32,
-            DtypeArg::Bf16 => DType::Bf16,
-            DtypeArg::F16 => DType::F16,
-        };
-        if self.device == DeviceArg::Auto {
-            if let Some(Device::Cuda(b)) = self.auto_cuda(storage) {
-                return Ok(AnyBackend::Cuda(b));
+                self.bar = Some(progress::Progress::new(label, *total));
             }
-        }
-        let on_cuda = self.device == DeviceArg::Cuda;
-        Ok(match (self.dtype, on_cuda) {
-            (DtypeArg::F16, false) => anyhow::bail!(
-                "--dtype f16 runs on CUDA only (the CPU has no f16 arithmetic); use --device cuda, \
-                 or --dtype f32 / --dtype bf16 on the CPU"
-            ),
-            (_, true) => match self.cuda(storage)? {
-                Device::Cuda(b) => AnyBackend::Cuda(b),
-                Device::Cpu(b) => AnyBackend::Cpu(b),
-            },
-            (DtypeArg::F32, false) => AnyBackend::Cpu(crate::backend::cpu::CpuBackend::new()),
-            (DtypeArg::Bf16, false) => {
-                AnyBackend::CpuBf16(Bf16::new(crate::backend::cpu::CpuBackend::new()))
+            Event::Advance { done } => {
+                if let Some(b) = &self.bar {
+                    b.set(*done);
+                }
             }
-        })
+            Event::Finish => {
+                if let Some(b) = self.bar.take() {
+                    b.finish();
+                }
+            }
+            Event::Warning(w) => eprintln!("warning: {w}"),
+        }
+        true
     }
 }
 
-/// The input tensor `name` of the `--inputs` file `path`, or an error naming both.
-pub(crate) fn input_tensor<'a>(
-    inputs: &'a std::collections::BTreeMap<String, crate::weights::HostTensor>,
-    path: &std::path::Path,
-    name: &str,
-) -> anyhow::Result<&'a crate::weights::HostTensor> {
-    use anyhow::Context;
-    inputs
-        .get(name)
-        .with_context(|| format!("{}: missing input tensor `{name}`", path.display()))
-}
-
-/// Reads `--schedule` when given.
-pub(crate) fn read_schedule(
-    path: Option<&std::path::Path>,
+/// Resolves `--schedule SPEC` (a file, or a name) for a run of `steps` steps.
+pub(crate) fn resolve_schedule(
+    engine: &Engine,
+    spec: Option<&str>,
+    steps: usize,
 ) -> anyhow::Result<Option<crate::cache::schedule::Schedule>> {
-    Ok(path
-        .map(crate::cache::schedule::Schedule::from_path)
+    Ok(spec
+        .map(|s| engine.resolve_schedule(s, steps))
         .transpose()?)
 }
 

@@ -1,7 +1,6 @@
-use crate::cache::macs::{ecad_macs, true_macs, TrueCostOptions};
+use crate::cache::macs::TrueCostOptions;
 use crate::cache::schedule::Schedule;
-use crate::pipeline::bench::pixart_dims;
-use crate::pipeline::ModelDir;
+use crate::engine::{EngineOptions, Load, ModelSource};
 use clap::Subcommand;
 use std::path::PathBuf;
 
@@ -29,6 +28,13 @@ pub enum ScheduleCommand {
         #[arg(long, default_value_t = 2)]
         batch: u64,
     },
+    /// The compiled-in paper schedules (`--schedule NAME`): model, resolution, steps and ECAD
+    /// MAC speedup.
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(cmd: ScheduleCommand) -> anyhow::Result<()> {
@@ -43,28 +49,25 @@ pub fn run(cmd: ScheduleCommand) -> anyhow::Result<()> {
             batch,
         } => {
             let s = Schedule::from_path(&schedule)?;
-            let dir = ModelDir::resolve(&model)?;
-            let json_cfg = dir.transformer_config()?;
-            let dims = if crate::models::flux::FluxConfig::is_flux(&json_cfg) {
-                let c = crate::models::flux::FluxConfig::from_json(&json_cfg)?;
-                crate::pipeline::bench::flux_dims(&c)
-            } else {
-                pixart_dims(&crate::models::pixart::PixArtConfig::from_json(&json_cfg)?)
-            };
+            let engine = super::open_engine(
+                ModelSource::Dir(model),
+                EngineOptions {
+                    load: Load::Config,
+                    ..EngineOptions::default()
+                },
+            )?;
             let json = if true_cost {
-                let r = true_macs(
-                    &s,
-                    &dims,
-                    height,
-                    width,
-                    TrueCostOptions { batch, text_len },
-                )?;
+                let r = engine.true_macs(&s, height, width, TrueCostOptions { batch, text_len })?;
                 serde_json::to_string(&r)?
             } else {
-                serde_json::to_string(&ecad_macs(&s, &dims, height, width)?)?
+                serde_json::to_string(&engine.macs(Some(&s), height, width)?)?
             };
             println!("{json}");
             Ok(())
         }
+        ScheduleCommand::List { json } => schedule_list::run(json),
     }
 }
+
+#[path = "schedule_list.rs"]
+mod schedule_list;

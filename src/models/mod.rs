@@ -8,10 +8,13 @@ pub mod pixart;
 pub mod t5;
 pub mod vae;
 
+// Their home is `util`; kept here for the code and tests that name them `models::…`.
+pub use crate::util::{randn, rel_l2};
+
 use crate::backend::shapes::ShapeOnly;
 use crate::backend::{checked_numel, Activation, BResult, Backend, Tensor, WeightView};
 use crate::weights::{WResult, WeightStore, WeightsError};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
 
@@ -81,21 +84,6 @@ impl RandomSource {
         };
         randn(&mut rng, n).into_iter().map(|v| v * scale).collect()
     }
-}
-
-/// Standard normal samples from a seeded ChaCha8 stream (Box–Muller), reproducible everywhere.
-pub fn randn(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-        let u2: f64 = rng.random::<f64>();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let th = 2.0 * std::f64::consts::PI * u2;
-        out.push((r * th.cos()) as f32);
-        out.push((r * th.sin()) as f32);
-    }
-    out.truncate(n);
-    out
 }
 
 impl TensorSource for RandomSource {
@@ -309,20 +297,6 @@ impl<B: Backend> TimestepEmbedding<B> {
         let h = self.linear_1.forward_act(be, x, Activation::Silu)?;
         self.linear_2.forward(be, &h)
     }
-}
-
-/// Relative L2 error `‖a − b‖₂ / ‖b‖₂`, computed in f64.
-pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let mut num = 0f64;
-    let mut den = 0f64;
-    for (x, y) in a.iter().zip(b) {
-        num += ((*x as f64) - (*y as f64)).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    if a.len() != b.len() {
-        return f64::INFINITY;
-    }
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@ use crate::backend::{Activation, Backend};
 use crate::cache::macs::{ecad_macs, ModelDims, PixArtDims};
 use crate::cache::schedule::Schedule;
 use crate::models::pixart::{PixArtConfig, PixArtTransformer};
-use crate::models::{randn, MResult};
+use crate::models::MResult;
 use crate::sampler::DpmSolverConfig;
+use crate::util::randn;
 use crate::weights::HostTensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -475,7 +476,7 @@ pub fn run_bench_with<'m, B: Backend>(
             cache_bytes: rep.cache.peak_bytes,
             computed_components: rep.cache.computed,
             reused_components: rep.cache.reused,
-            rel_error: crate::models::rel_l2(&x, &reference),
+            rel_error: crate::util::rel_l2(&x, &reference),
             psnr_db: psnr(&x, &reference),
             timings_ms: times,
         });

@@ -2,6 +2,7 @@
 //! (`output_type="latent"`, no resolution binning), with an optional ECAD schedule.
 
 use super::input;
+use super::stepped::{run_to_end, StepRun};
 use crate::backend::{Backend, Tensor};
 use crate::cache::schedule::{ModelFamily, Schedule};
 use crate::cache::store::{CacheState, CacheStats, ScheduleCache};
@@ -90,7 +91,24 @@ pub fn denoise<B: Backend>(
     on_step: &mut dyn FnMut(usize, usize),
 ) -> MResult<(Tensor<B>, DenoiseReport)> {
     let prepared = PreparedDenoise::new(be, model, scheduler, inp, opts)?;
-    super::run::PreparedRun::PixArt(prepared).run_to_end(inp.latents, opts.schedule, on_step)
+    run_to_end(&prepared, inp.latents, opts.schedule, on_step)
+}
+
+impl<B: Backend> StepRun for PreparedDenoise<'_, B> {
+    type State = DenoiseState<B>;
+    type Output = (Tensor<B>, DenoiseReport);
+    fn steps(&self) -> usize {
+        PreparedDenoise::steps(self)
+    }
+    fn start(&self, latents: &HostTensor) -> MResult<DenoiseState<B>> {
+        PreparedDenoise::start(self, latents)
+    }
+    fn step(&self, state: &mut DenoiseState<B>, schedule: Option<&Schedule>) -> MResult<()> {
+        PreparedDenoise::step(self, state, schedule)
+    }
+    fn finish(state: DenoiseState<B>) -> Self::Output {
+        (state.latents, state.report)
+    }
 }
 
 /// The state of a sampling run between two steps: the latents, the solver's state and the

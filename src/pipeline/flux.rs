@@ -4,6 +4,7 @@
 //! schedule over FLUX's six components.
 
 use super::input;
+use super::stepped::{run_to_end, StepRun};
 use crate::backend::{Backend, Tensor};
 use crate::cache::schedule::{ModelFamily, Schedule};
 use crate::cache::store::{CacheState, ScheduleCache};
@@ -357,7 +358,24 @@ pub fn denoise_flux<B: Backend>(
     on_step: &mut dyn FnMut(usize, usize),
 ) -> MResult<(Tensor<B>, DenoiseReport)> {
     let prepared = PreparedFluxDenoise::new(be, model, scheduler, inp, opts)?;
-    super::run::PreparedRun::Flux(prepared).run_to_end(inp.latents, opts.schedule, on_step)
+    run_to_end(&prepared, inp.latents, opts.schedule, on_step)
+}
+
+impl<B: Backend> StepRun for PreparedFluxDenoise<'_, B> {
+    type State = FluxDenoiseState<B>;
+    type Output = (Tensor<B>, DenoiseReport);
+    fn steps(&self) -> usize {
+        PreparedFluxDenoise::steps(self)
+    }
+    fn start(&self, latents: &HostTensor) -> MResult<FluxDenoiseState<B>> {
+        PreparedFluxDenoise::start(self, latents)
+    }
+    fn step(&self, state: &mut FluxDenoiseState<B>, schedule: Option<&Schedule>) -> MResult<()> {
+        PreparedFluxDenoise::step(self, state, schedule)
+    }
+    fn finish(state: FluxDenoiseState<B>) -> Self::Output {
+        (state.latents, state.report)
+    }
 }
 
 #[cfg(test)]

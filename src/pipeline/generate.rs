@@ -7,7 +7,7 @@
 //! 2. Text: `prompt.lower().strip()`, T5 tokenization padded to `L` (120 α, 300 Σ), the T5
 //!    encoder on the valid prefix (exact); the negative prompt (default `""`) likewise.
 //! 3. Noise: per image, `ChaCha8Rng::seed_from_u64(seed)` and Box–Muller
-//!    ([`crate::models::randn`]), `[4, h/8, w/8]` in row-major order. Reproducible on every
+//!    ([`crate::util::randn`]), `[4, h/8, w/8]` in row-major order. Reproducible on every
 //!    platform; it does not reproduce torch's generator (pass latents to `denoise` for that).
 //! 4. Denoise (DPM-Solver++, CFG, optional ECAD schedule), then `vae.decode(latents /
 //!    scaling_factor)`, resize-back, and diffusers' postprocess to 8-bit RGB.
@@ -20,9 +20,10 @@ use crate::cache::schedule::Schedule;
 use crate::models::pixart::PixArtTransformer;
 use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::vae::{VaeConfig, VaeDecoder};
-use crate::models::{randn, MResult, ModelError, RandomSource};
+use crate::models::{MResult, ModelError, RandomSource};
 use crate::sampler::DpmSolverConfig;
 use crate::tokenizer::T5Tokenizer;
+use crate::util::randn;
 use crate::weights::config::JsonConfig;
 use crate::weights::{HostTensor, WeightsError};
 use rand::SeedableRng;

@@ -8,6 +8,7 @@ pub mod flux_generate;
 pub mod generate;
 pub mod image;
 pub mod run;
+pub mod stepped;
 
 use crate::backend::Backend;
 use crate::models::flux::{FluxConfig, FluxTransformer};

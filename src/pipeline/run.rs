@@ -3,6 +3,7 @@
 
 use super::denoise::{DenoiseReport, DenoiseState, PreparedDenoise};
 use super::flux::{FluxDenoiseState, PreparedFluxDenoise};
+use super::stepped::{run_to_end, StepRun};
 use crate::backend::{Backend, Tensor};
 use crate::cache::schedule::Schedule;
 use crate::models::MResult;
@@ -77,16 +78,7 @@ impl<B: Backend> PreparedRun<'_, B> {
         schedule: Option<&Schedule>,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> MResult<(Tensor<B>, DenoiseReport)> {
-        let mut state = self.start(latents)?;
-        let n = self.steps();
-        for i in 0..n {
-            self.step(&mut state, schedule)?;
-            on_step(i + 1, n);
-        }
-        Ok(match state {
-            RunState::PixArt(s) => (s.latents, s.report),
-            RunState::Flux(s) => (s.latents, s.report),
-        })
+        run_to_end(self, latents, schedule, on_step)
     }
 
     /// The device tensors prepared from this run's inputs, in a fixed order.
@@ -113,6 +105,26 @@ impl<B: Backend> PreparedRun<'_, B> {
             _ => Err(crate::models::ModelError::Input(
                 "a run state was stepped by a run of the other model family".into(),
             )),
+        }
+    }
+}
+
+impl<B: Backend> StepRun for PreparedRun<'_, B> {
+    type State = RunState<B>;
+    type Output = (Tensor<B>, DenoiseReport);
+    fn steps(&self) -> usize {
+        PreparedRun::steps(self)
+    }
+    fn start(&self, latents: &HostTensor) -> MResult<RunState<B>> {
+        PreparedRun::start(self, latents)
+    }
+    fn step(&self, state: &mut RunState<B>, schedule: Option<&Schedule>) -> MResult<()> {
+        PreparedRun::step(self, state, schedule)
+    }
+    fn finish(state: RunState<B>) -> Self::Output {
+        match state {
+            RunState::PixArt(s) => (s.latents, s.report),
+            RunState::Flux(s) => (s.latents, s.report),
         }
     }
 }

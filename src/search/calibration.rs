@@ -3,13 +3,12 @@
 //! Samples are numbered prompt-major: sample `i` is prompt `i / seeds_per_prompt` with seed
 //! `i % seeds_per_prompt` (seeds are `0..seeds_per_prompt`, as ECAD's `--seed 0 --seed-step 1`).
 //! The initial noise of (prompt `p`, seed `s`) is `randn(C·h·w)` (Box–Muller over ChaCha8,
-//! [`crate::models::randn`]) from `ChaCha8Rng::seed_from_u64(s)` switched to stream `p`
+//! [`crate::util::randn`]) from `ChaCha8Rng::seed_from_u64(s)` switched to stream `p`
 //! (`set_stream(p)`): it depends on nothing else (not on batching, not on the other samples),
 //! so every candidate sees exactly the same inputs.
 
-use super::genome::Fnv;
 use super::{SResult, SearchError};
-use crate::models::randn;
+use crate::util::{randn, Fnv};
 use crate::weights::{read_inputs, HostTensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

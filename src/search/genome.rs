@@ -3,6 +3,9 @@
 
 use super::nsga2::Genome;
 
+// Their home is `util`; kept here for the code that names them `search::genome::…`.
+pub use crate::util::{fnv1a, Fnv};
+
 /// Hex encoding of a genome: bits in genome order, 4 per hex digit, most significant bit
 /// first, the last digit padded with zero bits. `"1"`-bits are *recompute*.
 pub fn to_hex(g: &[bool]) -> String {
@@ -53,38 +56,6 @@ pub fn pack_prefix(g: &[bool], n: usize) -> Vec<u64> {
                 .fold(0u64, |acc, (i, &b)| acc | ((b as u64) << i))
         })
         .collect()
-}
-
-/// 64-bit FNV-1a (fingerprints of settings, inputs and checkpoints; not cryptographic).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// Incremental FNV-1a.
-#[derive(Clone, Debug)]
-pub struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    pub fn update(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= b as u64;
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    pub fn hex(&self) -> String {
-        format!("{:016x}", self.0)
-    }
 }
 
 #[cfg(test)]

@@ -7,11 +7,13 @@
 //! - [`calibration`]: prompt embeddings × seeds and their fixed initial noise.
 //! - [`evaluate`]: objectives, the shared-prefix walk and the cross-generation state cache
 //!   ([`prefix`]).
-//! - [`driver`]: the search loop, checkpoints, and the output files ([`output`]).
+//! - [`driver`]: the search loop; [`state`]: what it keeps between generations; [`seeds`]: the
+//!   initial population; [`checkpoint`]: save and resume; [`output`]: the output files.
 //!
 //! See docs/SEARCH.md for the user-facing description.
 
 pub mod calibration;
+pub mod checkpoint;
 pub mod driver;
 pub mod evaluate;
 pub mod genome;
@@ -19,6 +21,8 @@ pub mod nsga2;
 pub mod output;
 pub mod prefix;
 pub mod rng;
+pub mod seeds;
+pub mod state;
 
 use crate::cache::heuristics::HeuristicError;
 use crate::cache::macs::MacsError;

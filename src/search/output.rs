@@ -2,10 +2,10 @@
 //! (no timestamps, timings or paths), except with the latency objective, whose values are
 //! measurements.
 
-use super::driver::{ArchiveEntry, SearchState};
 use super::evaluate::{cand_name, CostMetric, Evaluator, QualityMetric};
 use super::genome::to_hex;
 use super::nsga2::non_dominated;
+use super::state::{ArchiveEntry, SearchState};
 use super::{SResult, SearchError};
 use crate::backend::Backend;
 use crate::weights::atomic_write;

@@ -350,24 +350,17 @@ pub fn write_outputs(path: &Path, tensors: &[(&str, &HostTensor)]) -> WResult<()
     atomic_write(path, &bytes)
 }
 
-/// Write-then-rename in the destination folder.
+/// [`crate::util::atomic_write`] (write-then-rename in the destination folder, flushed to
+/// disk), its error as a [`WeightsError::Io`] naming `path`.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> WResult<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string());
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.unwrap_or_else(|| "out".into()),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
+    Ok(crate::util::atomic_write(path, bytes)?)
+}
+
+impl From<crate::util::WriteError> for WeightsError {
+    fn from(e: crate::util::WriteError) -> Self {
         WeightsError::Io {
-            path: path.to_path_buf(),
-            source: e,
+            path: e.path,
+            source: e.source,
         }
-    })
+    }
 }

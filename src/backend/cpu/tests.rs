@@ -2,7 +2,7 @@
 
 use super::CpuBackend;
 use crate::backend::{Activation, Backend, Tensor};
-use crate::models::randn;
+use crate::util::randn;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 

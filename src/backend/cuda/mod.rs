@@ -96,7 +96,7 @@ pub fn nvrtc_present() -> bool {
 }
 
 /// The on-disk NVRTC cache file for one kernel source under `cache` (the engine's cache folder,
-/// [`crate::tokenizer::cache_dir`]): `kernels/<name>-<hash>.ptx`, the hash (FNV-1a 64) over the
+/// [`crate::util::cache_dir`]): `kernels/<name>-<hash>.ptx`, the hash (FNV-1a 64) over the
 /// source after header inlining, the target architecture and the NVRTC options, so that any
 /// change compiles afresh.
 pub fn nvrtc_cache_path(
@@ -106,7 +106,7 @@ pub fn nvrtc_cache_path(
     arch: &str,
     options: &str,
 ) -> std::path::PathBuf {
-    let mut h = crate::search::genome::Fnv::default();
+    let mut h = crate::util::Fnv::default();
     for part in [source, arch, options] {
         h.update(part.as_bytes());
         h.update(&[0]);
@@ -140,7 +140,7 @@ pub fn cached_ptx(
         if let Some(dir) = p.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let _ = crate::weights::atomic_write(p, ptx.as_bytes());
+        let _ = crate::util::atomic_write(p, ptx.as_bytes());
     }
     Ok(ptx)
 }
@@ -160,7 +160,7 @@ pub fn self_check(gpu: &CudaBackend) -> Result<(), String> {
         DType::F16 => 4e-3,
     };
     let mut pair = |shape: &[usize]| {
-        let mut v = crate::models::randn(&mut r, shape.iter().product());
+        let mut v = crate::util::randn(&mut r, shape.iter().product());
         p.round_slice(&mut v);
         (cpu.upload(v.clone(), shape), gpu.upload(v, shape))
     };
@@ -200,7 +200,7 @@ pub fn self_check(gpu: &CudaBackend) -> Result<(), String> {
         ])
     };
     for (op, want, got) in run().map_err(|e| e.to_string())? {
-        let e = crate::models::rel_l2(&got, &want);
+        let e = crate::util::rel_l2(&got, &want);
         // NaN fails too.
         if e.is_nan() || e > tol {
             return Err(format!(

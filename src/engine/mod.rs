@@ -1,0 +1,368 @@
+//! The engine: one model, opened once, on one device, behind every front door.
+//!
+//! An [`Engine`] is opened from a diffusers folder, the embedded demo or a built-in architecture
+//! ([`ModelSource`]) with [`EngineOptions`] (device, dtype, threads, which parts to load). It
+//! owns the model family's loaded parts (text encoders, transformer, VAE), its sampler and
+//! defaults, its cache layout and MAC model, and offers the operations the CLI commands, the
+//! benchmarks, the search and the C ABI need. None of those loads weights or builds a sampler
+//! itself.
+//!
+//! Families plug in through [`family::Family`] (one implementation per family, in its own
+//! folder under `src/families/`) and one line in [`registry`].
+
+pub mod device;
+pub mod family;
+pub mod progress;
+pub mod registry;
+pub mod search;
+
+pub use device::{AnyBackend, DeviceSpec, Dtype};
+pub use family::{
+    ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, EncodedPrompt, ForwardBench,
+    GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs, OpsBench,
+};
+pub use progress::{Event, Progress};
+pub use search::{SearchOutcome, SearchRequest};
+
+use crate::cache::macs::{ecad_macs, true_macs, MacsReport, TrueCostOptions, TrueMacsReport};
+use crate::cache::schedule::Schedule;
+use crate::error::{Error, ErrorKind, Result};
+use crate::weights::HostTensor;
+use family::DynEngine;
+use std::path::PathBuf;
+
+/// Where a model comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A diffusers folder: a pipeline root (model_index.json, transformer/, scheduler/, ...) or
+    /// a transformer folder alone.
+    Dir(PathBuf),
+    /// The embedded demo pipeline (PixArt's structure at toy width, seeded random weights: its
+    /// outputs are noise). The same as `Arch("demo")`.
+    Demo,
+    /// A built-in architecture with seeded random weights, by name (see [`archs`]).
+    Arch(String),
+}
+
+/// Which parts of a model an engine loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Load {
+    /// The configs only: info, MACs, heuristics and schedule checks; no weights.
+    Config,
+    /// The device, and the configs: the ops micro-benchmark (`bench --ops`) runs; nothing
+    /// that needs weights does.
+    NoWeights,
+    /// The transformer and its sampler (forward, denoise, bench, search).
+    #[default]
+    Transformer,
+    /// The whole pipeline: tokenizers, text encoders, transformer, sampler and VAE (generate,
+    /// prompt encoding, and everything else). FLUX loads its transformer at the first run, after
+    /// the prompts are encoded, so that a one-shot generate never holds both.
+    Pipeline,
+    /// The whole pipeline when the folder has one, else the transformer (the C ABI's default).
+    PipelineIfPresent,
+}
+
+/// How to open an engine.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub device: DeviceSpec,
+    pub dtype: Dtype,
+    /// Worker threads of the CPU backend and the search (default: all cores).
+    pub threads: Option<usize>,
+    pub load: Load,
+    /// Text length of the prompt encoder (default: the model's, e.g. 120 for PixArt-α, 300 for
+    /// PixArt-Σ, 512 for FLUX's T5).
+    pub max_sequence_length: Option<usize>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            device: DeviceSpec::Auto,
+            dtype: Dtype::F32,
+            threads: None,
+            load: Load::Transformer,
+            max_sequence_length: None,
+        }
+    }
+}
+
+/// The most worker threads an engine accepts.
+pub const MAX_THREADS: usize = 4096;
+
+/// Every built-in architecture of every registered family.
+pub fn archs() -> Vec<&'static ArchEntry> {
+    registry::families()
+        .iter()
+        .flat_map(|f| (f.archs)().iter())
+        .collect()
+}
+
+/// A model opened on a device.
+pub struct Engine {
+    info: ModelInfo,
+    inner: Option<Box<dyn DynEngine>>,
+    pool: Option<rayon::ThreadPool>,
+    warnings: Vec<String>,
+    device_name: String,
+    dtype: Dtype,
+}
+
+impl Engine {
+    /// Opens `source`: detects its family, reads its configs, opens the device and loads the
+    /// parts `options.load` asks for. Every checkpoint problem is reported here, by file and
+    /// tensor name.
+    pub fn open(source: ModelSource, options: EngineOptions) -> Result<Engine> {
+        if options.threads == Some(0) || options.threads.is_some_and(|t| t > MAX_THREADS) {
+            return Err(Error::invalid(format!(
+                "threads: expected 1 to {MAX_THREADS}, got {}",
+                options.threads.unwrap_or(0)
+            )));
+        }
+        if options.max_sequence_length == Some(0) {
+            return Err(Error::invalid("--max-sequence-length must be at least 1"));
+        }
+        let (entry, resolved) = registry::resolve(&source)?;
+        let info = (entry.describe)(&resolved)?;
+        let pool = match options.threads {
+            Some(t) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .map_err(|e| Error::new(ErrorKind::Device, format!("thread pool: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut warnings = Vec::new();
+        let (inner, device_name) = if options.load == Load::Config {
+            (None, "none".to_string())
+        } else {
+            let be = AnyBackend::open(options.device, options.dtype, &mut warnings)?;
+            let name = be.name().to_string();
+            let open = entry.open;
+            let inner = match &pool {
+                Some(p) => p.install(|| open(be, &resolved, &info, &options))?,
+                None => open(be, &resolved, &info, &options)?,
+            };
+            (Some(inner), name)
+        };
+        Ok(Engine {
+            info,
+            inner,
+            pool,
+            warnings,
+            device_name,
+            dtype: options.dtype,
+        })
+    }
+
+    /// What the engine holds: family, sizes, defaults.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The backend's name ("cpu", "cuda", "none" for a config-only engine).
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// Whether the engine holds the whole pipeline (prompts and images), not only the
+    /// transformer.
+    pub fn has_pipeline(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.has_pipeline())
+    }
+
+    /// Warnings gathered while opening (the `auto` device's CPU fallback, ...): taken, so each
+    /// is reported once.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// `(in use, total)` bytes of device memory, where the device reports it.
+    pub fn device_memory(&self) -> Option<(u64, u64)> {
+        self.inner.as_ref().and_then(|i| i.device_memory())
+    }
+
+    fn loaded(&self) -> Result<&dyn DynEngine> {
+        self.inner.as_deref().ok_or_else(|| {
+            Error::unsupported("this engine was opened with its configs only (no weights)")
+        })
+    }
+
+    fn loaded_mut(&mut self) -> Result<&mut (dyn DynEngine + 'static)> {
+        self.inner.as_deref_mut().ok_or_else(|| {
+            Error::unsupported("this engine was opened with its configs only (no weights)")
+        })
+    }
+
+    fn in_pool<T: Send>(pool: &Option<rayon::ThreadPool>, f: impl FnOnce() -> T + Send) -> T {
+        match pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+
+    /// One transformer evaluation on named input tensors (docs/CLI-CONTRACT.md); returns
+    /// `sample`.
+    pub fn forward(&self, inputs: &NamedInputs<'_>) -> Result<HostTensor> {
+        let inner = self.loaded()?;
+        Self::in_pool(&self.pool, || inner.forward(inputs))
+    }
+
+    /// The whole sampling loop on named input tensors, optionally with a cache schedule;
+    /// returns the final latents.
+    pub fn denoise(
+        &self,
+        inputs: &NamedInputs<'_>,
+        req: &DenoiseRequest<'_>,
+        progress: &mut Progress<'_>,
+    ) -> Result<HostTensor> {
+        let inner = self.loaded()?;
+        if let Some(s) = req.schedule {
+            self.validate_schedule(s, req.steps, req.guidance)?;
+        }
+        Self::in_pool(&self.pool, || inner.denoise(inputs, req, progress))
+    }
+
+    /// Prompts to RGB images (the whole pipeline).
+    pub fn generate(
+        &mut self,
+        req: &GenerateRequest<'_>,
+        progress: &mut Progress<'_>,
+    ) -> Result<Generated> {
+        if req.batch == 0 {
+            return Err(Error::invalid("--batch must be at least 1"));
+        }
+        if req.prompts.is_empty() {
+            return Err(Error::invalid("no prompts to generate"));
+        }
+        let pool = self.pool.take();
+        let r = {
+            let inner = self.loaded_mut()?;
+            Self::in_pool(&pool, || inner.generate(req, progress))
+        };
+        self.pool = pool;
+        r
+    }
+
+    /// The output size (height, width) in pixels that [`Engine::generate`] gives for a
+    /// requested size (`None`: the model's default), checked against the model's multiples.
+    pub fn plan_size(
+        &self,
+        height: Option<usize>,
+        width: Option<usize>,
+        binning: bool,
+    ) -> Result<(usize, usize)> {
+        self.loaded()?.plan_size(height, width, binning)
+    }
+
+    /// A prompt's text embeddings as the pipeline's text encoder computes them.
+    pub fn encode_prompt(&mut self, prompt: &str) -> Result<EncodedPrompt> {
+        let pool = self.pool.take();
+        let r = {
+            let inner = self.loaded_mut()?;
+            Self::in_pool(&pool, || inner.encode_prompt(prompt))
+        };
+        self.pool = pool;
+        r
+    }
+
+    /// Frees the text encoders (a one-shot caller, once every prompt is encoded).
+    pub fn release_text_encoders(&mut self) {
+        if let Some(i) = self.inner.as_deref_mut() {
+            i.release_text_encoders();
+        }
+    }
+
+    /// ECAD's MAC count of a schedule (`None`: uncached) at an image size in pixels.
+    pub fn macs(&self, schedule: Option<&Schedule>, height: u64, width: u64) -> Result<MacsReport> {
+        let steps = schedule.map_or(20, |s| s.num_inference_steps());
+        let uncached;
+        let s = match schedule {
+            Some(s) => s,
+            None => {
+                uncached = self.heuristic("default", steps)?;
+                &uncached
+            }
+        };
+        Ok(ecad_macs(s, &self.info.dims, height, width)?)
+    }
+
+    /// This engine's true cost of a schedule (attention products included, text work once).
+    pub fn true_macs(
+        &self,
+        schedule: &Schedule,
+        height: u64,
+        width: u64,
+        options: TrueCostOptions,
+    ) -> Result<TrueMacsReport> {
+        Ok(true_macs(
+            schedule,
+            &self.info.dims,
+            height,
+            width,
+            options,
+        )?)
+    }
+
+    /// A heuristic schedule by name (`default`, `fora:N`, `ca_sa:N`, `tgate:M`, ...).
+    pub fn heuristic(&self, name: &str, steps: usize) -> Result<Schedule> {
+        let i = &self.info;
+        Ok(crate::cache::heuristics::heuristic_by_name(
+            name,
+            i.layout,
+            steps,
+            i.blocks,
+            i.single_blocks,
+        )?)
+    }
+
+    /// A schedule from a spec: a built-in name (`pixart-alpha-256/fast`, see
+    /// [`crate::cache::builtin`]), a JSON file, or a heuristic by name (`fora:3`, ...). Whether
+    /// it fits a run is [`Engine::validate_schedule`]'s to say.
+    pub fn resolve_schedule(&self, spec: &str, steps: usize) -> Result<Schedule> {
+        let i = &self.info;
+        let s =
+            crate::cache::builtin::resolve_spec(spec, i.layout, steps, i.blocks, i.single_blocks)
+                .map_err(|e| Error::from(e).context(format!("--schedule {spec}")))?;
+        Ok(s)
+    }
+
+    /// Checks that `s` can drive a run of this model with `steps` steps and `guidance`.
+    pub fn validate_schedule(
+        &self,
+        s: &Schedule,
+        steps: usize,
+        guidance: Option<f32>,
+    ) -> Result<()> {
+        (self.info.validate_schedule)(s, steps, guidance, &self.info)
+    }
+
+    /// Times uncached and scheduled runs (or single forwards, or one block's ops).
+    pub fn bench(
+        &self,
+        req: &BenchRequest<'_>,
+        progress: &mut Progress<'_>,
+    ) -> Result<BenchOutcome> {
+        if req.reps == 0 {
+            return Err(Error::invalid("--reps must be at least 1"));
+        }
+        let inner = self.loaded()?;
+        Self::in_pool(&self.pool, || inner.bench(req, progress))
+    }
+
+    /// Runs (or resumes) an NSGA-II schedule search; writes its files under `req.out`.
+    pub fn search(
+        &self,
+        req: &SearchRequest,
+        events: &mut (dyn FnMut(crate::search::driver::Event) + Send),
+    ) -> Result<SearchOutcome> {
+        let inner = self.loaded()?;
+        Self::in_pool(&self.pool, || inner.search(req, &self.info, events))
+    }
+}

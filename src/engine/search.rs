@@ -1,0 +1,276 @@
+//! The schedule search behind [`super::Engine::search`]: the family hands over its sampling
+//! target and calibration samples; everything else (settings, checkpoint, evaluator, NSGA-II
+//! driver, the prefix-sharing bench) is the same for every family.
+
+use super::family::ModelInfo;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::search::calibration::SampleSet;
+use crate::search::driver::{
+    bench_sharing, read_seed_dir, seed_digest, Event, Search, SearchSettings, SearchState,
+    SeedSource,
+};
+use crate::search::evaluate::{
+    CostMetric, EvalConfig, Evaluator, QualityMetric, SearchModel, WorkReport,
+};
+use std::path::{Path, PathBuf};
+
+/// A search's settings (the CLI's `search` flags).
+#[derive(Clone, Debug)]
+pub struct SearchRequest {
+    /// Calibration prompt embeddings (safetensors); seeded demo embeddings when `None`.
+    pub calibration: Option<PathBuf>,
+    /// Demo prompts (without a calibration file).
+    pub prompts: usize,
+    pub seeds_per_prompt: usize,
+    /// Samples per transformer batch (default: all in one).
+    pub batch_size: Option<usize>,
+    /// Population size (default: the family's).
+    pub population: Option<usize>,
+    pub generations: usize,
+    pub cost: CostMetric,
+    /// `rel-l2`, `psnr` or `external:CMD`.
+    pub quality: String,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub seed: u64,
+    /// A folder of schedule JSONs, `heuristics` or `random`.
+    pub seed_from: String,
+    pub steps: usize,
+    pub guidance: Option<f32>,
+    /// FLUX: calibration image size in pixels (default 256).
+    pub height: Option<usize>,
+    pub width: Option<usize>,
+    /// FLUX demo calibration: text tokens per prompt.
+    pub text_len: usize,
+    /// Prefix-cache budget in MiB (0 disables it).
+    pub cache_mb: usize,
+    pub keep_eval: bool,
+    /// Re-evaluate every candidate with and without prefix sharing afterwards.
+    pub bench_sharing: bool,
+}
+
+/// What a family hands the search: the model to sample and its calibration samples.
+pub struct SearchTarget<'m, B: Backend> {
+    pub model: SearchModel<'m, B>,
+    pub samples: SampleSet,
+    /// Describes the calibration source in the settings (`file` or `demo`).
+    pub calibration_kind: &'static str,
+}
+
+/// The end of a search.
+pub struct SearchOutcome {
+    pub state: SearchState,
+    /// Archive indices of the final Pareto front.
+    pub front: Vec<usize>,
+    /// Prefix-sharing work summed over every evaluation round.
+    pub work: WorkReport,
+    /// The `--bench-sharing` report, when asked for (also written as bench_sharing.json).
+    pub sharing_bench: Option<serde_json::Value>,
+}
+
+/// Checks the family-neutral settings.
+fn check(req: &SearchRequest) -> Result<QualityMetric> {
+    let quality = QualityMetric::parse(&req.quality).ok_or_else(|| {
+        Error::invalid(format!(
+            "--quality: expected rel-l2, psnr or external:CMD, got `{}`",
+            req.quality
+        ))
+    })?;
+    if req.population == Some(0) {
+        return Err(Error::invalid("--population must be at least 1"));
+    }
+    if req.generations == 0 {
+        return Err(Error::invalid("--generations must be at least 1"));
+    }
+    if req.seeds_per_prompt == 0 {
+        return Err(Error::invalid("--seeds-per-prompt must be at least 1"));
+    }
+    if req.steps < 2 {
+        return Err(Error::invalid(format!(
+            "--steps must be at least 2, got {}",
+            req.steps
+        )));
+    }
+    if req.out.is_file() {
+        return Err(Error::invalid(format!(
+            "--out {}: is a file, expected a folder",
+            req.out.display()
+        )));
+    }
+    if let Some(c) = &req.calibration {
+        if !c.is_file() {
+            return Err(Error::invalid(format!(
+                "--calibration {}: file not found",
+                c.display()
+            )));
+        }
+    } else if req.prompts == 0 {
+        return Err(Error::invalid("--prompts must be at least 1"));
+    }
+    let seed_from = req.seed_from.trim();
+    if seed_from != "heuristics" && seed_from != "random" && !Path::new(seed_from).is_dir() {
+        return Err(Error::invalid(format!(
+            "--seed-from {seed_from}: not a folder, and not `heuristics` or `random`"
+        )));
+    }
+    Ok(quality)
+}
+
+/// Validates the request before any model is built (so that a bad flag costs nothing).
+pub(crate) fn precheck(req: &SearchRequest) -> Result<()> {
+    check(req).map(|_| ())
+}
+
+/// Runs the search on `target`.
+pub(crate) fn run<B: Backend>(
+    be: &B,
+    target: SearchTarget<'_, B>,
+    req: &SearchRequest,
+    info: &ModelInfo,
+    events: &mut (dyn FnMut(Event) + Send),
+) -> Result<SearchOutcome> {
+    let quality = check(req)?;
+    let guidance = req.guidance.unwrap_or(info.default_guidance);
+    let population = req.population.unwrap_or(info.default_population);
+    let SearchTarget {
+        model: search_model,
+        samples,
+        calibration_kind,
+    } = target;
+    let family = search_model.family();
+    let (blocks, single_blocks) = search_model.blocks();
+    let seed_from = req.seed_from.trim().to_string();
+    let seeds = match seed_from.as_str() {
+        "heuristics" => SeedSource::Heuristics,
+        "random" => SeedSource::Random,
+        d => SeedSource::Genomes(read_seed_dir(
+            Path::new(d),
+            family,
+            req.steps,
+            blocks,
+            single_blocks,
+        )?),
+    };
+    let digest = match &seeds {
+        SeedSource::Genomes(g) => seed_digest(g),
+        _ => String::new(),
+    };
+    let n_samples = samples.len();
+    let batch_size = req.batch_size.unwrap_or(n_samples);
+    if batch_size == 0 {
+        return Err(Error::invalid("--batch-size must be at least 1"));
+    }
+    let latent = samples.latent;
+    let settings = SearchSettings {
+        model: info.kind.clone(),
+        model_fingerprint: info.fingerprint.clone(),
+        calibration: calibration_kind.into(),
+        calibration_fingerprint: samples.calibration.fingerprint.clone(),
+        prompts: samples.calibration.prompts,
+        seeds_per_prompt: req.seeds_per_prompt,
+        batch_size,
+        latent: [latent.1, latent.2],
+        steps: req.steps,
+        guidance,
+        population,
+        cost: req.cost.name().into(),
+        quality: quality.spec(),
+        seed: req.seed,
+        seed_from: match &seeds {
+            SeedSource::Genomes(_) => "dir".into(),
+            _ => seed_from.clone(),
+        },
+        seed_digest: digest,
+        crossover_prob: 0.9,
+        crossover_points: 4,
+        mutation_prob: 0.05,
+        min_diff_from_default: 1,
+    };
+    // Refuse a foreign or corrupt checkpoint before the (possibly long) reference run.
+    let ck = req.out.join("checkpoint.json");
+    if req.resume {
+        if !ck.exists() {
+            return Err(Error::invalid(format!(
+                "--resume: no checkpoint at {}",
+                ck.display()
+            )));
+        }
+        crate::search::driver::load_checkpoint(
+            &ck,
+            &settings,
+            req.steps * (blocks + single_blocks) * 3,
+        )?;
+    } else if ck.exists() {
+        return Err(Error::invalid(format!(
+            "{} already holds a search checkpoint: pass --resume to continue it, or choose another --out",
+            req.out.display()
+        )));
+    }
+    events(Event::Log(&format!(
+        "search: {} {family} model ({blocks} blocks{}), {} ({} sample(s), batch {batch_size}), {} steps, guidance {}, population {}, {} generation(s), objectives {} × {}, {} thread(s)",
+        info.kind,
+        if single_blocks > 0 { format!(" + {single_blocks} single") } else { String::new() },
+        samples.calibration.description,
+        n_samples,
+        req.steps,
+        guidance,
+        population,
+        req.generations,
+        req.cost.name(),
+        quality.name(),
+        rayon::current_num_threads()
+    )));
+    let cfg = EvalConfig {
+        steps: req.steps,
+        guidance,
+        samples,
+        batch_size,
+        quality,
+        cost: req.cost,
+        cache_budget: req.cache_mb.saturating_mul(1 << 20),
+        scratch: req.out.join("eval"),
+        keep_scratch: req.keep_eval,
+    };
+    events(Event::Start {
+        label: "reference".into(),
+        total: n_samples.div_ceil(batch_size),
+    });
+    let mut ev = {
+        let mut tick = || events(Event::Tick);
+        Evaluator::new(be, search_model, cfg, &mut tick)?
+    };
+    events(Event::Finish);
+    let mut search = Search {
+        ev: &mut ev,
+        settings,
+        seeds,
+        generations: req.generations,
+        out: req.out.clone(),
+        resume: req.resume,
+    };
+    let state = search.run(events)?;
+    let front = crate::search::output::front_indices(&state.archive, state.generation);
+    let mut work = WorkReport::default();
+    for r in &state.sharing {
+        work.add(&r.work);
+    }
+    let sharing_bench = if req.bench_sharing {
+        let r = bench_sharing(&mut ev, &state, events)?;
+        crate::weights::atomic_write(
+            &req.out.join("bench_sharing.json"),
+            serde_json::to_string_pretty(&r)
+                .map_err(|e| Error::internal(e.to_string()))?
+                .as_bytes(),
+        )?;
+        Some(r)
+    } else {
+        None
+    };
+    Ok(SearchOutcome {
+        state,
+        front,
+        work,
+        sharing_bench,
+    })
+}
