@@ -209,6 +209,7 @@ fn model_kind(e: &crate::models::ModelError) -> ErrorKind {
         M::Backend(b) => backend_kind(b),
         M::Tokenizer(t) => tokenizer_kind(t),
         M::Input(_) => ErrorKind::InvalidInput,
+        M::Cancelled { .. } => ErrorKind::Cancelled,
     }
 }
 
@@ -246,6 +247,7 @@ fn search_kind(e: &crate::search::SearchError) -> ErrorKind {
         | S::NoCheckpoint { .. } => ErrorKind::InvalidInput,
         // The user's scorer command failed or printed something unusable.
         S::Scorer { .. } => ErrorKind::InvalidInput,
+        S::Interrupted { .. } => ErrorKind::Cancelled,
     }
 }
 

@@ -79,6 +79,12 @@ impl Interrupt {
             None
         }
     }
+
+    /// The flag the first signal sets, for code that polls a plain `AtomicBool` (the search's
+    /// stop request) and need not know about signals.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.pending.clone()
+    }
 }
 
 static INSTALLED: OnceLock<Interrupt> = OnceLock::new();

@@ -327,7 +327,7 @@ fn graph_replay_matches_the_eager_run_on_gpu() {
         with_run(seed, &mut |prepared, latents| {
             let (t, _) = match graph {
                 None => prepared
-                    .run_to_end(latents, Some(&sched), &mut |_, _| {})
+                    .run_to_end(latents, Some(&sched), &mut |_, _| true)
                     .unwrap(),
                 Some(g) => g.replay(&gpu, prepared, latents).unwrap(),
             };

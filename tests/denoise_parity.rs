@@ -74,7 +74,7 @@ fn run_on<B: Backend>(be: &B, c: &Case, schedule: Option<&Schedule>) -> Vec<f32>
         guidance,
         schedule,
     };
-    let (lat, _) = denoise(be, &model, &sched, &inp, &opts, &mut |_, _| {}).unwrap();
+    let (lat, _) = denoise(be, &model, &sched, &inp, &opts, &mut |_, _| true).unwrap();
     be.to_host(&lat).unwrap()
 }
 

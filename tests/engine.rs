@@ -155,12 +155,20 @@ fn denoise_is_deterministic_and_cancellable() {
         )
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Schedule, "{err}");
-    // Cancel after the first step.
-    let mut stop = |ev: &Event<'_>| !matches!(ev, Event::Advance { done: 1 });
+    // Cancel after the first step: the run stops there (no later step is reported).
+    let mut after_cancel = Vec::new();
+    let mut stop = |ev: &Event<'_>| {
+        if let Event::Advance { done } = ev {
+            after_cancel.push(*done);
+        }
+        !matches!(ev, Event::Advance { done: 1 })
+    };
     let err = e
         .denoise(&named, &req, &mut Progress::new(&mut stop))
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Cancelled);
+    assert_eq!(after_cancel, vec![1], "steps ran after the cancel");
+    assert!(err.message().contains("after step 1 of 4"), "{err}");
     // A missing input names itself and its origin.
     let mut partial = inputs.clone();
     partial.remove("prompt_embeds");
@@ -211,6 +219,18 @@ fn generate_needs_the_pipeline_and_is_reproducible() {
     for (x, y) in a.images.iter().zip(&b.images) {
         assert_eq!(x.image, y.image);
     }
+    // Cancelling during the first prompt's sampling stops there, mid-run.
+    let mut steps_seen = 0;
+    let mut stop = |ev: &Event<'_>| {
+        if matches!(ev, Event::Advance { .. }) {
+            steps_seen += 1;
+        }
+        steps_seen < 2
+    };
+    let err = g.generate(&req, &mut Progress::new(&mut stop)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert!(err.message().contains("after step 2 of 3"), "{err}");
+    assert_eq!(steps_seen, 2);
     let enc = g.encode_prompt("a red cube").unwrap();
     assert_eq!(enc.embeds.len(), enc.text_len * g.info().text_dim);
     assert!(enc.pooled.is_empty());

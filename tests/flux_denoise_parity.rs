@@ -76,7 +76,7 @@ impl Case {
             schedule,
         };
         let (lat, report) =
-            denoise_flux(be, &model, sched_cfg, &inp, &opts, &mut |_, _| {}).unwrap();
+            denoise_flux(be, &model, sched_cfg, &inp, &opts, &mut |_, _| true).unwrap();
         assert_eq!(report.forwards, opts.steps);
         if schedule.is_some() {
             assert!(report.cache.reused > 0, "a cached run reused nothing");

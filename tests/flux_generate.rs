@@ -52,7 +52,7 @@ fn run<B: Backend>(
             Some(&inputs["latents"]),
             texts,
             &mut Timings::default(),
-            &mut |_, _| {},
+            &mut |_, _| true,
         )
         .unwrap();
     imgs.into_iter().next().unwrap()

@@ -125,7 +125,7 @@ fn image_matches_diffusers_pixart_sigma_pipeline() {
             Some(&inp["latents"]),
             &mut HashMap::new(),
             &mut Timings::default(),
-            &mut |_, _| {},
+            &mut |_, _| true,
         )
         .unwrap();
     assert_eq!(imgs.len(), 1);
@@ -159,7 +159,7 @@ fn image_matches_diffusers_pixart_sigma_pipeline() {
             Some(&inp["latents"]),
             &mut HashMap::new(),
             &mut Timings::default(),
-            &mut |_, _| {},
+            &mut |_, _| true,
         )
         .unwrap();
     let b: Vec<f32> = broken[0]

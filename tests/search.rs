@@ -1,6 +1,7 @@
 //! `ecad-native search` end to end on the demo model: a 10-generation search is reproducible
 //! from its seed, survives SIGKILL + --resume with byte-identical results, and its front
-//! dominates (or equals) every built-in heuristic it was seeded with. Plus the step-wise
+//! dominates (or equals) every built-in heuristic it was seeded with; Ctrl-C/SIGTERM stop it
+//! with a valid checkpoint (exit 130/143) from which --resume gives the same results. Plus the step-wise
 //! sampling API the evaluator relies on, the external scorer protocol, and bad inputs.
 
 mod common;
@@ -222,6 +223,94 @@ fn sigkill_and_resume_gives_identical_results() {
     assert_same_outputs(a, &c);
 }
 
+/// Starts `args` with stderr to `log`, waits until its checkpoint holds `at_least` generations
+/// (and fewer than 10), then sends `signal` (`INT` or `TERM`) with the shell's `kill`.
+fn signal_at(
+    args: &[String],
+    ck: &Path,
+    log: &Path,
+    at_least: u64,
+    signal: &str,
+) -> std::process::ExitStatus {
+    let mut child = cli()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if let Some(g) = checkpoint_generation(ck) {
+            if g >= at_least {
+                assert!(g < 10, "the run finished before it could be stopped");
+                break;
+            }
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "search exited before generation {at_least}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(600), "timeout");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = child.id().to_string();
+    let sent = Command::new("sh")
+        .args(["-c", &format!("kill -s {signal} {pid}")])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    child.wait().unwrap()
+}
+
+#[test]
+fn ctrl_c_stops_with_a_checkpoint_and_resume_gives_identical_results() {
+    let a = reference_run();
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tmp.path().join("c");
+    let ck = c.join("checkpoint.json");
+    let log = tmp.path().join("stderr.txt");
+    let args = search_args(&c);
+    let status = signal_at(&args, &ck, &log, 2, "INT");
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    // The checkpoint is valid and the message names its generation.
+    let g = checkpoint_generation(&ck).expect("a readable checkpoint");
+    let want = format!("interrupted after generation {g}; continue with --resume");
+    assert!(err.contains(&want), "wanted `{want}` in:\n{err}");
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    run_ok(&resume);
+    assert_eq!(checkpoint_generation(&ck), Some(10));
+    assert_same_outputs(a, &c);
+}
+
+#[test]
+fn sigterm_exits_143_and_resume_with_fewer_generations_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tmp.path().join("c");
+    let ck = c.join("checkpoint.json");
+    let log = tmp.path().join("stderr.txt");
+    let args = search_args(&c);
+    let status = signal_at(&args, &ck, &log, 1, "TERM");
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(143), "{err}");
+    assert!(err.contains("continue with --resume"), "{err}");
+    let g = checkpoint_generation(&ck).expect("a readable checkpoint");
+    // Resuming with no more generations than the checkpoint holds runs nothing, and says so.
+    let mut resume = args.clone();
+    let at = resume.iter().position(|s| s == "--generations").unwrap();
+    resume[at + 1] = g.to_string();
+    resume.push("--resume".into());
+    let o = cli().args(&resume).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("the checkpoint already holds {g} generation(s)")),
+        "{text}"
+    );
+    assert_eq!(checkpoint_generation(&ck), Some(g));
+}
+
 #[test]
 fn front_dominates_every_seeded_heuristic() {
     let out = reference_run();
@@ -285,7 +374,7 @@ fn stepwise_denoise_matches_denoise_and_forks_are_exact() {
             guidance: 4.5,
             schedule: Some(s),
         };
-        let (lat, _) = denoise(&be, &model, &sched, &inp, &opts, &mut |_, _| {}).unwrap();
+        let (lat, _) = denoise(&be, &model, &sched, &inp, &opts, &mut |_, _| true).unwrap();
         be.to_host(&lat).unwrap()
     };
     let (want_a, want_c) = (run(&a), run(&c));

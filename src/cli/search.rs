@@ -3,6 +3,7 @@
 use super::progress::Progress;
 use super::DeviceOpts;
 use crate::engine::{Load, SearchRequest};
+use crate::error::ErrorKind;
 use crate::search::driver::Event;
 use crate::search::evaluate::CostMetric;
 use std::path::PathBuf;
@@ -124,6 +125,7 @@ impl SearchArgs {
             cache_mb: self.cache_mb,
             keep_eval: self.keep_eval,
             bench_sharing: self.bench_sharing,
+            stop: None,
         }
     }
 }
@@ -160,8 +162,24 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         super::model_source(a.model.as_deref(), a.arch.as_deref()),
         options,
     )?;
+    // Ctrl-C / SIGTERM: the first asks the search to stop (it abandons the generation in
+    // progress; the checkpoint of the last finished one stays), a second exits at once.
+    let mut req = req;
+    match crate::interrupt::install() {
+        Ok(i) => req.stop = Some(i.flag()),
+        Err(e) => eprintln!("warning: cannot catch Ctrl-C ({e}); an interrupted search loses the generation in progress"),
+    }
     let mut events = show_events();
-    let out = engine.search(&req, &mut events)?;
+    let out = match engine.search(&req, &mut events) {
+        Ok(out) => out,
+        Err(e) => {
+            if let (ErrorKind::Cancelled, Some(sig)) = (e.kind(), crate::interrupt::requested()) {
+                eprintln!("{e}");
+                std::process::exit(sig.exit_code());
+            }
+            return Err(e.into());
+        }
+    };
     let st = &out.state;
     println!(
         "search done: {} generation(s), {} schedules evaluated, Pareto front of {} in {}",

@@ -6,9 +6,9 @@
 //! [`FamilyEntry`] per family; the engine erases the backend type behind [`DynEngine`].
 
 use super::device::AnyBackend;
+use super::options::EngineOptions;
 use super::progress::Progress;
 use super::search::{SearchOutcome, SearchRequest, SearchTarget};
-use super::EngineOptions;
 use crate::backend::Backend;
 use crate::cache::macs::ModelDims;
 use crate::cache::schedule::{ModelFamily, Schedule};
@@ -387,7 +387,13 @@ impl<B: Backend> DynEngine for Loaded<B> {
         events: &mut (dyn FnMut(crate::search::driver::Event) + Send),
     ) -> Result<SearchOutcome> {
         let target = self.model.search_target(req)?;
-        super::search::run(&self.be, target, req, info, events)
+        let facts = super::search::ModelFacts {
+            kind: &info.kind,
+            fingerprint: &info.fingerprint,
+            default_guidance: info.default_guidance,
+            default_population: info.default_population,
+        };
+        super::search::run(&self.be, target, req, facts, events)
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod device;
 pub mod family;
+pub mod options;
 pub mod progress;
 pub mod registry;
 pub mod search;
@@ -21,7 +22,9 @@ pub use family::{
     ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, EncodedPrompt, ForwardBench,
     GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs, OpsBench,
 };
+pub use options::{EngineOptions, Load, ModelSource};
 pub use progress::{Event, Progress};
+pub use registry::archs;
 pub use search::{SearchOutcome, SearchRequest};
 
 use crate::cache::macs::{ecad_macs, true_macs, MacsReport, TrueCostOptions, TrueMacsReport};
@@ -29,75 +32,9 @@ use crate::cache::schedule::Schedule;
 use crate::error::{Error, ErrorKind, Result};
 use crate::weights::HostTensor;
 use family::DynEngine;
-use std::path::PathBuf;
-
-/// Where a model comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ModelSource {
-    /// A diffusers folder: a pipeline root (model_index.json, transformer/, scheduler/, ...) or
-    /// a transformer folder alone.
-    Dir(PathBuf),
-    /// The embedded demo pipeline (PixArt's structure at toy width, seeded random weights: its
-    /// outputs are noise). The same as `Arch("demo")`.
-    Demo,
-    /// A built-in architecture with seeded random weights, by name (see [`archs`]).
-    Arch(String),
-}
-
-/// Which parts of a model an engine loads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Load {
-    /// The configs only: info, MACs, heuristics and schedule checks; no weights.
-    Config,
-    /// The device, and the configs: the ops micro-benchmark (`bench --ops`) runs; nothing
-    /// that needs weights does.
-    NoWeights,
-    /// The transformer and its sampler (forward, denoise, bench, search).
-    #[default]
-    Transformer,
-    /// The whole pipeline: tokenizers, text encoders, transformer, sampler and VAE (generate,
-    /// prompt encoding, and everything else). FLUX loads its transformer at the first run, after
-    /// the prompts are encoded, so that a one-shot generate never holds both.
-    Pipeline,
-    /// The whole pipeline when the folder has one, else the transformer (the C ABI's default).
-    PipelineIfPresent,
-}
-
-/// How to open an engine.
-#[derive(Clone, Debug)]
-pub struct EngineOptions {
-    pub device: DeviceSpec,
-    pub dtype: Dtype,
-    /// Worker threads of the CPU backend and the search (default: all cores).
-    pub threads: Option<usize>,
-    pub load: Load,
-    /// Text length of the prompt encoder (default: the model's, e.g. 120 for PixArt-α, 300 for
-    /// PixArt-Σ, 512 for FLUX's T5).
-    pub max_sequence_length: Option<usize>,
-}
-
-impl Default for EngineOptions {
-    fn default() -> Self {
-        EngineOptions {
-            device: DeviceSpec::Auto,
-            dtype: Dtype::F32,
-            threads: None,
-            load: Load::Transformer,
-            max_sequence_length: None,
-        }
-    }
-}
 
 /// The most worker threads an engine accepts.
 pub const MAX_THREADS: usize = 4096;
-
-/// Every built-in architecture of every registered family.
-pub fn archs() -> Vec<&'static ArchEntry> {
-    registry::families()
-        .iter()
-        .flat_map(|f| (f.archs)().iter())
-        .collect()
-}
 
 /// A model opened on a device.
 pub struct Engine {

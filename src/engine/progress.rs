@@ -51,13 +51,16 @@ impl<'a> Progress<'a> {
         self.current = (0, total);
         self.emit(&Event::Start { label, total });
     }
-    pub fn advance(&mut self, done: usize) {
+    /// Reports `done` units of the current stage; returns whether to go on (`false` once the
+    /// caller asked to stop), so it can serve directly as a pipeline's step callback.
+    pub fn advance(&mut self, done: usize) -> bool {
         self.current.0 = done;
         self.emit(&Event::Advance { done });
+        !self.cancelled
     }
     /// One more unit done.
     pub fn tick(&mut self) {
-        self.advance(self.current.0 + 1);
+        let _ = self.advance(self.current.0 + 1);
     }
     pub fn finish(&mut self) {
         self.emit(&Event::Finish);

@@ -1,21 +1,21 @@
 //! The registered model families. Adding a family is one line here (see docs/ARCHITECTURE.md,
 //! "Adding a model family").
 
-use super::family::{entry, FamilyEntry, Resolved};
-use super::ModelSource;
+use super::family::{entry, ArchEntry, FamilyEntry, Resolved};
+use super::options::ModelSource;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::ModelDir;
 
 /// Every family, in detection order: a folder belongs to the first whose `detect` accepts its
 /// transformer config. PixArt comes last: it accepts any config that is not another family's,
 /// so that a malformed PixArt config is reported by PixArt's own parser.
-static FAMILIES: [FamilyEntry; 2] = [
+static FAMILIES: &[FamilyEntry] = &[
     entry::<crate::families::flux::Flux>(),
     entry::<crate::families::pixart::PixArt>(),
 ];
 
 pub fn families() -> &'static [FamilyEntry] {
-    &FAMILIES
+    FAMILIES
 }
 
 /// The family and resolved source of `source`.
@@ -28,7 +28,7 @@ pub(crate) fn resolve(source: &ModelSource) -> Result<(&'static FamilyEntry, Res
                     return Ok((f, Resolved::Arch(a)));
                 }
             }
-            let names: Vec<&str> = super::archs().iter().map(|a| a.name).collect();
+            let names: Vec<&str> = archs().iter().map(|a| a.name).collect();
             Err(Error::invalid(format!(
                 "unknown architecture `{name}` (expected one of {})",
                 names.join(", ")
@@ -88,4 +88,9 @@ impl ModelDir {
         }
         Ok(h.hex())
     }
+}
+
+/// Every built-in architecture of every registered family.
+pub fn archs() -> Vec<&'static ArchEntry> {
+    families().iter().flat_map(|f| (f.archs)().iter()).collect()
 }

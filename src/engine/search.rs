@@ -2,7 +2,6 @@
 //! target and calibration samples; everything else (settings, checkpoint, evaluator, NSGA-II
 //! driver, the prefix-sharing bench) is the same for every family.
 
-use super::family::ModelInfo;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::search::calibration::SampleSet;
@@ -14,6 +13,8 @@ use crate::search::evaluate::{
     CostMetric, EvalConfig, Evaluator, QualityMetric, SearchModel, WorkReport,
 };
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// A search's settings (the CLI's `search` flags).
 #[derive(Clone, Debug)]
@@ -48,6 +49,10 @@ pub struct SearchRequest {
     pub keep_eval: bool,
     /// Re-evaluate every candidate with and without prefix sharing afterwards.
     pub bench_sharing: bool,
+    /// A stop request (the CLI sets it on Ctrl-C/SIGTERM): once set, the search abandons the
+    /// generation in progress and returns an error of kind [`crate::ErrorKind::Cancelled`]
+    /// that says how many generations the checkpoint holds.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// What a family hands the search: the model to sample and its calibration samples.
@@ -67,6 +72,15 @@ pub struct SearchOutcome {
     pub work: WorkReport,
     /// The `--bench-sharing` report, when asked for (also written as bench_sharing.json).
     pub sharing_bench: Option<serde_json::Value>,
+}
+
+/// What the search needs to know of the model (from the engine's `ModelInfo`).
+pub(crate) struct ModelFacts<'a> {
+    /// The model kind and fingerprint a checkpoint records.
+    pub kind: &'a str,
+    pub fingerprint: &'a str,
+    pub default_guidance: f32,
+    pub default_population: usize,
 }
 
 /// Checks the family-neutral settings.
@@ -127,7 +141,7 @@ pub(crate) fn run<B: Backend>(
     be: &B,
     target: SearchTarget<'_, B>,
     req: &SearchRequest,
-    info: &ModelInfo,
+    info: ModelFacts<'_>,
     events: &mut (dyn FnMut(Event) + Send),
 ) -> Result<SearchOutcome> {
     let quality = check(req)?;
@@ -163,8 +177,8 @@ pub(crate) fn run<B: Backend>(
     }
     let latent = samples.latent;
     let settings = SearchSettings {
-        model: info.kind.clone(),
-        model_fingerprint: info.fingerprint.clone(),
+        model: info.kind.to_string(),
+        model_fingerprint: info.fingerprint.to_string(),
         calibration: calibration_kind.into(),
         calibration_fingerprint: samples.calibration.fingerprint.clone(),
         prompts: samples.calibration.prompts,
@@ -231,6 +245,7 @@ pub(crate) fn run<B: Backend>(
         cache_budget: req.cache_mb.saturating_mul(1 << 20),
         scratch: req.out.join("eval"),
         keep_scratch: req.keep_eval,
+        stop: req.stop.clone(),
     };
     events(Event::Start {
         label: "reference".into(),
@@ -256,7 +271,8 @@ pub(crate) fn run<B: Backend>(
         work.add(&r.work);
     }
     let sharing_bench = if req.bench_sharing {
-        let r = bench_sharing(&mut ev, &state, events)?;
+        let r = bench_sharing(&mut ev, &state, events)
+            .map_err(|e| crate::search::driver::interrupted_after(e, state.generation))?;
         crate::weights::atomic_write(
             &req.out.join("bench_sharing.json"),
             serde_json::to_string_pretty(&r)

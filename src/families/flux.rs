@@ -8,8 +8,9 @@ use crate::engine::family::{
     ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, EncodedPrompt, Family,
     FamilyModel, GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs, Resolved,
 };
+use crate::engine::options::{EngineOptions, Load};
+use crate::engine::progress::Progress;
 use crate::engine::search::{SearchRequest, SearchTarget};
-use crate::engine::{EngineOptions, Load, Progress};
 use crate::error::{Error, ErrorKind, Result};
 use crate::models::flux::{FluxConfig, FluxForwardInputs, FluxTransformer};
 use crate::models::RandomSource;

@@ -8,8 +8,9 @@ use crate::engine::family::{
     FamilyModel, ForwardBench, GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs,
     OpsBench, Resolved,
 };
+use crate::engine::options::{EngineOptions, Load};
+use crate::engine::progress::Progress;
 use crate::engine::search::{SearchRequest, SearchTarget};
-use crate::engine::{EngineOptions, Load, Progress};
 use crate::error::{Error, ErrorKind, Result};
 use crate::models::pixart::{ForwardInputs, PixArtConfig, PixArtTransformer};
 use crate::models::RandomSource;

@@ -576,7 +576,7 @@ pub unsafe extern "C" fn ecad_denoise(
             eng.scheduler(),
             &inp,
             &opts,
-            &mut |_, _| {},
+            &mut |_, _| true,
         )
         .map_err(|e| {
             let code = match e {
@@ -736,7 +736,9 @@ pub unsafe extern "C" fn ecad_generate(
         let mut texts = std::collections::HashMap::new();
         let mut timings = Timings::default();
         let images = pipe
-            .generate(&eng.backend, &req, &mut texts, &mut timings, &mut |_, _| {})
+            .generate(&eng.backend, &req, &mut texts, &mut timings, &mut |_, _| {
+                true
+            })
             .map_err(|e| (EcadInvalidArgument, e.to_string()))?;
         let img = images
             .first()

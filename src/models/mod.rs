@@ -29,6 +29,9 @@ pub enum ModelError {
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error("invalid input: {0}")]
     Input(String),
+    /// The caller's progress callback asked to stop (after `step` of `steps`).
+    #[error("cancelled by the caller after step {step} of {steps}")]
+    Cancelled { step: usize, steps: usize },
 }
 
 pub type MResult<T> = Result<T, ModelError>;

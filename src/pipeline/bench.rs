@@ -224,7 +224,7 @@ impl<B: Backend> BenchGraphs<B> {
         sched: Option<&Schedule>,
     ) -> MResult<(crate::backend::Tensor<B>, DenoiseReport)> {
         if !self.enabled || self.unsupported {
-            return prepared.run_to_end(latents, sched, &mut |_, _| {});
+            return prepared.run_to_end(latents, sched, &mut |_, _| true);
         }
         let key = sched.map(|s| s.name.clone()).unwrap_or_default();
         if !self.recorded.contains_key(&key) {
@@ -234,7 +234,7 @@ impl<B: Backend> BenchGraphs<B> {
                 }
                 None => {
                     self.unsupported = true;
-                    return prepared.run_to_end(latents, sched, &mut |_, _| {});
+                    return prepared.run_to_end(latents, sched, &mut |_, _| true);
                 }
             }
         }

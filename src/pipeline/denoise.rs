@@ -81,14 +81,14 @@ pub fn validate_schedule(
 }
 
 /// Runs the whole sampling loop and returns the final latents `[B, C, h, w]`.
-/// `on_step(i, n)` is called after each step (progress display).
+/// `on_step(i, n)` is called after each step (progress display); `false` cancels the run.
 pub fn denoise<B: Backend>(
     be: &B,
     model: &PixArtTransformer<B>,
     scheduler: &DpmSolverConfig,
     inp: &DenoiseInputs<'_>,
     opts: &DenoiseOptions<'_>,
-    on_step: &mut dyn FnMut(usize, usize),
+    on_step: &mut dyn FnMut(usize, usize) -> bool,
 ) -> MResult<(Tensor<B>, DenoiseReport)> {
     let prepared = PreparedDenoise::new(be, model, scheduler, inp, opts)?;
     run_to_end(&prepared, inp.latents, opts.schedule, on_step)

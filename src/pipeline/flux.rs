@@ -355,7 +355,7 @@ pub fn denoise_flux<B: Backend>(
     scheduler: &FlowMatchConfig,
     inp: &FluxDenoiseInputs<'_>,
     opts: &FluxDenoiseOptions<'_>,
-    on_step: &mut dyn FnMut(usize, usize),
+    on_step: &mut dyn FnMut(usize, usize) -> bool,
 ) -> MResult<(Tensor<B>, DenoiseReport)> {
     let prepared = PreparedFluxDenoise::new(be, model, scheduler, inp, opts)?;
     run_to_end(&prepared, inp.latents, opts.schedule, on_step)

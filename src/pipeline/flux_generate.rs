@@ -295,7 +295,7 @@ impl<B: Backend> FluxGeneratePipeline<B> {
         req: &FluxRequest<'_>,
         texts: &mut HashMap<String, FluxText>,
         timings: &mut Timings,
-        on_step: &mut dyn FnMut(usize, usize),
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> MResult<Vec<RgbImage>> {
         let images = self.generate_float(be, req, None, texts, timings, on_step)?;
         Ok(rgb_images(&images, req.height, req.width))
@@ -310,7 +310,7 @@ impl<B: Backend> FluxGeneratePipeline<B> {
         latents: Option<&HostTensor>,
         texts: &mut HashMap<String, FluxText>,
         timings: &mut Timings,
-        on_step: &mut dyn FnMut(usize, usize),
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> MResult<Vec<Vec<f32>>> {
         let own;
         let latents = match latents {

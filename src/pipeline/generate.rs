@@ -329,14 +329,14 @@ impl<B: Backend> GeneratePipeline<B> {
     }
 
     /// Runs one request: text, noise, denoise, decode, postprocess. `on_step(i, n)` after each
-    /// sampler step; `texts` caches encoded prompts across requests.
+    /// sampler step (`false` cancels); `texts` caches encoded prompts across requests.
     pub fn generate(
         &self,
         be: &B,
         req: &GenerateRequest<'_>,
         texts: &mut HashMap<String, EncodedText>,
         timings: &mut Timings,
-        on_step: &mut dyn FnMut(usize, usize),
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> MResult<Vec<RgbImage>> {
         let images = self.generate_float(be, req, None, texts, timings, on_step)?;
         Ok(rgb_images(&images, req.size.height, req.size.width))
@@ -367,7 +367,7 @@ impl<B: Backend> GeneratePipeline<B> {
         latents: Option<&HostTensor>,
         texts: &mut HashMap<String, EncodedText>,
         timings: &mut Timings,
-        on_step: &mut dyn FnMut(usize, usize),
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> MResult<Vec<Vec<f32>>> {
         let own;
         let latents = match latents {

@@ -71,12 +71,12 @@ impl<B: Backend> PreparedRun<'_, B> {
     }
 
     /// The whole loop from `latents`, with one schedule for every step; `on_step(i, n)` after
-    /// each step. Returns the final latents and the run's report.
+    /// each step (`false` cancels). Returns the final latents and the run's report.
     pub fn run_to_end(
         &self,
         latents: &HostTensor,
         schedule: Option<&Schedule>,
-        on_step: &mut dyn FnMut(usize, usize),
+        on_step: &mut dyn FnMut(usize, usize) -> bool,
     ) -> MResult<(Tensor<B>, DenoiseReport)> {
         run_to_end(self, latents, schedule, on_step)
     }
@@ -261,7 +261,7 @@ mod tests {
             .unwrap()
             .is_none());
         let (out, _) = prepared
-            .run_to_end(inp.latents, None, &mut |_, _| {})
+            .run_to_end(inp.latents, None, &mut |_, _| true)
             .unwrap();
         assert!(be.to_host(&out).unwrap().iter().all(|v| v.is_finite()));
         // Overwriting tensors is a graph backend's op; the CPU refuses it with an error.

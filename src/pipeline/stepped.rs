@@ -2,7 +2,7 @@
 //! families' modules, so that each runs its whole loop without naming the others.
 
 use crate::cache::schedule::Schedule;
-use crate::models::MResult;
+use crate::models::{MResult, ModelError};
 use crate::weights::HostTensor;
 
 /// A prepared sampling run that is driven one step at a time.
@@ -21,19 +21,25 @@ pub trait StepRun {
     fn finish(state: Self::State) -> Self::Output;
 }
 
-/// The whole loop from `latents`, with one schedule for every step; `on_step(i, n)` after each
-/// step.
+/// The whole loop from `latents`, with one schedule for every step. `on_step(i, n)` is called
+/// after step `i` of `n` and returns whether to go on: `false` before the last step stops the
+/// run with [`ModelError::Cancelled`] (after the last, the finished run is returned).
 pub fn run_to_end<R: StepRun>(
     run: &R,
     latents: &HostTensor,
     schedule: Option<&Schedule>,
-    on_step: &mut dyn FnMut(usize, usize),
+    on_step: &mut dyn FnMut(usize, usize) -> bool,
 ) -> MResult<R::Output> {
     let mut state = run.start(latents)?;
     let n = run.steps();
     for i in 0..n {
         run.step(&mut state, schedule)?;
-        on_step(i + 1, n);
+        if !on_step(i + 1, n) && i + 1 < n {
+            return Err(ModelError::Cancelled {
+                step: i + 1,
+                steps: n,
+            });
+        }
     }
     Ok(R::finish(state))
 }

@@ -49,6 +49,14 @@ pub struct Search<'e, 'a, B: Backend> {
     pub resume: bool,
 }
 
+/// `e`, with an interruption counted after `completed` generations.
+pub fn interrupted_after(e: SearchError, completed: usize) -> SearchError {
+    match e {
+        SearchError::Interrupted { .. } => SearchError::Interrupted { completed },
+        e => e,
+    }
+}
+
 struct Known {
     index: HashMap<Genome, usize>,
 }
@@ -86,10 +94,17 @@ impl<B: Backend> Search<'_, '_, B> {
                 });
             }
             let st = load_checkpoint(&ck, &self.settings, self.ev.genome_len())?;
-            events(Event::Log(&format!(
-                "resuming at generation {} of {}",
-                st.generation, self.generations
-            )));
+            if st.generation >= self.generations {
+                events(Event::Log(&format!(
+                    "the checkpoint already holds {} generation(s) and --generations is {}: nothing to run (pass a larger --generations to continue); rewriting the outputs of generation {}",
+                    st.generation, self.generations, st.generation
+                )));
+            } else {
+                events(Event::Log(&format!(
+                    "resuming after generation {} of {}",
+                    st.generation, self.generations
+                )));
+            }
             st
         } else {
             if ck.exists() {
@@ -122,8 +137,10 @@ impl<B: Backend> Search<'_, '_, B> {
                 )));
                 break;
             }
-            let (offspring, work, evaluated) =
-                self.evaluate_into(&mut st, &mut known, &off, gen, events)?;
+            // A stop abandons this generation: the checkpoint on disk is the last finished one.
+            let (offspring, work, evaluated) = self
+                .evaluate_into(&mut st, &mut known, &off, gen, events)
+                .map_err(|e| interrupted_after(e, gen - 1))?;
             let mut merged = std::mem::take(&mut st.population);
             merged.extend(offspring);
             st.population = survive(merged, params.pop_size, &mut st.rng);

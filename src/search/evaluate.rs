@@ -30,7 +30,8 @@ use crate::weights::{write_outputs, HostTensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// PSNR above this is reported as this (identical latents would be +∞).
@@ -221,6 +222,9 @@ pub struct EvalConfig {
     pub scratch: PathBuf,
     /// Keep the candidate folders after scoring.
     pub keep_scratch: bool,
+    /// A stop request (Ctrl-C, a C caller's cancel): once set, the evaluation in progress
+    /// stops after the candidate it is running, with [`SearchError::Interrupted`].
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// One batch of calibration samples. Its prepared text (caption projection and per-block
@@ -610,8 +614,18 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         } = self;
         let (model, cfg, default) = (&*model, &*cfg, &*default);
         let cache = Mutex::new(std::mem::replace(cache_ref, PrefixCache::new(0)));
+        let stop = cfg.stop.clone();
+        let check_stop = move || -> SResult<()> {
+            match &stop {
+                Some(s) if s.load(Ordering::SeqCst) => {
+                    Err(SearchError::Interrupted { completed: 0 })
+                }
+                _ => Ok(()),
+            }
+        };
         let result = (|| -> SResult<()> {
             for (ci, chunk) in chunks.iter().enumerate() {
+                check_stop()?;
                 let owned;
                 let prepared = match &chunk.prepared {
                     Some(p) => p,
@@ -640,7 +654,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
                         }
                     }
                     (*lock(&tick))();
-                    Ok(())
+                    check_stop()
                 };
                 let walk = Walk {
                     prepared,

@@ -65,6 +65,20 @@ pub enum SearchError {
     NoCheckpoint { path: String },
     #[error("external scorer on {candidate}: {msg}")]
     Scorer { candidate: String, msg: String },
+    /// A stop was requested ([`evaluate::EvalConfig::stop`]); the generation in progress was
+    /// abandoned. `completed` generations are in the checkpoint (0: none was written).
+    #[error("{}", interrupted_message(*.completed))]
+    Interrupted { completed: usize },
+}
+
+/// What a stopped search tells the user.
+fn interrupted_message(completed: usize) -> String {
+    if completed == 0 {
+        "interrupted before generation 1 finished; no checkpoint was written (run the search again)"
+            .into()
+    } else {
+        format!("interrupted after generation {completed}; continue with --resume")
+    }
 }
 
 pub type SResult<T> = Result<T, SearchError>;
