@@ -16,7 +16,7 @@
 //! Tensors of `Bf16<B>` and of `B` share a buffer type; conversions are an `Arc` clone
 //! ([`Bf16::wrap`], [`Bf16::unwrap`]).
 
-use super::{shape_err, Activation, BResult, Backend, Precision, Tensor};
+use super::{shape_err, Activation, BResult, Backend, Precision, Tensor, WeightDtype, WeightView};
 use rayon::prelude::*;
 
 /// `B` with every op result, upload and weight rounded to bfloat16.
@@ -128,6 +128,16 @@ impl<B: Backend> Backend for Bf16<B> {
     fn upload_weight(&self, mut data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
         round_host(&mut data);
         Ok(self.inner.upload_weight(data, shape)?.into_backend())
+    }
+    /// A weight stored in bf16 already holds bf16 values: rounding them is the identity, so it
+    /// goes to the wrapped backend as stored. Other dtypes are widened and rounded
+    /// ([`Bf16::upload_weight`]).
+    fn upload_weight_raw(&self, view: WeightView<'_>, shape: &[usize]) -> BResult<Tensor<Self>> {
+        view.check("upload_weight_raw", shape)?;
+        if view.dtype() == WeightDtype::Bf16 {
+            return Ok(self.inner.upload_weight_raw(view, shape)?.into_backend());
+        }
+        self.upload_weight(view.into_f32(), shape)
     }
     /// Float32 islands are carried unrounded (diffusers' RoPE tables end in `.float()`).
     fn upload_f32(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
@@ -458,6 +468,35 @@ mod tests {
     }
     fn host(b: &Bf16<CpuBackend>, t: &Tensor<Bf16<CpuBackend>>) -> Vec<f32> {
         b.to_host(t).unwrap()
+    }
+
+    /// Every bf16 bit pattern, and f16/f32 weights, stored through `upload_weight_raw` hold the
+    /// same bits as the widened values through `upload_weight`.
+    #[test]
+    fn raw_weight_uploads_store_what_widened_uploads_store() {
+        let b = be();
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let bf16: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        let f32s: Vec<u8> = [1.0f32 + 1.0 / 256.0, -3.3, 1e-40, f32::MAX, f32::NAN]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        for (dtype, bytes) in [
+            (WeightDtype::Bf16, &bf16[..]),
+            (WeightDtype::F16, &bf16[..]),
+            (WeightDtype::F32, &f32s[..]),
+        ] {
+            let view = WeightView::Stored { dtype, bytes };
+            let shape = [view.len()];
+            let raw = b.upload_weight_raw(view.clone(), &shape).unwrap();
+            let widened = b.upload_weight(view.into_f32(), &shape).unwrap();
+            assert_eq!(bits(host(&b, &raw)), bits(host(&b, &widened)), "{dtype:?}");
+        }
+        let short = WeightView::Stored {
+            dtype: WeightDtype::Bf16,
+            bytes: &bf16[..3],
+        };
+        assert!(b.upload_weight_raw(short, &[2]).is_err());
     }
 
     #[test]

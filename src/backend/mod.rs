@@ -22,6 +22,7 @@ pub mod bf16;
 pub mod check;
 pub mod cpu;
 pub mod cuda;
+pub mod shapes;
 
 use std::fmt;
 use std::sync::Arc;
@@ -114,6 +115,109 @@ pub fn round_bf16(x: f32) -> f32 {
 pub fn round_bf16_slice(v: &mut [f32]) {
     for x in v {
         *x = round_bf16(*x);
+    }
+}
+
+/// Element type of a weight as a checkpoint stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightDtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl WeightDtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            WeightDtype::F32 => 4,
+            WeightDtype::Bf16 | WeightDtype::F16 => 2,
+        }
+    }
+
+    /// One little-endian element widened to f32: exact for every finite value and infinity; a
+    /// NaN stays a NaN, quieted the way `half` quiets it. `bytes` must be one element
+    /// (`self.size()` bytes); anything else reads as NaN.
+    #[inline]
+    pub(crate) fn read_f32(self, bytes: &[u8]) -> f32 {
+        match (self, bytes) {
+            (WeightDtype::F32, &[a, b, c, d]) => f32::from_le_bytes([a, b, c, d]),
+            (WeightDtype::Bf16, &[a, b]) => half::bf16::from_le_bytes([a, b]).to_f32(),
+            (WeightDtype::F16, &[a, b]) => half::f16::from_le_bytes([a, b]).to_f32(),
+            _ => f32::NAN,
+        }
+    }
+}
+
+/// The element count of `shape`, `None` when it overflows `usize`.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// A weight's values as handed to [`Backend::upload_weight_raw`]: the stored bytes (borrowed
+/// from a checkpoint's mapping) or host f32 values (seeded demo weights).
+#[derive(Clone, Debug)]
+pub enum WeightView<'a> {
+    /// Little-endian elements of `dtype`, as stored.
+    Stored { dtype: WeightDtype, bytes: &'a [u8] },
+    /// f32 values on the host.
+    F32(Vec<f32>),
+}
+
+impl WeightView<'_> {
+    pub fn dtype(&self) -> WeightDtype {
+        match self {
+            WeightView::Stored { dtype, .. } => *dtype,
+            WeightView::F32(_) => WeightDtype::F32,
+        }
+    }
+
+    /// Number of whole elements (a stored view whose byte count is not a multiple of the
+    /// element size is refused by [`WeightView::check`]).
+    pub fn len(&self) -> usize {
+        match self {
+            WeightView::Stored { dtype, bytes } => bytes.len() / dtype.size(),
+            WeightView::F32(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Checks that the view holds exactly the elements of `shape` (for a stored view: exactly
+    /// `numel · size` bytes) and returns the element count. `op` names the caller in the error.
+    pub fn check(&self, op: &'static str, shape: &[usize]) -> BResult<usize> {
+        let Some(n) = checked_numel(shape) else {
+            return shape_err(op, format!("shape {shape:?} overflows the element count"));
+        };
+        let fits = match self {
+            WeightView::Stored { dtype, bytes } => n.checked_mul(dtype.size()) == Some(bytes.len()),
+            WeightView::F32(v) => v.len() == n,
+        };
+        if !fits {
+            let have = match self {
+                WeightView::Stored { bytes, .. } => format!("{} bytes", bytes.len()),
+                WeightView::F32(v) => format!("{} values", v.len()),
+            };
+            return shape_err(
+                op,
+                format!("{have} of {:?} for shape {shape:?}", self.dtype()),
+            );
+        }
+        Ok(n)
+    }
+
+    /// The values as f32 (exact: every stored dtype widens losslessly; see
+    /// [`WeightDtype::read_f32`]). A trailing partial element is dropped.
+    pub fn into_f32(self) -> Vec<f32> {
+        match self {
+            WeightView::F32(v) => v,
+            WeightView::Stored { dtype, bytes } => bytes
+                .chunks_exact(dtype.size())
+                .map(|c| dtype.read_f32(c))
+                .collect(),
+        }
     }
 }
 
@@ -226,6 +330,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Uploads a weight; the backend may store it in a narrower dtype.
     fn upload_weight(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
         self.upload(data, shape)
+    }
+    /// Uploads a weight given as stored (dtype + bytes borrowed from a checkpoint, or host f32)
+    /// in this backend's weight precision. The default checks the view against `shape`, widens
+    /// it to f32 and calls [`Backend::upload_weight`], so a backend that does not override it
+    /// stores exactly what `upload_weight` of the widened values stores. An override must store
+    /// the same bits (the CUDA backend copies bf16/f16 bytes as they are when they are already
+    /// in its storage dtype, and converts the others once on the host).
+    fn upload_weight_raw(&self, view: WeightView<'_>, shape: &[usize]) -> BResult<Tensor<Self>> {
+        view.check("upload_weight_raw", shape)?;
+        self.upload_weight(view.into_f32(), shape)
     }
     /// Uploads host data that a reduced-precision pipeline keeps in float32 (FLUX's RoPE cos/sin
     /// tables, diffusers' `.float()` islands). Same as `upload` for a float32 backend; the

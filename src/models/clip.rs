@@ -12,7 +12,7 @@
 //! Tensors are read under `text_model.` (as checkpoints store them) or without the prefix (as
 //! transformers 5 saves them); `text_model.embeddings.position_ids` is never read.
 
-use super::{load, Linear, MResult, ModelError, TensorSource};
+use super::{Linear, MResult, ModelError, TensorSource, Vb};
 use crate::backend::{Activation, BResult, Backend, Tensor};
 use crate::weights::config::JsonConfig;
 use crate::weights::WResult;
@@ -133,10 +133,10 @@ pub struct LayerNorm<B: Backend> {
 }
 
 impl<B: Backend> LayerNorm<B> {
-    fn load(be: &B, src: &dyn TensorSource, p: &str, d: usize) -> MResult<Self> {
+    fn load(vb: &Vb<'_, B>, d: usize) -> MResult<Self> {
         Ok(LayerNorm {
-            weight: load(be, src, &format!("{p}.weight"), &[d])?,
-            bias: load(be, src, &format!("{p}.bias"), &[d])?,
+            weight: vb.get(&[d], "weight")?,
+            bias: vb.get(&[d], "bias")?,
         })
     }
     pub fn forward(&self, be: &B, x: &Tensor<B>, eps: f32) -> BResult<Tensor<B>> {
@@ -200,93 +200,73 @@ pub struct ClipTextModel<B: Backend> {
 /// The prefix checkpoints store the text tower under.
 pub const TEXT_MODEL_PREFIX: &str = "text_model.";
 
+/// The tensor whose presence at the root tells an unprefixed checkpoint (transformers 5).
+const TOKEN_EMBEDDING: &str = "embeddings.token_embedding.weight";
+
 impl<B: Backend> ClipTextModel<B> {
     /// Loads from a source holding `text_model.*` or the same names without the prefix.
     pub fn load(be: &B, config: ClipTextConfig, src: &dyn TensorSource) -> MResult<Self> {
-        let pre = if src.has("embeddings.token_embedding.weight")
-            && !src.has("text_model.embeddings.token_embedding.weight")
-        {
-            ""
+        Self::load_vb(&Self::scope(&Vb::new(be, src)), config)
+    }
+
+    /// The scope of the text tower in a checkpoint: `text_model`, or the root when the tensors
+    /// are stored without the prefix.
+    pub fn scope<'a>(root: &Vb<'a, B>) -> Vb<'a, B> {
+        let prefixed = root.pp(TEXT_MODEL_PREFIX.trim_end_matches('.'));
+        if root.contains(TOKEN_EMBEDDING) && !prefixed.contains(TOKEN_EMBEDDING) {
+            root.clone()
         } else {
-            TEXT_MODEL_PREFIX
-        };
+            prefixed
+        }
+    }
+
+    /// Builds the text tower from the scope holding `embeddings`, `encoder` and
+    /// `final_layer_norm` (`text_model` in a checkpoint).
+    pub fn load_vb(vb: &Vb<'_, B>, config: ClipTextConfig) -> MResult<Self> {
         let c = &config;
         let (d, ff) = (c.hidden_size, c.intermediate_size);
         let embeddings = ClipTextEmbeddings {
-            token_embedding: load(
-                be,
-                src,
-                &format!("{pre}embeddings.token_embedding.weight"),
-                &[c.vocab_size, d],
-            )?,
-            position_embedding: load(
-                be,
-                src,
-                &format!("{pre}embeddings.position_embedding.weight"),
-                &[c.max_position_embeddings, d],
-            )?,
+            token_embedding: vb.get(&[c.vocab_size, d], TOKEN_EMBEDDING)?,
+            position_embedding: vb
+                .pp("embeddings")
+                .pp("position_embedding")
+                .get(&[c.max_position_embeddings, d], "weight")?,
         };
+        let enc = vb.pp("encoder").pp("layers");
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
-            let p = format!("{pre}encoder.layers.{i}");
-            let lin = |name: &str, i_: usize, o_: usize| {
-                Linear::load(be, src, &format!("{p}.{name}"), i_, o_, true)
-            };
+            let l = enc.pp(i);
+            let (sa, mlp) = (l.pp("self_attn"), l.pp("mlp"));
+            let lin = |vb: &Vb<'_, B>, i_: usize, o_: usize| Linear::load(vb, i_, o_, true);
             layers.push(ClipEncoderLayer {
-                layer_norm1: LayerNorm::load(be, src, &format!("{p}.layer_norm1"), d)?,
+                layer_norm1: LayerNorm::load(&l.pp("layer_norm1"), d)?,
                 self_attn: ClipAttention {
-                    q_proj: lin("self_attn.q_proj", d, d)?,
-                    k_proj: lin("self_attn.k_proj", d, d)?,
-                    v_proj: lin("self_attn.v_proj", d, d)?,
-                    out_proj: lin("self_attn.out_proj", d, d)?,
+                    q_proj: lin(&sa.pp("q_proj"), d, d)?,
+                    k_proj: lin(&sa.pp("k_proj"), d, d)?,
+                    v_proj: lin(&sa.pp("v_proj"), d, d)?,
+                    out_proj: lin(&sa.pp("out_proj"), d, d)?,
                 },
-                layer_norm2: LayerNorm::load(be, src, &format!("{p}.layer_norm2"), d)?,
+                layer_norm2: LayerNorm::load(&l.pp("layer_norm2"), d)?,
                 mlp: ClipMlp {
-                    fc1: lin("mlp.fc1", d, ff)?,
-                    fc2: lin("mlp.fc2", ff, d)?,
+                    fc1: lin(&mlp.pp("fc1"), d, ff)?,
+                    fc2: lin(&mlp.pp("fc2"), ff, d)?,
                 },
             });
         }
         Ok(ClipTextModel {
             embeddings,
             encoder: ClipEncoder { layers },
-            final_layer_norm: LayerNorm::load(be, src, &format!("{pre}final_layer_norm"), d)?,
+            final_layer_norm: LayerNorm::load(&vb.pp("final_layer_norm"), d)?,
             config,
         })
     }
 
-    /// The tensors this config implies (with the `text_model.` prefix): name, shape.
+    /// The tensors this config implies (with the `text_model.` prefix): name, shape. Recorded
+    /// from [`Self::load`].
     pub fn expected_tensors(c: &ClipTextConfig) -> Vec<(String, Vec<usize>)> {
-        let (d, ff) = (c.hidden_size, c.intermediate_size);
-        let p = TEXT_MODEL_PREFIX;
-        let mut v = vec![
-            (
-                format!("{p}embeddings.token_embedding.weight"),
-                vec![c.vocab_size, d],
-            ),
-            (
-                format!("{p}embeddings.position_embedding.weight"),
-                vec![c.max_position_embeddings, d],
-            ),
-        ];
-        for i in 0..c.num_hidden_layers {
-            let l = format!("{p}encoder.layers.{i}");
-            for n in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-                v.push((format!("{l}.self_attn.{n}.weight"), vec![d, d]));
-                v.push((format!("{l}.self_attn.{n}.bias"), vec![d]));
-            }
-            for n in ["layer_norm1", "layer_norm2"] {
-                v.push((format!("{l}.{n}.weight"), vec![d]));
-                v.push((format!("{l}.{n}.bias"), vec![d]));
-            }
-            v.push((format!("{l}.mlp.fc1.weight"), vec![ff, d]));
-            v.push((format!("{l}.mlp.fc1.bias"), vec![ff]));
-            v.push((format!("{l}.mlp.fc2.weight"), vec![d, ff]));
-            v.push((format!("{l}.mlp.fc2.bias"), vec![d]));
-        }
-        v.push((format!("{p}final_layer_norm.weight"), vec![d]));
-        v.push((format!("{p}final_layer_norm.bias"), vec![d]));
-        v
+        super::record_tensors(&[], |root| {
+            ClipTextModel::load_vb(&ClipTextModel::scope(root), c.clone()).map(drop)
+        })
     }
 
     /// Checks `ids` (`batch` rows of equal length) against the vocabulary and the position table;

@@ -10,7 +10,7 @@
 //! - Only positions up to the last valid token of the batch are computed: valid queries never
 //!   attend to masked keys, so their outputs are exactly those of the full-length run.
 
-use super::{load, Linear, MResult, ModelError, TensorSource};
+use super::{Linear, MResult, ModelError, TensorSource, Vb};
 use crate::backend::{Activation, BResult, Backend, Tensor};
 use crate::weights::config::JsonConfig;
 use crate::weights::WResult;
@@ -143,36 +143,47 @@ pub const EMBEDDING_NAMES: [&str; 2] = ["shared.weight", "encoder.embed_tokens.w
 
 impl<B: Backend> T5Encoder<B> {
     pub fn load(be: &B, config: T5Config, src: &dyn TensorSource) -> MResult<Self> {
+        Self::load_vb(&Vb::new(be, src), config)
+    }
+
+    /// Builds the encoder from the scope holding its tensors (the checkpoint root).
+    pub fn load_vb(vb: &Vb<'_, B>, config: T5Config) -> MResult<Self> {
         let c = &config;
         let (d, inner) = (c.d_model, c.inner_dim());
         let emb_name = EMBEDDING_NAMES
             .into_iter()
-            .find(|n| src.has(n))
+            .find(|n| vb.contains(n))
             .unwrap_or(EMBEDDING_NAMES[0]);
-        let shared = load(be, src, emb_name, &[c.vocab_size, d])?;
-        let rab = src.tensor(
-            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-            &[c.relative_attention_num_buckets, c.num_heads],
-        )?;
+        let shared = vb.get(&[c.vocab_size, d], emb_name)?;
+        let enc = vb.pp("encoder");
+        let blocks = enc.pp("block");
+        let rab = blocks
+            .pp(0)
+            .pp("layer")
+            .pp(0)
+            .pp("SelfAttention")
+            .pp("relative_attention_bias")
+            .get_host(&[c.relative_attention_num_buckets, c.num_heads], "weight")?;
+        let lin = |vb: &Vb<'_, B>, i_: usize, o_: usize| Linear::load(vb, i_, o_, false);
         let mut block = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
-            let p = format!("encoder.block.{i}.layer");
-            let lin = |name: &str, i_: usize, o_: usize| {
-                Linear::load(be, src, &format!("{p}.{name}"), i_, o_, false)
-            };
+            let layer = blocks.pp(i).pp("layer");
+            let (l0, l1) = (layer.pp(0), layer.pp(1));
+            let sa = l0.pp("SelfAttention");
+            let ff = l1.pp("DenseReluDense");
             block.push(T5Block {
-                layer_0_layer_norm: load(be, src, &format!("{p}.0.layer_norm.weight"), &[d])?,
+                layer_0_layer_norm: l0.pp("layer_norm").get(&[d], "weight")?,
                 self_attention: T5Attention {
-                    q: lin("0.SelfAttention.q", d, inner)?,
-                    k: lin("0.SelfAttention.k", d, inner)?,
-                    v: lin("0.SelfAttention.v", d, inner)?,
-                    o: lin("0.SelfAttention.o", inner, d)?,
+                    q: lin(&sa.pp("q"), d, inner)?,
+                    k: lin(&sa.pp("k"), d, inner)?,
+                    v: lin(&sa.pp("v"), d, inner)?,
+                    o: lin(&sa.pp("o"), inner, d)?,
                 },
-                layer_1_layer_norm: load(be, src, &format!("{p}.1.layer_norm.weight"), &[d])?,
+                layer_1_layer_norm: l1.pp("layer_norm").get(&[d], "weight")?,
                 dense_relu_dense: T5DenseGatedActDense {
-                    wi_0: lin("1.DenseReluDense.wi_0", d, c.d_ff)?,
-                    wi_1: lin("1.DenseReluDense.wi_1", d, c.d_ff)?,
-                    wo: lin("1.DenseReluDense.wo", c.d_ff, d)?,
+                    wi_0: lin(&ff.pp("wi_0"), d, c.d_ff)?,
+                    wi_1: lin(&ff.pp("wi_1"), d, c.d_ff)?,
+                    wo: lin(&ff.pp("wo"), c.d_ff, d)?,
                 },
             });
         }
@@ -180,33 +191,17 @@ impl<B: Backend> T5Encoder<B> {
             shared,
             relative_attention_bias: rab,
             block,
-            final_layer_norm: load(be, src, "encoder.final_layer_norm.weight", &[d])?,
+            final_layer_norm: enc.pp("final_layer_norm").get(&[d], "weight")?,
             config,
         })
     }
 
-    /// The tensors this config implies (for validation): name, shape.
+    /// The tensors this config implies (for validation): name, shape, with the embedding table
+    /// stored as `embedding_name` (one of [`EMBEDDING_NAMES`]). Recorded from [`Self::load`].
     pub fn expected_tensors(c: &T5Config, embedding_name: &str) -> Vec<(String, Vec<usize>)> {
-        let (d, inner) = (c.d_model, c.inner_dim());
-        let mut v = vec![(embedding_name.to_string(), vec![c.vocab_size, d])];
-        v.push((
-            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".into(),
-            vec![c.relative_attention_num_buckets, c.num_heads],
-        ));
-        for i in 0..c.num_layers {
-            let p = format!("encoder.block.{i}.layer");
-            v.push((format!("{p}.0.layer_norm.weight"), vec![d]));
-            for n in ["q", "k", "v"] {
-                v.push((format!("{p}.0.SelfAttention.{n}.weight"), vec![inner, d]));
-            }
-            v.push((format!("{p}.0.SelfAttention.o.weight"), vec![d, inner]));
-            v.push((format!("{p}.1.layer_norm.weight"), vec![d]));
-            v.push((format!("{p}.1.DenseReluDense.wi_0.weight"), vec![c.d_ff, d]));
-            v.push((format!("{p}.1.DenseReluDense.wi_1.weight"), vec![c.d_ff, d]));
-            v.push((format!("{p}.1.DenseReluDense.wo.weight"), vec![d, c.d_ff]));
-        }
-        v.push(("encoder.final_layer_norm.weight".into(), vec![d]));
-        v
+        super::record_tensors(&[embedding_name], |vb| {
+            T5Encoder::load_vb(vb, c.clone()).map(drop)
+        })
     }
 
     /// The relative position bias `[H, L, L]` for a sequence length.

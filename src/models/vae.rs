@@ -9,10 +9,10 @@
 //! config has no shift factor, FLUX's VAE (16 latent channels, no `quant_conv` /
 //! `post_quant_conv`) has one (flux-spec §8).
 
-use super::{load, Linear, MResult, ModelError, TensorSource};
+use super::{Linear, MResult, ModelError, TensorSource, Vb};
 use crate::backend::{BResult, Backend, Tensor};
 use crate::weights::config::JsonConfig;
-use crate::weights::{WResult, WeightsError};
+use crate::weights::WResult;
 use std::path::Path;
 
 /// GroupNorm eps of every decoder norm.
@@ -121,17 +121,10 @@ pub struct Conv2d<B: Backend> {
 }
 
 impl<B: Backend> Conv2d<B> {
-    fn load(
-        be: &B,
-        src: &dyn TensorSource,
-        p: &str,
-        cin: usize,
-        cout: usize,
-        k: usize,
-    ) -> MResult<Self> {
+    fn load(vb: &Vb<'_, B>, cin: usize, cout: usize, k: usize) -> MResult<Self> {
         Ok(Conv2d {
-            weight: load(be, src, &format!("{p}.weight"), &[cout, cin, k, k])?,
-            bias: load(be, src, &format!("{p}.bias"), &[cout])?,
+            weight: vb.get(&[cout, cin, k, k], "weight")?,
+            bias: vb.get(&[cout], "bias")?,
             padding: k / 2,
         })
     }
@@ -147,10 +140,10 @@ pub struct GroupNorm<B: Backend> {
 }
 
 impl<B: Backend> GroupNorm<B> {
-    fn load(be: &B, src: &dyn TensorSource, p: &str, c: usize) -> MResult<Self> {
+    fn load(vb: &Vb<'_, B>, c: usize) -> MResult<Self> {
         Ok(GroupNorm {
-            weight: load(be, src, &format!("{p}.weight"), &[c])?,
-            bias: load(be, src, &format!("{p}.bias"), &[c])?,
+            weight: vb.get(&[c], "weight")?,
+            bias: vb.get(&[c], "bias")?,
         })
     }
 }
@@ -165,21 +158,14 @@ pub struct ResnetBlock2D<B: Backend> {
 }
 
 impl<B: Backend> ResnetBlock2D<B> {
-    fn load(be: &B, src: &dyn TensorSource, p: &str, cin: usize, cout: usize) -> MResult<Self> {
+    fn load(vb: &Vb<'_, B>, cin: usize, cout: usize) -> MResult<Self> {
         Ok(ResnetBlock2D {
-            norm1: GroupNorm::load(be, src, &format!("{p}.norm1"), cin)?,
-            conv1: Conv2d::load(be, src, &format!("{p}.conv1"), cin, cout, 3)?,
-            norm2: GroupNorm::load(be, src, &format!("{p}.norm2"), cout)?,
-            conv2: Conv2d::load(be, src, &format!("{p}.conv2"), cout, cout, 3)?,
+            norm1: GroupNorm::load(&vb.pp("norm1"), cin)?,
+            conv1: Conv2d::load(&vb.pp("conv1"), cin, cout, 3)?,
+            norm2: GroupNorm::load(&vb.pp("norm2"), cout)?,
+            conv2: Conv2d::load(&vb.pp("conv2"), cout, cout, 3)?,
             conv_shortcut: if cin != cout {
-                Some(Conv2d::load(
-                    be,
-                    src,
-                    &format!("{p}.conv_shortcut"),
-                    cin,
-                    cout,
-                    1,
-                )?)
+                Some(Conv2d::load(&vb.pp("conv_shortcut"), cin, cout, 1)?)
             } else {
                 None
             },
@@ -224,44 +210,34 @@ pub struct VaeAttention<B: Backend> {
     pub to_out_0: Linear<B>,
 }
 
-/// Loads a `[c, c]` linear stored as `{new}` or `{legacy}` (`query`/`key`/`value`/`proj_attn`),
-/// the legacy form also as a `[c, c, 1, 1]` convolution weight.
+/// Loads the `[c, c]` linear `new`, or its legacy form `legacy`
+/// (`query`/`key`/`value`/`proj_attn`), the legacy form also as a `[c, c, 1, 1]` convolution
+/// weight.
 fn load_attn_linear<B: Backend>(
-    be: &B,
-    src: &dyn TensorSource,
-    p: &str,
-    new: &str,
-    legacy: &str,
+    new: &Vb<'_, B>,
+    legacy: &Vb<'_, B>,
     c: usize,
 ) -> MResult<Linear<B>> {
-    let name = if src.has(&format!("{p}.{new}.weight")) {
-        format!("{p}.{new}")
-    } else if src.has(&format!("{p}.{legacy}.weight")) {
-        format!("{p}.{legacy}")
+    let lin = if !new.contains("weight") && legacy.contains("weight") {
+        legacy
     } else {
-        format!("{p}.{new}")
-    };
-    let w = match src.tensor(&format!("{name}.weight"), &[c, c]) {
-        Ok(w) => w,
-        Err(WeightsError::ShapeMismatch { actual, .. }) if actual == [c, c, 1, 1] => {
-            src.tensor(&format!("{name}.weight"), &[c, c, 1, 1])?
-        }
-        Err(e) => return Err(e.into()),
+        new
     };
     Ok(Linear {
-        weight: be.upload_weight(w, &[c, c])?,
-        bias: Some(load(be, src, &format!("{name}.bias"), &[c])?),
+        weight: lin.get_reshaped(&[c, c], &[c, c, 1, 1], "weight")?,
+        bias: Some(lin.get(&[c], "bias")?),
     })
 }
 
 impl<B: Backend> VaeAttention<B> {
-    fn load(be: &B, src: &dyn TensorSource, p: &str, c: usize) -> MResult<Self> {
+    fn load(vb: &Vb<'_, B>, c: usize) -> MResult<Self> {
+        let l = |new: Vb<'_, B>, legacy: &str| load_attn_linear(&new, &vb.pp(legacy), c);
         Ok(VaeAttention {
-            group_norm: GroupNorm::load(be, src, &format!("{p}.group_norm"), c)?,
-            to_q: load_attn_linear(be, src, p, "to_q", "query", c)?,
-            to_k: load_attn_linear(be, src, p, "to_k", "key", c)?,
-            to_v: load_attn_linear(be, src, p, "to_v", "value", c)?,
-            to_out_0: load_attn_linear(be, src, p, "to_out.0", "proj_attn", c)?,
+            group_norm: GroupNorm::load(&vb.pp("group_norm"), c)?,
+            to_q: l(vb.pp("to_q"), "query")?,
+            to_k: l(vb.pp("to_k"), "key")?,
+            to_v: l(vb.pp("to_v"), "value")?,
+            to_out_0: l(vb.pp("to_out").pp(0), "proj_attn")?,
         })
     }
 
@@ -307,56 +283,55 @@ pub struct VaeDecoder<B: Backend> {
 
 impl<B: Backend> VaeDecoder<B> {
     pub fn load(be: &B, config: VaeConfig, src: &dyn TensorSource) -> MResult<Self> {
+        Self::load_vb(&Vb::new(be, src), config)
+    }
+
+    /// Builds the decoder from the scope holding `post_quant_conv` and `decoder` (the checkpoint
+    /// root).
+    pub fn load_vb(vb: &Vb<'_, B>, config: VaeConfig) -> MResult<Self> {
         let c = &config;
         let boc = &c.block_out_channels;
-        let top = *boc.last().expect("validated non-empty");
+        let (Some(&top), Some(&bottom)) = (boc.last(), boc.first()) else {
+            return Err(ModelError::Input("VAE block_out_channels is empty".into()));
+        };
         let lat = c.latent_channels;
         let post_quant_conv = if c.use_post_quant_conv {
-            Some(Conv2d::load(be, src, "post_quant_conv", lat, lat, 1)?)
+            Some(Conv2d::load(&vb.pp("post_quant_conv"), lat, lat, 1)?)
         } else {
             None
         };
-        let conv_in = Conv2d::load(be, src, "decoder.conv_in", lat, top, 3)?;
-        let mid = "decoder.mid_block";
+        let dec = vb.pp("decoder");
+        let conv_in = Conv2d::load(&dec.pp("conv_in"), lat, top, 3)?;
+        let mid = dec.pp("mid_block");
+        let mid_resnets = mid.pp("resnets");
         let mid_block = MidBlock {
             resnets: vec![
-                ResnetBlock2D::load(be, src, &format!("{mid}.resnets.0"), top, top)?,
-                ResnetBlock2D::load(be, src, &format!("{mid}.resnets.1"), top, top)?,
+                ResnetBlock2D::load(&mid_resnets.pp(0), top, top)?,
+                ResnetBlock2D::load(&mid_resnets.pp(1), top, top)?,
             ],
             attention: if c.mid_block_add_attention {
-                Some(VaeAttention::load(
-                    be,
-                    src,
-                    &format!("{mid}.attentions.0"),
-                    top,
-                )?)
+                Some(VaeAttention::load(&mid.pp("attentions").pp(0), top)?)
             } else {
                 None
             },
         };
         let rev: Vec<usize> = boc.iter().rev().copied().collect();
+        let ups = dec.pp("up_blocks");
         let mut up_blocks = Vec::with_capacity(rev.len());
-        let mut out_ch = rev[0];
+        let mut out_ch = top;
         for (i, &ch) in rev.iter().enumerate() {
             let prev = out_ch;
             out_ch = ch;
-            let p = format!("decoder.up_blocks.{i}");
+            let ub = ups.pp(i);
+            let res = ub.pp("resnets");
             let mut resnets = Vec::with_capacity(c.layers_per_block + 1);
             for j in 0..=c.layers_per_block {
                 let cin = if j == 0 { prev } else { out_ch };
-                resnets.push(ResnetBlock2D::load(
-                    be,
-                    src,
-                    &format!("{p}.resnets.{j}"),
-                    cin,
-                    out_ch,
-                )?);
+                resnets.push(ResnetBlock2D::load(&res.pp(j), cin, out_ch)?);
             }
             let upsampler = if i + 1 < rev.len() {
                 Some(Conv2d::load(
-                    be,
-                    src,
-                    &format!("{p}.upsamplers.0.conv"),
+                    &ub.pp("upsamplers").pp(0).pp("conv"),
                     out_ch,
                     out_ch,
                     3,
@@ -367,8 +342,8 @@ impl<B: Backend> VaeDecoder<B> {
             up_blocks.push(UpDecoderBlock { resnets, upsampler });
         }
         Ok(VaeDecoder {
-            conv_norm_out: GroupNorm::load(be, src, "decoder.conv_norm_out", boc[0])?,
-            conv_out: Conv2d::load(be, src, "decoder.conv_out", boc[0], c.out_channels, 3)?,
+            conv_norm_out: GroupNorm::load(&dec.pp("conv_norm_out"), bottom)?,
+            conv_out: Conv2d::load(&dec.pp("conv_out"), bottom, c.out_channels, 3)?,
             post_quant_conv,
             conv_in,
             mid_block,

@@ -1,9 +1,11 @@
 //! Reading checkpoints: safetensors files by mmap (single or sharded through an index json),
-//! dtype conversion to f32, diffusers config.json parsing and the weights manifests.
+//! tensors as stored (typed views of the mapping) or converted to f32, diffusers config.json
+//! parsing and the weights manifests.
 
 pub mod config;
 pub mod manifest;
 
+use crate::backend::{WeightDtype, WeightView};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
@@ -77,6 +79,9 @@ pub struct TensorInfo {
     pub shape: Vec<usize>,
     pub dtype: Dtype,
     shard: usize,
+    /// Byte range of the data inside the shard's mapping (from the header, parsed once).
+    start: usize,
+    end: usize,
 }
 
 /// A set of safetensors files seen as one name → tensor map.
@@ -149,7 +154,9 @@ impl WeightStore {
                 path: path.clone(),
                 detail: e.to_string(),
             })?;
+            let base = mmap.as_ptr() as usize;
             for (name, view) in st.tensors() {
+                let start = view.data().as_ptr() as usize - base;
                 if tensors.contains_key(&name) {
                     return Err(WeightsError::Layout {
                         path: path.clone(),
@@ -162,6 +169,8 @@ impl WeightStore {
                         shape: view.shape().to_vec(),
                         dtype: view.dtype(),
                         shard: si,
+                        start,
+                        end: start + view.data().len(),
                     },
                 );
             }
@@ -205,6 +214,12 @@ impl WeightStore {
 
     /// Reads a weight as f32, checking its shape. Accepts F32, F16 and BF16 on disk.
     pub fn get_f32(&self, name: &str, expected: &[usize]) -> WResult<Vec<f32>> {
+        Ok(self.get_view(name, expected)?.into_f32())
+    }
+
+    /// A weight as stored (F32, F16 or BF16 bytes borrowed from the mapping), checking its
+    /// shape.
+    pub fn get_view(&self, name: &str, expected: &[usize]) -> WResult<WeightView<'_>> {
         let info = self
             .tensors
             .get(name)
@@ -222,37 +237,44 @@ impl WeightStore {
                 actual: info.shape.clone(),
             });
         }
-        let st = SafeTensors::deserialize(&shard.mmap).map_err(|e| WeightsError::Corrupt {
-            path: shard.path.clone(),
-            detail: e.to_string(),
-        })?;
-        let view = st.tensor(name).map_err(|e| WeightsError::Corrupt {
-            path: shard.path.clone(),
-            detail: e.to_string(),
-        })?;
-        bytes_to_f32(view.dtype(), view.data(), false).ok_or_else(|| WeightsError::BadDtype {
+        let dtype = weight_dtype(info.dtype).ok_or_else(|| WeightsError::BadDtype {
             path: shard.path.clone(),
             name: name.to_string(),
-            dtype: format!("{:?}", view.dtype()),
+            dtype: format!("{:?}", info.dtype),
             allowed: "F32, F16, BF16",
-        })
+        })?;
+        let bytes = shard
+            .mmap
+            .get(info.start..info.end)
+            .ok_or_else(|| WeightsError::Corrupt {
+                path: shard.path.clone(),
+                detail: format!("tensor `{name}` lies outside the file"),
+            })?;
+        Ok(WeightView::Stored { dtype, bytes })
     }
 }
 
-/// Converts little-endian tensor bytes to f32. With `allow_ints`, I64/I32 (timesteps, masks,
-/// ids), U8 (images) and F64 are accepted too. Returns None for unsupported dtypes.
+/// The weight dtype of a safetensors float dtype (F32, BF16, F16); `None` for the others.
+fn weight_dtype(dtype: Dtype) -> Option<WeightDtype> {
+    match dtype {
+        Dtype::F32 => Some(WeightDtype::F32),
+        Dtype::BF16 => Some(WeightDtype::Bf16),
+        Dtype::F16 => Some(WeightDtype::F16),
+        _ => None,
+    }
+}
+
+/// Converts little-endian tensor bytes to f32 (floats as [`WeightView::into_f32`] widens
+/// weights). With `allow_ints`, I64/I32 (timesteps, masks, ids), U8 (images) and F64 are
+/// accepted too. Returns None for unsupported dtypes.
 pub fn bytes_to_f32(dtype: Dtype, data: &[u8], allow_ints: bool) -> Option<Vec<f32>> {
     fn chunks<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
         data.chunks_exact(N).map(|c| c.try_into().unwrap())
     }
+    if let Some(dtype) = weight_dtype(dtype) {
+        return Some(WeightView::Stored { dtype, bytes: data }.into_f32());
+    }
     Some(match dtype {
-        Dtype::F32 => chunks::<4>(data).map(f32::from_le_bytes).collect(),
-        Dtype::F16 => chunks::<2>(data)
-            .map(|b| half::f16::from_le_bytes(b).to_f32())
-            .collect(),
-        Dtype::BF16 => chunks::<2>(data)
-            .map(|b| half::bf16::from_le_bytes(b).to_f32())
-            .collect(),
         Dtype::F64 if allow_ints => chunks::<8>(data)
             .map(|b| f64::from_le_bytes(b) as f32)
             .collect(),

@@ -42,7 +42,7 @@ pub use launch::ptx_entries;
 pub use memory::DevBuf;
 
 use super::KERNEL_SOURCES;
-use crate::backend::{Activation, BResult, Backend, BackendError, Precision, Tensor};
+use crate::backend::{Activation, BResult, Backend, BackendError, Precision, Tensor, WeightView};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 use gemm::Lt;
@@ -185,6 +185,19 @@ impl Backend for CudaBackend {
 
     fn upload(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
         self.upload_as(&data, shape, self.dtype)
+    }
+
+    /// Weights go to the device in the storage dtype straight from their stored bytes
+    /// ([`DType::encode_stored`]: as they are when the dtypes agree, else converted once on the
+    /// host); the bits are those `upload_weight` of the widened values stores.
+    fn upload_weight_raw(&self, view: WeightView<'_>, shape: &[usize]) -> BResult<Tensor<Self>> {
+        let n = view.check("upload_weight_raw", shape)?;
+        match view {
+            WeightView::F32(data) => self.upload_weight(data, shape),
+            WeightView::Stored { dtype, bytes } => {
+                self.upload_bytes(self.dtype.encode_stored(dtype, bytes), n, shape, self.dtype)
+            }
+        }
     }
 
     fn upload_f32(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {

@@ -115,77 +115,12 @@ impl FluxConfig {
         Ok(cfg)
     }
 
-    /// Every tensor the checkpoint must hold, with its shape (diffusers names).
+    /// Every tensor the checkpoint must hold, with its shape (diffusers names), in load
+    /// order: what [`super::FluxTransformer::load`] reads, recorded on the shape-only backend.
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let d = self.inner_dim();
-        let hd = self.attention_head_dim;
-        let m = self.mlp_dim();
-        let mut v: Vec<(String, Vec<usize>)> = Vec::new();
-        let mut lin = |p: &str, i: usize, o: usize| {
-            v.push((format!("{p}.weight"), vec![o, i]));
-            v.push((format!("{p}.bias"), vec![o]));
-        };
-        lin("x_embedder", self.in_channels, d);
-        lin("context_embedder", self.joint_attention_dim, d);
-        let te = "time_text_embed";
-        lin(&format!("{te}.timestep_embedder.linear_1"), 256, d);
-        lin(&format!("{te}.timestep_embedder.linear_2"), d, d);
-        if self.guidance_embeds {
-            lin(&format!("{te}.guidance_embedder.linear_1"), 256, d);
-            lin(&format!("{te}.guidance_embedder.linear_2"), d, d);
-        }
-        lin(
-            &format!("{te}.text_embedder.linear_1"),
-            self.pooled_projection_dim,
-            d,
-        );
-        lin(&format!("{te}.text_embedder.linear_2"), d, d);
-        for i in 0..self.num_layers {
-            let b = format!("transformer_blocks.{i}");
-            lin(&format!("{b}.norm1.linear"), d, 6 * d);
-            lin(&format!("{b}.norm1_context.linear"), d, 6 * d);
-            for p in [
-                "to_q",
-                "to_k",
-                "to_v",
-                "add_q_proj",
-                "add_k_proj",
-                "add_v_proj",
-                "to_out.0",
-                "to_add_out",
-            ] {
-                lin(&format!("{b}.attn.{p}"), d, d);
-            }
-            lin(&format!("{b}.ff.net.0.proj"), d, m);
-            lin(&format!("{b}.ff.net.2"), m, d);
-            lin(&format!("{b}.ff_context.net.0.proj"), d, m);
-            lin(&format!("{b}.ff_context.net.2"), m, d);
-        }
-        for i in 0..self.num_single_layers {
-            let b = format!("single_transformer_blocks.{i}");
-            lin(&format!("{b}.norm.linear"), d, 3 * d);
-            for p in ["to_q", "to_k", "to_v"] {
-                lin(&format!("{b}.attn.{p}"), d, d);
-            }
-            lin(&format!("{b}.proj_mlp"), d, m);
-            lin(&format!("{b}.proj_out"), d + m, d);
-        }
-        lin("norm_out.linear", d, 2 * d);
-        lin("proj_out", d, self.proj_out_dim());
-        for i in 0..self.num_layers {
-            for n in ["norm_q", "norm_k", "norm_added_q", "norm_added_k"] {
-                v.push((format!("transformer_blocks.{i}.attn.{n}.weight"), vec![hd]));
-            }
-        }
-        for i in 0..self.num_single_layers {
-            for n in ["norm_q", "norm_k"] {
-                v.push((
-                    format!("single_transformer_blocks.{i}.attn.{n}.weight"),
-                    vec![hd],
-                ));
-            }
-        }
-        v
+        crate::models::record_tensors(&[], |vb| {
+            super::FluxTransformer::load_vb(vb, self.clone()).map(drop)
+        })
     }
 }
 

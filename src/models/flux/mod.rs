@@ -16,7 +16,7 @@ pub mod config;
 pub use config::FluxConfig;
 
 use super::embeddings::timestep_embeddings;
-use super::{load, Linear, MResult, ModelError, TensorSource, TimestepEmbedding};
+use super::{Linear, MResult, ModelError, TensorSource, TimestepEmbedding, Vb};
 use crate::backend::{Activation, BResult, Backend, Tensor};
 use crate::cache::{ComponentCache, NoCache};
 
@@ -83,10 +83,11 @@ pub struct FeedForward<B: Backend> {
 }
 
 impl<B: Backend> FeedForward<B> {
-    fn load(be: &B, src: &dyn TensorSource, p: &str, d: usize, m: usize) -> MResult<Self> {
+    fn load(vb: &Vb<'_, B>, d: usize, m: usize) -> MResult<Self> {
+        let net = vb.pp("net");
         Ok(FeedForward {
-            net_0_proj: Linear::load(be, src, &format!("{p}.net.0.proj"), d, m, true)?,
-            net_2: Linear::load(be, src, &format!("{p}.net.2"), m, d, true)?,
+            net_0_proj: Linear::load(&net.pp(0).pp("proj"), d, m, true)?,
+            net_2: Linear::load(&net.pp(2), m, d, true)?,
         })
     }
     fn forward(&self, be: &B, x: &Tensor<B>) -> BResult<Tensor<B>> {
@@ -216,25 +217,27 @@ fn broadcast_batch(v: &[f32], n: usize, what: &str) -> MResult<Vec<f32>> {
 impl<B: Backend> FluxTransformer<B> {
     /// Builds the model from a tensor source (checkpoint or seeded random weights).
     pub fn load(be: &B, config: FluxConfig, src: &dyn TensorSource) -> MResult<Self> {
+        Self::load_vb(&Vb::new(be, src), config)
+    }
+
+    /// Builds the model from the scope holding its tensors (the checkpoint root).
+    pub fn load_vb(vb: &Vb<'_, B>, config: FluxConfig) -> MResult<Self> {
         let c = &config;
         let d = c.inner_dim();
         let hd = c.attention_head_dim;
         let m = c.mlp_dim();
-        let lin = |p: &str, i: usize, o: usize| Linear::load(be, src, p, i, o, true);
-        let te = "time_text_embed";
+        let lin = |vb: &Vb<'_, B>, i: usize, o: usize| Linear::load(vb, i, o, true);
+        let ada = |vb: &Vb<'_, B>, k: usize| -> MResult<AdaNorm<B>> {
+            Ok(AdaNorm {
+                linear: lin(&vb.pp("linear"), d, k * d)?,
+            })
+        };
+        let te = vb.pp("time_text_embed");
         let time_text_embed = TimeTextEmbed {
-            timestep_embedder: TimestepEmbedding::load(
-                be,
-                src,
-                &format!("{te}.timestep_embedder"),
-                256,
-                d,
-            )?,
+            timestep_embedder: TimestepEmbedding::load(&te.pp("timestep_embedder"), 256, d)?,
             guidance_embedder: if c.guidance_embeds {
                 Some(TimestepEmbedding::load(
-                    be,
-                    src,
-                    &format!("{te}.guidance_embedder"),
+                    &te.pp("guidance_embedder"),
                     256,
                     d,
                 )?)
@@ -242,71 +245,63 @@ impl<B: Backend> FluxTransformer<B> {
                 None
             },
             text_embedder: TimestepEmbedding::load(
-                be,
-                src,
-                &format!("{te}.text_embedder"),
+                &te.pp("text_embedder"),
                 c.pooled_projection_dim,
                 d,
             )?,
         };
+        let blocks = vb.pp("transformer_blocks");
         let mut transformer_blocks = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
-            let b = format!("transformer_blocks.{i}");
-            let a = format!("{b}.attn");
+            let b = blocks.pp(i);
+            let a = b.pp("attn");
             transformer_blocks.push(FluxTransformerBlock {
-                norm1: AdaNorm {
-                    linear: lin(&format!("{b}.norm1.linear"), d, 6 * d)?,
-                },
-                norm1_context: AdaNorm {
-                    linear: lin(&format!("{b}.norm1_context.linear"), d, 6 * d)?,
-                },
+                norm1: ada(&b.pp("norm1"), 6)?,
+                norm1_context: ada(&b.pp("norm1_context"), 6)?,
                 attn: JointAttention {
-                    to_q: lin(&format!("{a}.to_q"), d, d)?,
-                    to_k: lin(&format!("{a}.to_k"), d, d)?,
-                    to_v: lin(&format!("{a}.to_v"), d, d)?,
-                    norm_q: load(be, src, &format!("{a}.norm_q.weight"), &[hd])?,
-                    norm_k: load(be, src, &format!("{a}.norm_k.weight"), &[hd])?,
-                    add_q_proj: lin(&format!("{a}.add_q_proj"), d, d)?,
-                    add_k_proj: lin(&format!("{a}.add_k_proj"), d, d)?,
-                    add_v_proj: lin(&format!("{a}.add_v_proj"), d, d)?,
-                    norm_added_q: load(be, src, &format!("{a}.norm_added_q.weight"), &[hd])?,
-                    norm_added_k: load(be, src, &format!("{a}.norm_added_k.weight"), &[hd])?,
-                    to_out_0: lin(&format!("{a}.to_out.0"), d, d)?,
-                    to_add_out: lin(&format!("{a}.to_add_out"), d, d)?,
+                    to_q: lin(&a.pp("to_q"), d, d)?,
+                    to_k: lin(&a.pp("to_k"), d, d)?,
+                    to_v: lin(&a.pp("to_v"), d, d)?,
+                    norm_q: a.pp("norm_q").get(&[hd], "weight")?,
+                    norm_k: a.pp("norm_k").get(&[hd], "weight")?,
+                    add_q_proj: lin(&a.pp("add_q_proj"), d, d)?,
+                    add_k_proj: lin(&a.pp("add_k_proj"), d, d)?,
+                    add_v_proj: lin(&a.pp("add_v_proj"), d, d)?,
+                    norm_added_q: a.pp("norm_added_q").get(&[hd], "weight")?,
+                    norm_added_k: a.pp("norm_added_k").get(&[hd], "weight")?,
+                    to_out_0: lin(&a.pp("to_out").pp(0), d, d)?,
+                    to_add_out: lin(&a.pp("to_add_out"), d, d)?,
                 },
-                ff: FeedForward::load(be, src, &format!("{b}.ff"), d, m)?,
-                ff_context: FeedForward::load(be, src, &format!("{b}.ff_context"), d, m)?,
+                ff: FeedForward::load(&b.pp("ff"), d, m)?,
+                ff_context: FeedForward::load(&b.pp("ff_context"), d, m)?,
             });
         }
+        let singles = vb.pp("single_transformer_blocks");
         let mut single_transformer_blocks = Vec::with_capacity(c.num_single_layers);
         for i in 0..c.num_single_layers {
-            let b = format!("single_transformer_blocks.{i}");
-            let a = format!("{b}.attn");
+            let b = singles.pp(i);
+            let a = b.pp("attn");
             single_transformer_blocks.push(FluxSingleTransformerBlock {
-                norm: AdaNorm {
-                    linear: lin(&format!("{b}.norm.linear"), d, 3 * d)?,
-                },
+                norm: ada(&b.pp("norm"), 3)?,
                 attn: SingleAttention {
-                    to_q: lin(&format!("{a}.to_q"), d, d)?,
-                    to_k: lin(&format!("{a}.to_k"), d, d)?,
-                    to_v: lin(&format!("{a}.to_v"), d, d)?,
-                    norm_q: load(be, src, &format!("{a}.norm_q.weight"), &[hd])?,
-                    norm_k: load(be, src, &format!("{a}.norm_k.weight"), &[hd])?,
+                    to_q: lin(&a.pp("to_q"), d, d)?,
+                    to_k: lin(&a.pp("to_k"), d, d)?,
+                    to_v: lin(&a.pp("to_v"), d, d)?,
+                    norm_q: a.pp("norm_q").get(&[hd], "weight")?,
+                    norm_k: a.pp("norm_k").get(&[hd], "weight")?,
                 },
-                proj_mlp: lin(&format!("{b}.proj_mlp"), d, m)?,
-                proj_out: lin(&format!("{b}.proj_out"), d + m, d)?,
+                proj_mlp: lin(&b.pp("proj_mlp"), d, m)?,
+                proj_out: lin(&b.pp("proj_out"), d + m, d)?,
             });
         }
         Ok(FluxTransformer {
-            x_embedder: lin("x_embedder", c.in_channels, d)?,
-            context_embedder: lin("context_embedder", c.joint_attention_dim, d)?,
+            x_embedder: lin(&vb.pp("x_embedder"), c.in_channels, d)?,
+            context_embedder: lin(&vb.pp("context_embedder"), c.joint_attention_dim, d)?,
             time_text_embed,
             transformer_blocks,
             single_transformer_blocks,
-            norm_out: AdaNorm {
-                linear: lin("norm_out.linear", d, 2 * d)?,
-            },
-            proj_out: lin("proj_out", d, c.proj_out_dim())?,
+            norm_out: ada(&vb.pp("norm_out"), 2)?,
+            proj_out: lin(&vb.pp("proj_out"), d, c.proj_out_dim())?,
             config,
         })
     }

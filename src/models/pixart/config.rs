@@ -175,96 +175,12 @@ impl PixArtConfig {
         }
     }
 
-    /// The tensor names and shapes this config implies, in checkpoint order.
+    /// The tensor names and shapes this config implies, in load order: what
+    /// [`super::PixArtTransformer::load`] reads, recorded on the shape-only backend.
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let d = self.inner_dim();
-        let mut v: Vec<(String, Vec<usize>)> = Vec::new();
-        let lin = |v: &mut Vec<(String, Vec<usize>)>, p: &str, i: usize, o: usize, bias: bool| {
-            v.push((format!("{p}.weight"), vec![o, i]));
-            if bias {
-                v.push((format!("{p}.bias"), vec![o]));
-            }
-        };
-        let p = self.patch_size;
-        v.push((
-            "pos_embed.proj.weight".into(),
-            vec![d, self.in_channels, p, p],
-        ));
-        v.push(("pos_embed.proj.bias".into(), vec![d]));
-        if let Some(cc) = self.caption_channels {
-            lin(&mut v, "caption_projection.linear_1", cc, d, true);
-            lin(&mut v, "caption_projection.linear_2", d, d, true);
-        }
-        lin(
-            &mut v,
-            "adaln_single.emb.timestep_embedder.linear_1",
-            256,
-            d,
-            true,
-        );
-        lin(
-            &mut v,
-            "adaln_single.emb.timestep_embedder.linear_2",
-            d,
-            d,
-            true,
-        );
-        if self.use_additional_conditions {
-            let s = d / 3;
-            for e in ["resolution_embedder", "aspect_ratio_embedder"] {
-                lin(
-                    &mut v,
-                    &format!("adaln_single.emb.{e}.linear_1"),
-                    256,
-                    s,
-                    true,
-                );
-                lin(
-                    &mut v,
-                    &format!("adaln_single.emb.{e}.linear_2"),
-                    s,
-                    s,
-                    true,
-                );
-            }
-        }
-        lin(&mut v, "adaln_single.linear", d, 6 * d, true);
-        let ab = self.attention_bias;
-        for i in 0..self.num_layers {
-            let b = format!("transformer_blocks.{i}");
-            v.push((format!("{b}.scale_shift_table"), vec![6, d]));
-            lin(&mut v, &format!("{b}.attn1.to_q"), d, d, ab);
-            lin(&mut v, &format!("{b}.attn1.to_k"), d, d, ab);
-            lin(&mut v, &format!("{b}.attn1.to_v"), d, d, ab);
-            lin(&mut v, &format!("{b}.attn1.to_out.0"), d, d, true);
-            lin(&mut v, &format!("{b}.attn2.to_q"), d, d, ab);
-            lin(
-                &mut v,
-                &format!("{b}.attn2.to_k"),
-                self.cross_attention_dim,
-                d,
-                ab,
-            );
-            lin(
-                &mut v,
-                &format!("{b}.attn2.to_v"),
-                self.cross_attention_dim,
-                d,
-                ab,
-            );
-            lin(&mut v, &format!("{b}.attn2.to_out.0"), d, d, true);
-            lin(
-                &mut v,
-                &format!("{b}.ff.net.0.proj"),
-                d,
-                self.ff_inner_dim,
-                true,
-            );
-            lin(&mut v, &format!("{b}.ff.net.2"), self.ff_inner_dim, d, true);
-        }
-        v.push(("scale_shift_table".into(), vec![2, d]));
-        lin(&mut v, "proj_out", d, p * p * self.out_channels, true);
-        v
+        crate::models::record_tensors(&[], |vb| {
+            super::PixArtTransformer::load_vb(vb, self.clone()).map(drop)
+        })
     }
 }
 
@@ -288,6 +204,31 @@ mod tests {
         assert!(!c.use_additional_conditions);
         assert_eq!(c.expected_tensors().len(), 603);
         assert_eq!(c, PixArtConfig::xl2(32, true));
+    }
+
+    /// The shipped PixArt manifests hold exactly the tensors the loader reads for their configs.
+    #[test]
+    fn manifests_match_the_recorded_tensors() {
+        use std::collections::BTreeMap;
+        let mut seen = 0;
+        for m in crate::weights::manifest::manifests() {
+            let c = JsonConfig {
+                path: m.name.clone().into(),
+                map: m.config.clone(),
+            };
+            if crate::models::flux::FluxConfig::is_flux(&c) {
+                continue;
+            }
+            seen += 1;
+            let want: BTreeMap<_, _> = PixArtConfig::from_json(&c)
+                .unwrap()
+                .expected_tensors()
+                .into_iter()
+                .collect();
+            let got: BTreeMap<_, _> = m.tensors.iter().cloned().collect();
+            assert_eq!(got, want, "{}", m.name);
+        }
+        assert_eq!(seen, 7);
     }
 
     #[test]

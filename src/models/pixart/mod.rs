@@ -6,7 +6,7 @@ pub mod config;
 pub use config::PixArtConfig;
 
 use super::embeddings::{sincos_pos_embed_2d, timestep_embeddings};
-use super::{load, Linear, MResult, ModelError, TensorSource, TimestepEmbedding};
+use super::{Linear, MResult, ModelError, TensorSource, TimestepEmbedding, Vb};
 use crate::backend::{Activation, BResult, Backend, Tensor};
 use crate::cache::{ComponentCache, NoCache};
 use std::collections::HashMap;
@@ -53,19 +53,12 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    fn load(
-        be: &B,
-        src: &dyn TensorSource,
-        p: &str,
-        d: usize,
-        kv: usize,
-        bias: bool,
-    ) -> MResult<Self> {
+    fn load(vb: &Vb<'_, B>, d: usize, kv: usize, bias: bool) -> MResult<Self> {
         Ok(Attention {
-            to_q: Linear::load(be, src, &format!("{p}.to_q"), d, d, bias)?,
-            to_k: Linear::load(be, src, &format!("{p}.to_k"), kv, d, bias)?,
-            to_v: Linear::load(be, src, &format!("{p}.to_v"), kv, d, bias)?,
-            to_out_0: Linear::load(be, src, &format!("{p}.to_out.0"), d, d, true)?,
+            to_q: Linear::load(&vb.pp("to_q"), d, d, bias)?,
+            to_k: Linear::load(&vb.pp("to_k"), kv, d, bias)?,
+            to_v: Linear::load(&vb.pp("to_v"), kv, d, bias)?,
+            to_out_0: Linear::load(&vb.pp("to_out").pp(0), d, d, true)?,
         })
     }
 }
@@ -136,35 +129,41 @@ fn input_err(msg: impl Into<String>) -> ModelError {
 impl<B: Backend> PixArtTransformer<B> {
     /// Builds the model from a tensor source (checkpoint or seeded random weights).
     pub fn load(be: &B, config: PixArtConfig, src: &dyn TensorSource) -> MResult<Self> {
+        Self::load_vb(&Vb::new(be, src), config)
+    }
+
+    /// Builds the model from the scope holding its tensors (the checkpoint root).
+    pub fn load_vb(vb: &Vb<'_, B>, config: PixArtConfig) -> MResult<Self> {
         let c = &config;
         let d = c.inner_dim();
         let p = c.patch_size;
+        let pe = vb.pp("pos_embed").pp("proj");
         let pos_embed = PatchEmbed {
-            proj_weight: load(be, src, "pos_embed.proj.weight", &[d, c.in_channels, p, p])?,
-            proj_bias: load(be, src, "pos_embed.proj.bias", &[d])?,
+            proj_weight: pe.get(&[d, c.in_channels, p, p], "weight")?,
+            proj_bias: pe.get(&[d], "bias")?,
         };
         let caption_projection = match c.caption_channels {
-            Some(cc) => Some(CaptionProjection {
-                linear_1: Linear::load(be, src, "caption_projection.linear_1", cc, d, true)?,
-                linear_2: Linear::load(be, src, "caption_projection.linear_2", d, d, true)?,
-            }),
+            Some(cc) => {
+                let vb = vb.pp("caption_projection");
+                Some(CaptionProjection {
+                    linear_1: Linear::load(&vb.pp("linear_1"), cc, d, true)?,
+                    linear_2: Linear::load(&vb.pp("linear_2"), d, d, true)?,
+                })
+            }
             None => None,
         };
-        let pre = "adaln_single.emb";
-        let (res, ar) = if c.use_additional_conditions {
+        let ada = vb.pp("adaln_single");
+        let emb = ada.pp("emb");
+        let (resolution_embedder, aspect_ratio_embedder) = if c.use_additional_conditions {
             let s = d / 3;
             (
                 Some(TimestepEmbedding::load(
-                    be,
-                    src,
-                    &format!("{pre}.resolution_embedder"),
+                    &emb.pp("resolution_embedder"),
                     256,
                     s,
                 )?),
                 Some(TimestepEmbedding::load(
-                    be,
-                    src,
-                    &format!("{pre}.aspect_ratio_embedder"),
+                    &emb.pp("aspect_ratio_embedder"),
                     256,
                     s,
                 )?),
@@ -174,55 +173,30 @@ impl<B: Backend> PixArtTransformer<B> {
         };
         let adaln_single = AdaLayerNormSingle {
             emb: CombinedTimestepSizeEmbeddings {
-                timestep_embedder: TimestepEmbedding::load(
-                    be,
-                    src,
-                    &format!("{pre}.timestep_embedder"),
-                    256,
-                    d,
-                )?,
-                resolution_embedder: res,
-                aspect_ratio_embedder: ar,
+                timestep_embedder: TimestepEmbedding::load(&emb.pp("timestep_embedder"), 256, d)?,
+                resolution_embedder,
+                aspect_ratio_embedder,
             },
-            linear: Linear::load(be, src, "adaln_single.linear", d, 6 * d, true)?,
+            linear: Linear::load(&ada.pp("linear"), d, 6 * d, true)?,
         };
+        let blocks = vb.pp("transformer_blocks");
         let mut transformer_blocks = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
-            let b = format!("transformer_blocks.{i}");
+            let b = blocks.pp(i);
+            let ff = b.pp("ff").pp("net");
             transformer_blocks.push(BasicTransformerBlock {
-                scale_shift_table: load(be, src, &format!("{b}.scale_shift_table"), &[6, d])?,
-                attn1: Attention::load(be, src, &format!("{b}.attn1"), d, d, c.attention_bias)?,
-                attn2: Attention::load(
-                    be,
-                    src,
-                    &format!("{b}.attn2"),
-                    d,
-                    c.cross_attention_dim,
-                    c.attention_bias,
-                )?,
+                scale_shift_table: b.get(&[6, d], "scale_shift_table")?,
+                attn1: Attention::load(&b.pp("attn1"), d, d, c.attention_bias)?,
+                attn2: Attention::load(&b.pp("attn2"), d, c.cross_attention_dim, c.attention_bias)?,
                 ff: FeedForward {
-                    net_0_proj: Linear::load(
-                        be,
-                        src,
-                        &format!("{b}.ff.net.0.proj"),
-                        d,
-                        c.ff_inner_dim,
-                        true,
-                    )?,
-                    net_2: Linear::load(
-                        be,
-                        src,
-                        &format!("{b}.ff.net.2"),
-                        c.ff_inner_dim,
-                        d,
-                        true,
-                    )?,
+                    net_0_proj: Linear::load(&ff.pp(0).pp("proj"), d, c.ff_inner_dim, true)?,
+                    net_2: Linear::load(&ff.pp(2), c.ff_inner_dim, d, true)?,
                 },
             });
         }
         Ok(PixArtTransformer {
-            scale_shift_table: load(be, src, "scale_shift_table", &[2, d])?,
-            proj_out: Linear::load(be, src, "proj_out", d, p * p * c.out_channels, true)?,
+            scale_shift_table: vb.get(&[2, d], "scale_shift_table")?,
+            proj_out: Linear::load(&vb.pp("proj_out"), d, p * p * c.out_channels, true)?,
             config,
             pos_embed,
             caption_projection,

@@ -5,6 +5,7 @@ use super::launch::grid_for;
 use super::{dev_err, CudaBackend, DType};
 use crate::backend::{shape_err, BResult, BackendError, Tensor};
 use cudarc::driver::{sys, CudaContext, CudaSlice, DriverError, PushKernelArg};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// A device buffer: `len` elements of `dtype`. Buffers come from the stream-ordered pool and
@@ -184,13 +185,35 @@ impl CudaBackend {
         if data.len() != shape.iter().product::<usize>() {
             return shape_err("upload", format!("{} values for {shape:?}", data.len()));
         }
-        let buf = if data.is_empty() {
+        let bytes = if data.is_empty() {
+            Vec::new()
+        } else {
+            dtype.encode(data)
+        };
+        self.upload_bytes(Cow::Owned(bytes), data.len(), shape, dtype)
+    }
+
+    /// A new tensor of `shape` holding `n` elements of `dtype`, given as their little-endian
+    /// bytes (exactly `n · size` of them, borrowed from a checkpoint's mapping or encoded).
+    pub(super) fn upload_bytes(
+        &self,
+        bytes: Cow<'_, [u8]>,
+        n: usize,
+        shape: &[usize],
+        dtype: DType,
+    ) -> BResult<Tensor<Self>> {
+        if n.checked_mul(dtype.size()) != Some(bytes.len()) {
+            return shape_err(
+                "upload",
+                format!("{} bytes for {n} {dtype:?} values", bytes.len()),
+            );
+        }
+        let buf = if n == 0 {
             self.alloc_dt(0, dtype)?
         } else if self.capturing() {
-            self.upload_recorded(dtype.encode(data), data.len(), dtype)?
+            self.upload_recorded(bytes.into_owned(), n, dtype)?
         } else {
-            let bytes = dtype.encode(data);
-            let mut b = self.alloc_dt(data.len(), dtype)?;
+            let mut b = self.alloc_dt(n, dtype)?;
             self.stream
                 .memcpy_htod(&bytes[..], b.sm())
                 .map_err(dev_err)?;
