@@ -432,3 +432,59 @@ fn unwritable_output_folders_are_found_before_computing() {
         }
     }
 }
+
+#[test]
+fn c_abi_refuses_non_finite_arrays_by_name() {
+    use ecad_native::ffi::{self, engine::EcadEngine, EcadDenoiseParams, EcadStatus};
+    let mut e: *mut EcadEngine = std::ptr::null_mut();
+    // SAFETY: NULL model_dir (the demo), a NUL-terminated device, a valid out pointer.
+    let st = unsafe { ffi::legacy::ecad_engine_create(std::ptr::null(), c"cpu".as_ptr(), &mut e) };
+    assert_eq!(st, EcadStatus::EcadOk);
+    let latents = noise(&[1, 4, 8, 8], 1).data;
+    let mut embeds = noise(&[1, 6, 64], 2).data;
+    let neg = noise(&[1, 6, 64], 3).data;
+    let mut out = vec![0f32; latents.len()];
+    let mut run = |embeds: &[f32], guidance: f32| {
+        let p = EcadDenoiseParams {
+            batch: 1,
+            latent_height: 8,
+            latent_width: 8,
+            text_len: 6,
+            steps: 2,
+            guidance,
+            latents: latents.as_ptr(),
+            latents_len: latents.len(),
+            prompt_embeds: embeds.as_ptr(),
+            prompt_embeds_len: embeds.len(),
+            prompt_mask: std::ptr::null(),
+            prompt_mask_len: 0,
+            negative_embeds: neg.as_ptr(),
+            negative_embeds_len: neg.len(),
+            negative_mask: std::ptr::null(),
+            negative_mask_len: 0,
+            out_latents: out.as_mut_ptr(),
+            out_latents_len: out.len(),
+        };
+        // SAFETY: every array holds its `*_len` floats; the engine is live.
+        let st = unsafe { ffi::legacy::ecad_denoise(e, std::ptr::null(), &p) };
+        // SAFETY: the per-thread message is NUL-terminated static storage until the next call.
+        let msg = unsafe { std::ffi::CStr::from_ptr(ffi::ecad_last_error()) }
+            .to_string_lossy()
+            .to_string();
+        (st, msg)
+    };
+    let (st, _) = run(&embeds, 4.5);
+    assert_eq!(st, EcadStatus::EcadOk);
+    embeds[5] = f32::NAN;
+    let (st, msg) = run(&embeds, 4.5);
+    assert_eq!(st, EcadStatus::EcadInvalidArgument, "{msg}");
+    assert!(
+        msg.contains("prompt_embeds") && msg.contains("non-finite"),
+        "{msg}"
+    );
+    // SAFETY: e came from ecad_engine_create and is destroyed once.
+    assert_eq!(
+        unsafe { ffi::engine::ecad_engine_destroy(e) },
+        EcadStatus::EcadOk
+    );
+}
