@@ -197,7 +197,17 @@ impl Engine {
         if let Some(s) = req.schedule {
             self.validate_schedule(s, req.steps, req.guidance)?;
         }
-        Self::in_pool(&self.pool, || inner.denoise(inputs, req, progress))
+        let out = Self::in_pool(&self.pool, || inner.denoise(inputs, req, progress))?;
+        // The CPU stops a run at the step its latents became non-finite; a CUDA run is not
+        // checked per step (that would cost a copy and a stream sync each step), so its final
+        // latents, on the host by now, are checked here.
+        if out.data.iter().any(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "the final latents are non-finite (NaN or inf) after {} steps on {}; the inputs or the guidance are too large for the model",
+                req.steps, self.device_name
+            )));
+        }
+        Ok(out)
     }
 
     /// Prompts to RGB images (the whole pipeline).
