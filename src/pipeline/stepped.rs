@@ -55,7 +55,8 @@ pub fn run_to_end<R: StepRun>(
 /// Stops a run whose `latents` hold NaN or an infinity after `step` of `steps`. Checked on host
 /// backends only (the CPU, where it is one pass over the latents without a copy); on CUDA it
 /// would take a copy to the host and a stream synchronisation per step, so a CUDA run is not
-/// checked here and non-finite latents there come out as they are.
+/// checked here (`Engine::denoise` checks its final latents once they are on the host; a CUDA
+/// `generate` is not checked).
 pub fn check_finite<B: Backend>(
     be: &B,
     latents: &Tensor<B>,
