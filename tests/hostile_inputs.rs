@@ -258,14 +258,12 @@ fn cli_fails(args: &[&str], needles: &[&str]) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
+/// A demo `denoise` inputs file in `dir`.
 fn example_inputs(dir: &Path) -> String {
     let p = dir.join("in.safetensors");
-    let o = cli()
-        .args(["denoise", "--write-example-inputs"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = denoise_inputs();
+    let named: Vec<(&str, &HostTensor)> = t.iter().map(|(n, v)| (n.as_str(), v)).collect();
+    ecad_native::weights::write_outputs(&p, &named).unwrap();
     p.display().to_string()
 }
 
@@ -412,6 +410,13 @@ fn unwritable_output_folders_are_found_before_computing() {
             // One line: no progress, no note: nothing was computed.
             assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
             assert!(err.contains(&parent.display().to_string()), "{err}");
+            // The message names the flag of the output it refused.
+            let flag = if args[0] == "bench" {
+                "--json"
+            } else {
+                "--out"
+            };
+            assert!(err.contains(flag), "{err}");
         }
         // search --out creates its folder (and the folders above it): a missing parent is
         // fine, a file in the way is not.
