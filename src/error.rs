@@ -210,6 +210,7 @@ fn model_kind(e: &crate::models::ModelError) -> ErrorKind {
         M::Tokenizer(t) => tokenizer_kind(t),
         M::Input(_) => ErrorKind::InvalidInput,
         M::Cancelled { .. } => ErrorKind::Cancelled,
+        M::NonFinite { .. } => ErrorKind::InvalidInput,
     }
 }
 

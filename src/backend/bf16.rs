@@ -146,6 +146,9 @@ impl<B: Backend> Backend for Bf16<B> {
     fn to_host(&self, t: &Tensor<Self>) -> BResult<Vec<f32>> {
         self.inner.to_host(&Self::unwrap(t))
     }
+    fn all_finite_cheap(&self, t: &Tensor<Self>) -> Option<bool> {
+        self.inner.all_finite_cheap(&Self::unwrap(t))
+    }
     fn zeros(&self, shape: &[usize]) -> BResult<Tensor<Self>> {
         Ok(self.inner.zeros(shape)?.into_backend())
     }

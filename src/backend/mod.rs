@@ -361,6 +361,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn device_memory(&self) -> Option<(u64, u64)> {
         None
     }
+    /// Whether every value of `t` is finite, where the backend tells without a copy or a
+    /// device synchronisation (host backends); `None` where it cannot cheaply (CUDA: it would
+    /// take a copy to the host and a stream sync, so the sampling loops do not check there).
+    fn all_finite_cheap(&self, _t: &Tensor<Self>) -> Option<bool> {
+        None
+    }
     /// Runs `f` (which enqueues work) and returns the device time of that work in
     /// milliseconds, measured with device events on the backend's stream; `None` on a backend
     /// without a device clock (the CPU), where callers time on the host.

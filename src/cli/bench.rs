@@ -29,32 +29,32 @@ pub struct BenchArgs {
     #[arg(long = "schedule")]
     pub schedules: Vec<String>,
     /// Denoising steps per run.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 20)]
     pub steps: usize,
     /// PixArt: the CFG scale; FLUX: the distilled guidance value [default: 4.5 PixArt, 3.5
     /// FLUX].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
     /// Prompts per run (the PixArt transformer batch is twice this with CFG).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 1)]
     pub prompts: usize,
     /// Text tokens per prompt [default: 120 PixArt, 512 FLUX].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub text_len: Option<usize>,
     /// PixArt: latent height and width [default: the model's sample_size].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub latent: Option<usize>,
     /// FLUX: image height in pixels [default: 256].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub height: Option<usize>,
     /// FLUX: image width in pixels [default: 256].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub width: Option<usize>,
     /// Untimed runs before timing.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 1)]
     pub warmup: usize,
     /// Timed runs (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 3)]
     pub reps: usize,
     /// Time single CFG forwards instead of whole denoising runs.
     #[arg(long)]
@@ -70,7 +70,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_graph: bool,
     /// Seed of the random inputs.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<u64>, default_value_t = 0)]
     pub seed: u64,
     /// Write the results as JSON here.
     #[arg(long)]
@@ -85,6 +85,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     if a.ops && a.model.is_some() {
         bail!("--ops takes a built-in architecture (--arch), not --model");
+    }
+    if let Some(j) = &a.json {
+        crate::engine::check_output_file("--json", j)?;
     }
     let source = super::model_source(a.model.as_deref(), a.arch.as_deref());
     if let ModelSource::Arch(name) = &source {

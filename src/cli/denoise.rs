@@ -31,19 +31,19 @@ pub struct DenoiseArgs {
     #[arg(long, required_unless_present = "write_example_inputs")]
     pub out: Option<PathBuf>,
     /// Number of denoising steps (at least 2).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 20)]
     pub steps: usize,
     /// PixArt: the classifier-free guidance scale (CFG runs only when > 1). FLUX: the distilled
     /// guidance value for the guidance embedding (no CFG batch; ignored by a model without
     /// guidance embeddings) [default: 4.5 PixArt, 3.5 FLUX].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
     /// Image height in pixels (FLUX only, required there: it sets the position ids and the
     /// time shift).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub height: Option<usize>,
     /// Image width in pixels (FLUX only, required there).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub width: Option<usize>,
     /// An ECAD cache schedule: a JSON file, a built-in name (`ecad-native schedule list`) or a
     /// heuristic (fora:N, ca_sa:N, tgate:M); its step count must equal --steps [default: none,
@@ -61,6 +61,7 @@ pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
     let (Some(inputs_path), Some(out)) = (&a.inputs, &a.out) else {
         anyhow::bail!("give --inputs FILE and --out FILE (or --write-example-inputs FILE)");
     };
+    crate::engine::check_output_file("--out", out)?;
     let engine = super::open_engine(
         super::model_source(a.model.as_deref(), None),
         a.device.engine_options(Load::Transformer),

@@ -29,6 +29,7 @@ pub struct ForwardArgs {
 }
 
 pub fn run(a: ForwardArgs) -> anyhow::Result<()> {
+    crate::engine::check_output_file("--out", &a.out)?;
     let engine = super::open_engine(
         super::model_source(a.model.as_deref(), None),
         a.device.engine_options(Load::Transformer),

@@ -42,21 +42,21 @@ pub struct GenerateArgs {
     pub negative_prompt: String,
     /// Number of denoising steps [default: the --schedule's step count, else 20 PixArt, 28
     /// FLUX (as FluxPipeline)].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub steps: Option<usize>,
     /// PixArt: the classifier-free guidance scale (CFG runs only when > 1). FLUX: the distilled
     /// guidance value [default: 4.5 PixArt, 3.5 FLUX].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
     /// Seed of the first image; image k (over prompts, then batch) uses seed + k.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<u64>, default_value_t = 0)]
     pub seed: u64,
     /// Image width in pixels (PixArt: multiple of 8, FLUX: of 16) [default: the model's
     /// resolution, 1024 for FLUX.1].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub width: Option<usize>,
     /// Image height in pixels (as --width) [default: the model's resolution].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub height: Option<usize>,
     /// Run at the requested size instead of PixArt's nearest aspect-ratio bin (then the size
     /// must be a multiple of 16).
@@ -68,11 +68,11 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub schedule: Option<String>,
     /// Images per prompt (run as one batch).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 1)]
     pub batch: usize,
     /// Text length L (at most 512 for FLUX's T5) [default: 120 PixArt-α, 300 PixArt-Σ (from
     /// model_index.json), 512 FLUX].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub max_sequence_length: Option<usize>,
     /// Output PNG. With several images: OUT-000.png, OUT-001.png, … and a manifest OUT.json.
     #[arg(long)]
@@ -132,6 +132,7 @@ fn check_out_dir(out: &Path) -> anyhow::Result<()> {
             out.display()
         );
     }
+    crate::engine::check_output_file("--out", out)?;
     Ok(())
 }
 

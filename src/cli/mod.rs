@@ -64,6 +64,21 @@ pub enum DtypeArg {
     F16,
 }
 
+/// The value parser of every count and size flag: a whole number ≥ 0. A negative number
+/// reaches it (the flags allow negative numbers) so that the message is about the value, not
+/// an "unexpected argument".
+pub(crate) fn non_negative<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    if s.trim_start().starts_with('-') {
+        return Err(format!("must be ≥ 0, got {s}"));
+    }
+    s.parse::<T>()
+        .map_err(|e| format!("expected a whole number ≥ 0 ({e})"))
+}
+
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     DeviceSpec::parse(s).map_err(|e| e.message().to_string())
 }

@@ -25,23 +25,23 @@ pub enum ScheduleCommand {
         #[arg(long)]
         model: PathBuf,
         /// Image height in pixels (the token count follows from it and the VAE's factor 8).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<u64>)]
         height: u64,
         /// Image width in pixels.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<u64>)]
         width: u64,
         /// Steps of a heuristic --schedule (a file or built-in name has its own).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 20)]
         steps: usize,
         /// Report this engine's true cost instead (attention products included, text work
         /// counted once per run).
         #[arg(long)]
         true_cost: bool,
         /// Text tokens for --true-cost (α 120, Σ 300, FLUX 512).
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<u64>, default_value_t = 120)]
         text_len: u64,
         /// Sequences per transformer call for --true-cost (2 = one prompt with CFG).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<u64>, default_value_t = 2)]
         batch: u64,
     },
     /// The compiled-in paper schedules (`--schedule NAME`): model, resolution, steps and ECAD

@@ -31,19 +31,19 @@ pub struct SearchArgs {
     #[arg(long)]
     pub calibration: Option<PathBuf>,
     /// Number of demo prompts (without --calibration).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 2)]
     pub prompts: usize,
     /// Seeds per prompt (seeds 0..N).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 1)]
     pub seeds_per_prompt: usize,
     /// Samples per transformer batch (default: the whole calibration set in one batch).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub batch_size: Option<usize>,
     /// Population size (default: ECAD's, 72 for PixArt and 24 for FLUX).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub population: Option<usize>,
     /// Generations to run, the seed population being generation 1.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 10)]
     pub generations: usize,
     /// The cost objective.
     #[arg(long, value_enum, default_value = "macs")]
@@ -59,33 +59,33 @@ pub struct SearchArgs {
     #[arg(long)]
     pub resume: bool,
     /// Seed of the search's random stream.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<u64>, default_value_t = 0)]
     pub seed: u64,
     /// Initial population: a folder of ECAD schedule JSONs (read recursively), `heuristics`
     /// (the built-in ones) or `random`.
     #[arg(long, default_value = "heuristics")]
     pub seed_from: String,
     /// Worker threads (default: all cores). Results do not depend on it.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub threads: Option<usize>,
     /// Denoising steps per candidate run.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 20)]
     pub steps: usize,
     /// PixArt: the CFG scale (default 4.5). FLUX: the distilled guidance value (default 3.5).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
     /// FLUX only: image height in pixels of the calibration runs (default 256, where ECAD
     /// searched).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub height: Option<usize>,
     /// FLUX only: image width in pixels (default 256).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub width: Option<usize>,
     /// FLUX demo calibration only: text tokens per prompt (FluxPipeline pads T5 to 512).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 512)]
     pub text_len: usize,
     /// Memory budget of the cross-generation prefix cache, MiB (0 disables it).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 1024)]
     pub cache_mb: usize,
     /// Keep the candidate folders given to an external scorer.
     #[arg(long)]

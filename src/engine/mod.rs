@@ -22,7 +22,7 @@ pub use family::{
     ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, EncodedPrompt, ForwardBench,
     GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs, OpsBench,
 };
-pub use options::{EngineOptions, Load, ModelSource};
+pub use options::{check_output_file, check_output_folder, EngineOptions, Load, ModelSource};
 pub use progress::{Event, Progress};
 pub use registry::archs;
 pub use search::{SearchOutcome, SearchRequest};
@@ -35,6 +35,37 @@ use family::DynEngine;
 
 /// The most worker threads an engine accepts.
 pub const MAX_THREADS: usize = 4096;
+
+/// Refuses a non-finite float argument (`--guidance inf` would give black images, NaN would
+/// silently turn CFG off).
+fn finite(flag: &str, v: Option<f32>) -> Result<()> {
+    match v {
+        Some(x) if !x.is_finite() => Err(Error::invalid(format!(
+            "{flag} must be a finite number, got {x}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses input tensors a run cannot take, before anything is computed: an empty one (a zero
+/// batch, zero text tokens) and one holding NaN or an infinity, each by name.
+fn check_inputs(inputs: &NamedInputs<'_>) -> Result<()> {
+    for (name, t) in inputs.tensors {
+        if t.data.is_empty() || t.shape.contains(&0) {
+            return Err(Error::invalid(format!(
+                "{}: input tensor `{name}` is empty (shape {:?}): a zero batch or zero text tokens is not a run",
+                inputs.origin, t.shape
+            )));
+        }
+        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "{}: input tensor `{name}` holds a non-finite value ({}) at index {i}",
+                inputs.origin, t.data[i]
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// A model opened on a device.
 pub struct Engine {
@@ -148,6 +179,7 @@ impl Engine {
     /// `sample`.
     pub fn forward(&self, inputs: &NamedInputs<'_>) -> Result<HostTensor> {
         let inner = self.loaded()?;
+        check_inputs(inputs)?;
         Self::in_pool(&self.pool, || inner.forward(inputs))
     }
 
@@ -160,10 +192,22 @@ impl Engine {
         progress: &mut Progress<'_>,
     ) -> Result<HostTensor> {
         let inner = self.loaded()?;
+        finite("--guidance", req.guidance)?;
+        check_inputs(inputs)?;
         if let Some(s) = req.schedule {
             self.validate_schedule(s, req.steps, req.guidance)?;
         }
-        Self::in_pool(&self.pool, || inner.denoise(inputs, req, progress))
+        let out = Self::in_pool(&self.pool, || inner.denoise(inputs, req, progress))?;
+        // The CPU stops a run at the step its latents became non-finite; a CUDA run is not
+        // checked per step (that would cost a copy and a stream sync each step), so its final
+        // latents, on the host by now, are checked here.
+        if out.data.iter().any(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "the final latents are non-finite (NaN or inf) after {} steps on {}; the inputs or the guidance are too large for the model",
+                req.steps, self.device_name
+            )));
+        }
+        Ok(out)
     }
 
     /// Prompts to RGB images (the whole pipeline).
@@ -178,6 +222,7 @@ impl Engine {
         if req.prompts.is_empty() {
             return Err(Error::invalid("no prompts to generate"));
         }
+        finite("--guidance", req.guidance)?;
         let pool = self.pool.take();
         let r = {
             let inner = self.loaded_mut()?;
@@ -277,6 +322,7 @@ impl Engine {
         steps: usize,
         guidance: Option<f32>,
     ) -> Result<()> {
+        finite("--guidance", guidance)?;
         (self.info.validate_schedule)(s, steps, guidance, &self.info)
     }
 
@@ -289,6 +335,13 @@ impl Engine {
         if req.reps == 0 {
             return Err(Error::invalid("--reps must be at least 1"));
         }
+        if req.prompts == 0 {
+            return Err(Error::invalid("--prompts must be at least 1"));
+        }
+        if req.text_len == Some(0) {
+            return Err(Error::invalid("--text-len must be at least 1"));
+        }
+        finite("--guidance", req.guidance)?;
         let inner = self.loaded()?;
         Self::in_pool(&self.pool, || inner.bench(req, progress))
     }

@@ -61,3 +61,77 @@ impl Default for EngineOptions {
         }
     }
 }
+
+/// Checks, before anything is computed, that an output file can be written at `path`: its
+/// folder exists, is a folder, and takes a new file (a probe file is created and removed).
+/// `flag` (`--out`, `--json`) names the path in the message.
+pub fn check_output_file(flag: &str, path: &std::path::Path) -> crate::error::Result<()> {
+    if path.is_dir() {
+        return Err(crate::error::Error::invalid(format!(
+            "{flag} {}: is a folder; give a file name",
+            path.display()
+        )));
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    writable_folder(flag, path, dir)
+}
+
+/// Checks, before anything is computed, that a folder can be written at `path` (it exists and
+/// takes a new file, or the nearest folder above it that exists does, so it can be created).
+pub fn check_output_folder(flag: &str, path: &std::path::Path) -> crate::error::Result<()> {
+    let mut dir = path;
+    while !dir.exists() {
+        match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => dir = p,
+            _ => {
+                dir = std::path::Path::new(".");
+                break;
+            }
+        }
+    }
+    writable_folder(flag, path, dir)
+}
+
+fn writable_folder(
+    flag: &str,
+    path: &std::path::Path,
+    dir: &std::path::Path,
+) -> crate::error::Result<()> {
+    use crate::error::{Error, ErrorKind};
+    if !dir.is_dir() {
+        let why = if dir.exists() {
+            "is not a folder"
+        } else {
+            "does not exist"
+        };
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!("{flag} {}: {} {why}", path.display(), dir.display()),
+        ));
+    }
+    let probe = dir.join(format!(".ecad-write-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(f) => {
+            drop(f);
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        // A leftover probe of this process id: the folder takes files.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "{flag} {}: cannot write in folder {}: {e}",
+                path.display(),
+                dir.display()
+            ),
+        )),
+    }
+}

@@ -112,6 +112,13 @@ fn check(req: &SearchRequest) -> Result<QualityMetric> {
             req.out.display()
         )));
     }
+    super::options::check_output_folder("--out", &req.out)?;
+    if req.guidance.is_some_and(|g| !g.is_finite()) {
+        return Err(Error::invalid(format!(
+            "--guidance must be a finite number, got {}",
+            req.guidance.unwrap_or(0.0)
+        )));
+    }
     if let Some(c) = &req.calibration {
         if !c.is_file() {
             return Err(Error::invalid(format!(

@@ -32,6 +32,10 @@ pub enum ModelError {
     /// The caller's progress callback asked to stop (after `step` of `steps`).
     #[error("cancelled by the caller after step {step} of {steps}")]
     Cancelled { step: usize, steps: usize },
+    /// The sampler's latents hold NaN or an infinity after `step` of `steps` (inputs or a
+    /// guidance scale beyond what the model's arithmetic holds).
+    #[error("the latents became non-finite (NaN or inf) at step {step} of {steps}; the inputs or the guidance are too large for the model")]
+    NonFinite { step: usize, steps: usize },
 }
 
 pub type MResult<T> = Result<T, ModelError>;

@@ -106,6 +106,9 @@ impl<B: Backend> StepRun for PreparedDenoise<'_, B> {
     fn step(&self, state: &mut DenoiseState<B>, schedule: Option<&Schedule>) -> MResult<()> {
         PreparedDenoise::step(self, state, schedule)
     }
+    fn check_step(&self, state: &DenoiseState<B>, step: usize) -> MResult<()> {
+        super::stepped::check_finite(self.be, &state.latents, step, self.steps())
+    }
     fn finish(state: DenoiseState<B>) -> Self::Output {
         (state.latents, state.report)
     }

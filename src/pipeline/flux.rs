@@ -373,6 +373,9 @@ impl<B: Backend> StepRun for PreparedFluxDenoise<'_, B> {
     fn step(&self, state: &mut FluxDenoiseState<B>, schedule: Option<&Schedule>) -> MResult<()> {
         PreparedFluxDenoise::step(self, state, schedule)
     }
+    fn check_step(&self, state: &FluxDenoiseState<B>, step: usize) -> MResult<()> {
+        super::stepped::check_finite(self.be, &state.latents, step, self.steps())
+    }
     fn finish(state: FluxDenoiseState<B>) -> Self::Output {
         (state.latents, state.report)
     }

@@ -121,6 +121,13 @@ impl<B: Backend> StepRun for PreparedRun<'_, B> {
     fn step(&self, state: &mut RunState<B>, schedule: Option<&Schedule>) -> MResult<()> {
         PreparedRun::step(self, state, schedule)
     }
+    fn check_step(&self, state: &RunState<B>, step: usize) -> MResult<()> {
+        match (self, state) {
+            (PreparedRun::PixArt(p), RunState::PixArt(s)) => p.check_step(s, step),
+            (PreparedRun::Flux(p), RunState::Flux(s)) => p.check_step(s, step),
+            _ => Ok(()),
+        }
+    }
     fn finish(state: RunState<B>) -> Self::Output {
         match state {
             RunState::PixArt(s) => (s.latents, s.report),

@@ -1,6 +1,7 @@
 //! The step loop every family's prepared run shares ([`StepRun`], [`run_to_end`]); below the
 //! families' modules, so that each runs its whole loop without naming the others.
 
+use crate::backend::{Backend, Tensor};
 use crate::cache::schedule::Schedule;
 use crate::models::{MResult, ModelError};
 use crate::weights::HostTensor;
@@ -17,6 +18,12 @@ pub trait StepRun {
     fn start(&self, latents: &HostTensor) -> MResult<Self::State>;
     /// Advances `state` by one step.
     fn step(&self, state: &mut Self::State, schedule: Option<&Schedule>) -> MResult<()>;
+    /// Checks the state after step `step` (1-based): latents that became non-finite stop the
+    /// run with [`ModelError::NonFinite`] where the backend checks cheaply (see
+    /// [`check_finite`]).
+    fn check_step(&self, _state: &Self::State, _step: usize) -> MResult<()> {
+        Ok(())
+    }
     /// The output of a run whose state has taken every step.
     fn finish(state: Self::State) -> Self::Output;
 }
@@ -34,6 +41,7 @@ pub fn run_to_end<R: StepRun>(
     let n = run.steps();
     for i in 0..n {
         run.step(&mut state, schedule)?;
+        run.check_step(&state, i + 1)?;
         if !on_step(i + 1, n) && i + 1 < n {
             return Err(ModelError::Cancelled {
                 step: i + 1,
@@ -42,4 +50,21 @@ pub fn run_to_end<R: StepRun>(
         }
     }
     Ok(R::finish(state))
+}
+
+/// Stops a run whose `latents` hold NaN or an infinity after `step` of `steps`. Checked on host
+/// backends only (the CPU, where it is one pass over the latents without a copy); on CUDA it
+/// would take a copy to the host and a stream synchronisation per step, so a CUDA run is not
+/// checked here (`Engine::denoise` checks its final latents once they are on the host; a CUDA
+/// `generate` is not checked).
+pub fn check_finite<B: Backend>(
+    be: &B,
+    latents: &Tensor<B>,
+    step: usize,
+    steps: usize,
+) -> MResult<()> {
+    match be.all_finite_cheap(latents) {
+        Some(false) => Err(ModelError::NonFinite { step, steps }),
+        _ => Ok(()),
+    }
 }

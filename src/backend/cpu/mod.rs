@@ -197,6 +197,10 @@ impl Backend for CpuBackend {
         Ok(t.buffer().clone())
     }
 
+    fn all_finite_cheap(&self, t: &Tensor<Self>) -> Option<bool> {
+        Some(t.buffer().iter().all(|v| v.is_finite()))
+    }
+
     fn permute(&self, x: &Tensor<Self>, perm: &[usize]) -> BResult<Tensor<Self>> {
         let _p = profile::op("permute");
         let nd = x.dims();
