@@ -247,7 +247,7 @@ pub mod limits {
     /// timestep tables): T5-XXL's d_ff is 10240, FLUX's joint_attention_dim 4096; 65536 is
     /// T5-11B's d_ff, the widest such layer published.
     pub const DIM: Limit = Limit {
-        name: "for a width",
+        name: "for widths",
         max: 65536,
         why: "the widest published T5 layer (T5-11B d_ff) is 65536",
     };
