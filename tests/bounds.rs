@@ -110,6 +110,24 @@ fn steps_over_the_limit_are_refused_by_every_command() {
 }
 
 #[test]
+fn text_lengths_over_the_limit_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png").display().to_string();
+    refused(
+        &[
+            "generate",
+            "--prompt",
+            "a",
+            "--max-sequence-length",
+            "1000000000000",
+            "--out",
+            &out,
+        ],
+        &["--max-sequence-length", "1000000000000", "4096"],
+    );
+}
+
+#[test]
 fn image_sides_over_the_limit_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.png").display().to_string();

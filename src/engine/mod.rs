@@ -61,6 +61,9 @@ impl Engine {
         if options.max_sequence_length == Some(0) {
             return Err(Error::invalid("--max-sequence-length must be at least 1"));
         }
+        if let Some(n) = options.max_sequence_length {
+            limits::TEXT_TOKENS.check("--max-sequence-length", n as u128)?;
+        }
         let (entry, resolved) = registry::resolve(&source)?;
         let info = (entry.describe)(&resolved)?;
         let pool = match options.threads {
