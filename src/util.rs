@@ -286,7 +286,15 @@ pub mod limits {
         why: "the image side limit of 8192 px over the VAE's factor 8",
     };
 
-    /// Batch sizes (prompts per call, MAC-model batches).
+    /// Search populations (`search --population`): ECAD's searches use about 100 candidates
+    /// per generation; each candidate holds a genome and its evaluated outputs.
+    pub const POPULATION: Limit = Limit {
+        name: "candidates per generation",
+        max: 10_000,
+        why: "ECAD's searches use populations of about 100",
+    };
+
+    /// Batch sizes (prompts per call, MAC-model batches, calibration prompts and seeds).
     pub const BATCH: Limit = Limit {
         name: "images per batch",
         max: 1024,

@@ -86,6 +86,16 @@ fn steps_over_the_limit_are_refused_by_every_command() {
         &["--steps", "4000000000"],
     );
     let model = fixtures().join("denoise/tiny28").display().to_string();
+    for (flag, v) in [
+        ("--population", "4000000000"),
+        ("--prompts", "4000000000"),
+        ("--seeds-per-prompt", "4000000000"),
+    ] {
+        refused(
+            &["search", "--steps", "4", flag, v, "--out", &sout],
+            &[flag, v],
+        );
+    }
     let inputs = fixtures()
         .join("denoise/cases/ecad_alpha_fast.safetensors")
         .display()

@@ -111,6 +111,11 @@ fn check(req: &SearchRequest) -> Result<QualityMetric> {
     if let Some(b) = req.batch_size {
         limits::BATCH.check("--batch-size", b as u128)?;
     }
+    if let Some(p) = req.population {
+        limits::POPULATION.check("--population", p as u128)?;
+    }
+    limits::BATCH.check("--prompts", req.prompts as u128)?;
+    limits::BATCH.check("--seeds-per-prompt", req.seeds_per_prompt as u128)?;
     if req.steps < 2 {
         return Err(Error::invalid(format!(
             "--steps must be at least 2, got {}",
