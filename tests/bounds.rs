@@ -341,3 +341,15 @@ fn last_error() -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+/// The CUDA backend refuses an overflowing shape before allocating (SKIPPED without a driver).
+#[test]
+fn cuda_upload_refuses_overflowing_shapes_on_gpu() {
+    use ecad_native::backend::Backend;
+    let Some(be) = gpu() else { return };
+    let huge = [1usize << 32, 1 << 32, 2];
+    assert!(be.upload(Vec::new(), &huge).is_err());
+    assert!(be.zeros(&huge).is_err());
+    assert!(be.zeros(&[usize::MAX / 2, 3]).is_err());
+    assert_eq!(be.zeros(&[2, 3]).unwrap().numel(), 6);
+}
