@@ -282,6 +282,13 @@ impl From<std::io::Error> for Error {
     }
 }
 
+/// A number over its documented limit (`util::limits`) is invalid input.
+impl From<crate::util::limits::OverLimit> for Error {
+    fn from(e: crate::util::limits::OverLimit) -> Self {
+        Error::invalid(e.to_string())
+    }
+}
+
 /// `e`'s message followed by each source's that it does not already contain.
 fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();

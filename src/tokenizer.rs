@@ -19,6 +19,7 @@
 //! semantics; then `ids = encode(text)[:L-1] + [</s>]`, padded with `<pad>` = 0 to `L`, and the
 //! mask covers the real tokens and the EOS (`""` → `[1, 0, …]`, one valid token).
 
+use crate::util::limits;
 use std::path::{Path, PathBuf};
 use tokenizers::models::unigram::Unigram;
 use tokenizers::normalizers::Precompiled;
@@ -159,6 +160,9 @@ impl T5Tokenizer {
 
     /// Builds the tokenizer from the bytes of a `spiece.model` (no cache).
     pub fn from_spiece_bytes(path: &Path, bytes: &[u8], extra_ids: usize) -> TResult<Self> {
+        limits::VOCAB
+            .check("`extra_ids`", extra_ids as u128)
+            .map_err(|e| invalid(path, e.to_string()))?;
         let sp = SpModel::parse(bytes).map_err(|e| invalid(path, format!("spiece.model: {e}")))?;
         if sp.model_type != 1 {
             return Err(invalid(
@@ -258,6 +262,12 @@ impl T5Tokenizer {
     /// `tokenizer(text, padding="max_length", max_length=L, truncation=True)` on already
     /// preprocessed text.
     pub fn encode_padded(&self, text: &str, max_len: usize) -> TResult<TokenizedPrompt> {
+        if let Err(e) = limits::TEXT_TOKENS.check("max_length", max_len as u128) {
+            return Err(TokenizerError::Encode {
+                text: text.to_string(),
+                detail: e.to_string(),
+            });
+        }
         let raw = self.encode_raw(text)?;
         let keep = raw.len().min(max_len.saturating_sub(1));
         let mut ids = raw[..keep].to_vec();
@@ -292,9 +302,26 @@ fn extra_ids_of(dir: &Path) -> TResult<usize> {
     })?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| invalid(&p, format!("invalid JSON: {e}")))?;
-    Ok(v.get("extra_ids")
-        .and_then(|x| x.as_u64())
-        .map_or(100, |x| x as usize))
+    let n = match v.get("extra_ids") {
+        Some(x @ serde_json::Value::Number(_)) => x
+            .as_u64()
+            .map(u128::from)
+            .or_else(|| {
+                x.as_f64()
+                    .filter(|f| f.is_finite() && f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u128)
+            })
+            .ok_or_else(|| {
+                invalid(
+                    &p,
+                    format!("`extra_ids` must be a non-negative integer, got {x}"),
+                )
+            })?,
+        _ => 100,
+    };
+    limits::VOCAB
+        .check("`extra_ids`", n)
+        .map_err(|e| invalid(&p, e.to_string()))
 }
 
 // ---- a minimal reader of sentencepiece_model.proto ---------------------------------------------
@@ -443,6 +470,30 @@ fn parse_piece(b: &[u8]) -> Result<SpPiece, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_extra_ids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("tokenizer_config.json");
+        for text in [r#"{"extra_ids": 1000000000000}"#, r#"{"extra_ids": 1e12}"#] {
+            std::fs::write(&cfg, text).unwrap();
+            let e = extra_ids_of(dir.path()).unwrap_err().to_string();
+            assert!(
+                e.contains("extra_ids") && e.contains("tokenizer_config.json"),
+                "{e}"
+            );
+        }
+        std::fs::write(&cfg, r#"{"extra_ids": -3}"#).unwrap();
+        assert!(extra_ids_of(dir.path()).is_err());
+        std::fs::write(&cfg, r#"{"extra_ids": 100}"#).unwrap();
+        assert_eq!(extra_ids_of(dir.path()).unwrap(), 100);
+        std::fs::write(&cfg, r#"{"model_max_length": 512}"#).unwrap();
+        assert_eq!(extra_ids_of(dir.path()).unwrap(), 100);
+        let Err(e) = T5Tokenizer::from_spiece_bytes(&cfg, b"", 1 << 40) else {
+            panic!("1 << 40 extra ids accepted");
+        };
+        assert!(e.to_string().contains("extra_ids"), "{e}");
+    }
 
     #[test]
     fn python_lower_strip() {
@@ -719,6 +770,12 @@ impl ClipTokenizer {
     /// `tokenizer(text, padding="max_length", max_length=L, truncation=True)`: `BOS`, the first
     /// `L − 2` ids, `EOS`, then pad ids up to `L`. The mask covers BOS…EOS.
     pub fn encode_padded(&self, text: &str, max_len: usize) -> TResult<TokenizedPrompt> {
+        if let Err(e) = limits::TEXT_TOKENS.check("max_length", max_len as u128) {
+            return Err(TokenizerError::Encode {
+                text: text.to_string(),
+                detail: e.to_string(),
+            });
+        }
         if max_len < 2 {
             return Err(TokenizerError::Encode {
                 text: text.to_string(),

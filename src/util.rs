@@ -1,6 +1,7 @@
 //! Generic helpers at the bottom of the layer stack (every other module may use them; they use
 //! no other module of this crate): seeded normal samples, the relative L2 error, FNV-1a
-//! fingerprints, the cache folder and atomic file writes.
+//! fingerprints, the cache folder, atomic file writes, and the bounds on numbers that size
+//! memory ([`limits`], [`checked_numel`], [`checked_bytes`]).
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -146,6 +147,161 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The element count of `shape`, `None` when the product overflows `usize`.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// The byte length of a tensor of `shape` with `elem_size`-byte elements, `None` when the
+/// product overflows `usize` or exceeds `isize::MAX` (the most any Rust allocation may hold).
+pub fn checked_bytes(shape: &[usize], elem_size: usize) -> Option<usize> {
+    checked_numel(shape)?
+        .checked_mul(elem_size)
+        .filter(|&b| b <= isize::MAX as usize)
+}
+
+/// The documented limits on numbers that size memory: step counts, block and layer counts,
+/// image sides, heads, dims, vocabularies and text lengths. Every front door (config.json,
+/// schedule JSON, heuristic specs, tokenizer configs, CLI flags, the C ABI) checks the numbers
+/// it is given against these before anything is allocated from them, so that a hostile or
+/// mistyped number is refused with an error instead of aborting the host on an allocation
+/// failure. The limits are far above every shipped model (docs/RELIABILITY.md, "Limits").
+pub mod limits {
+    /// One limit: the largest value accepted, and why.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Limit {
+        /// What it bounds, for messages (`inference steps`).
+        pub name: &'static str,
+        /// The largest accepted value (inclusive).
+        pub max: u64,
+        /// Why the limit is what it is (shown in the error).
+        pub why: &'static str,
+    }
+
+    /// A number over its limit: `what` names the field and where it came from.
+    #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+    #[error("{what} is {value}, more than the limit of {max} {name} ({why})")]
+    pub struct OverLimit {
+        /// The field and its source, e.g. ``num_layers` in transformer/config.json`.
+        pub what: String,
+        /// The value given.
+        pub value: u128,
+        /// The limit.
+        pub max: u64,
+        /// The limit's name.
+        pub name: &'static str,
+        /// Why.
+        pub why: &'static str,
+    }
+
+    impl Limit {
+        /// `value` as a `usize` when it is within the limit, else an [`OverLimit`] naming
+        /// `what`.
+        pub fn check(
+            &self,
+            what: impl Into<String>,
+            value: impl Into<u128>,
+        ) -> Result<usize, OverLimit> {
+            let value = value.into();
+            if value <= self.max as u128 {
+                if let Ok(v) = usize::try_from(value) {
+                    return Ok(v);
+                }
+            }
+            Err(OverLimit {
+                what: what.into(),
+                value,
+                max: self.max,
+                name: self.name,
+                why: self.why,
+            })
+        }
+    }
+
+    /// Inference steps per run (and per schedule): diffusers refuses more inference steps than
+    /// the scheduler's `num_train_timesteps`, which is 1000 for PixArt's DPM-Solver++ and
+    /// FLUX's FlowMatch Euler.
+    pub const STEPS: Limit = Limit {
+        name: "inference steps",
+        max: 1000,
+        why: "diffusers refuses more steps than the scheduler's 1000 training timesteps",
+    };
+
+    /// Transformer blocks in a schedule (double + single blocks) and layers in any config
+    /// (`num_layers`, `num_hidden_layers`, `layers_per_block`, ...): the largest shipped model
+    /// (FLUX.1: 19 + 38 blocks) has 57; 512 leaves ample room for deeper models.
+    pub const LAYERS: Limit = Limit {
+        name: "layers/blocks",
+        max: 512,
+        why: "the deepest supported model (FLUX.1) has 57 blocks",
+    };
+
+    /// Attention heads in any config: FLUX.1 has 24, PixArt 16, T5-XXL 64.
+    pub const HEADS: Limit = Limit {
+        name: "attention heads",
+        max: 1024,
+        why: "the supported models use at most 64",
+    };
+
+    /// Any width in a config (hidden sizes, head dims, feed-forward sizes, channels, buckets,
+    /// timestep tables): T5-XXL's d_ff is 10240, FLUX's joint_attention_dim 4096; 65536 is
+    /// T5-11B's d_ff, the widest such layer published.
+    pub const DIM: Limit = Limit {
+        name: "for widths",
+        max: 65536,
+        why: "the widest published T5 layer (T5-11B d_ff) is 65536",
+    };
+
+    /// Vocabulary sizes and token ids (config `vocab_size`, `*_token_id`, tokenizer
+    /// `extra_ids`): T5 has 32128 tokens, CLIP 49408; 2^20 is four times the largest
+    /// multilingual vocabularies (256k).
+    pub const VOCAB: Limit = Limit {
+        name: "tokens in a vocabulary",
+        max: 1 << 20,
+        why: "the largest tokenizer vocabularies have about 256k entries",
+    };
+
+    /// Text tokens (`max_position_embeddings`, tokenizer `model_max_length`, prompt lengths):
+    /// CLIP uses 77, PixArt's T5 120 or 300, FLUX's T5 512.
+    pub const TEXT_TOKENS: Limit = Limit {
+        name: "text tokens",
+        max: 4096,
+        why: "the supported text encoders use at most 512",
+    };
+
+    /// Image width and height in pixels: 8192 is 8× FLUX's and PixArt's largest trained
+    /// resolution (1024), a latent side of 1024 (VAE factor 8) whose token count (PixArt:
+    /// (1024/2)², 262144) already needs attention buffers far beyond any device.
+    pub const IMAGE_SIDE: Limit = Limit {
+        name: "pixels per side",
+        max: 8192,
+        why: "8x the largest trained resolution (1024 px)",
+    };
+
+    /// Latent height and width (`sample_size`, PixArt's `--latent`): [`IMAGE_SIDE`] over the
+    /// VAE's factor 8.
+    pub const LATENT_SIDE: Limit = Limit {
+        name: "latent pixels per side",
+        max: 8192 / 8,
+        why: "the image side limit of 8192 px over the VAE's factor 8",
+    };
+
+    /// Search populations (`search --population`): ECAD's searches use about 100 candidates
+    /// per generation; each candidate holds a genome and its evaluated outputs.
+    pub const POPULATION: Limit = Limit {
+        name: "candidates per generation",
+        max: 10_000,
+        why: "ECAD's searches use populations of about 100",
+    };
+
+    /// Batch sizes (prompts per call, MAC-model batches, calibration prompts and seeds).
+    pub const BATCH: Limit = Limit {
+        name: "images per batch",
+        max: 1024,
+        why: "activations grow linearly with the batch",
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +349,35 @@ mod tests {
         let got = std::fs::read(&p).unwrap();
         assert!(got.len() == 64 && got.iter().all(|&b| b == got[0]));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn checked_sizes_refuse_overflow() {
+        assert_eq!(checked_numel(&[2, 3, 4]), Some(24));
+        assert_eq!(checked_numel(&[]), Some(1));
+        assert_eq!(checked_numel(&[1 << 31, 1 << 31, 1 << 31]), None);
+        assert_eq!(checked_bytes(&[2, 3], 4), Some(24));
+        assert_eq!(checked_bytes(&[usize::MAX / 2], 4), None);
+        assert_eq!(
+            checked_bytes(&[isize::MAX as usize], 1),
+            Some(isize::MAX as usize)
+        );
+        assert_eq!(checked_bytes(&[isize::MAX as usize, 2], 1), None);
+    }
+
+    #[test]
+    fn limits_accept_up_to_max_and_name_the_field() {
+        assert_eq!(limits::STEPS.check("--steps", 1000u64), Ok(1000));
+        let e = limits::STEPS
+            .check("--steps", 4_000_000_000u64)
+            .unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("--steps") && m.contains("4000000000") && m.contains("1000"),
+            "{m}"
+        );
+        assert!(limits::LAYERS.check("x", u64::MAX).is_err());
+        assert!(limits::VOCAB.check("x", u128::MAX).is_err());
     }
 
     #[test]

@@ -149,10 +149,9 @@ impl WeightDtype {
     }
 }
 
-/// The element count of `shape`, `None` when it overflows `usize`.
-pub fn checked_numel(shape: &[usize]) -> Option<usize> {
-    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
-}
+use crate::util::checked_bytes;
+/// The element count of `shape`, `None` when it overflows `usize` (the one helper, in `util`).
+pub use crate::util::checked_numel;
 
 /// A weight's values as handed to [`Backend::upload_weight_raw`]: the stored bytes (borrowed
 /// from a checkpoint's mapping) or host f32 values (seeded demo weights).
@@ -350,7 +349,10 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Copies a tensor back to the host as f32.
     fn to_host(&self, t: &Tensor<Self>) -> BResult<Vec<f32>>;
     fn zeros(&self, shape: &[usize]) -> BResult<Tensor<Self>> {
-        self.upload(vec![0.0; shape.iter().product()], shape)
+        let Some(n) = checked_bytes(shape, 4).map(|b| b / 4) else {
+            return shape_err("zeros", format!("shape {shape:?} overflows the byte count"));
+        };
+        self.upload(vec![0.0; n], shape)
     }
     /// Waits for queued work (timing).
     fn synchronize(&self) -> BResult<()> {

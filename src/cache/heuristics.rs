@@ -70,6 +70,9 @@ fn check_steps(spec: &str, steps: usize) -> Result<()> {
     if steps == 0 {
         return Err(bad(spec, "needs at least 1 step"));
     }
+    crate::util::limits::STEPS
+        .check("the step count", steps as u128)
+        .map_err(|e| bad(spec, e.to_string()))?;
     Ok(())
 }
 
@@ -536,6 +539,22 @@ pub fn heuristic_by_name(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_step_and_block_counts_are_refused() {
+        for spec in ["default", "fora:3", "ca_sa:2", "tgate:5"] {
+            let e = heuristic_by_name(spec, ModelFamily::PixArt, 4_294_967_295, 28, 0)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("4294967295") && e.contains("1000"),
+                "{spec}: {e}"
+            );
+            assert!(heuristic_by_name(spec, ModelFamily::PixArt, 20, usize::MAX, 0).is_err());
+        }
+        assert!(heuristic_by_name("fora:4294967295", ModelFamily::PixArt, 20, 28, 0).is_ok());
+        assert!(heuristic_by_name("fora:3", ModelFamily::Flux, 28, 19, usize::MAX).is_err());
+    }
 
     #[test]
     fn fora_bits() {

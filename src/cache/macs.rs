@@ -254,6 +254,9 @@ pub enum MacsError {
     /// A T-GATE pipeline with an odd batch (it needs a CFG pair to drop).
     #[error("the T-GATE pipeline needs an even batch (a CFG pair), got {0}")]
     TgateBatch(u64),
+    /// The count does not fit in 64 bits (a size, batch or text length far beyond any run).
+    #[error("the MAC count overflows 64 bits at this size, batch and text length")]
+    Overflow,
 }
 
 fn check_size(
@@ -277,16 +280,66 @@ fn check_size(
 pub fn image_tokens(dims: &ModelDims, height: u64, width: u64) -> Result<u64, MacsError> {
     match dims {
         ModelDims::PixArt(d) => {
-            let m = 8 * d.patch_size;
+            let m = d.patch_size.checked_mul(8).ok_or(MacsError::Overflow)?;
             check_size("height", height, m, "8 × patch_size")?;
             check_size("width", width, m, "8 × patch_size")?;
-            Ok((height / m) * (width / m))
+            (M::from(height / m) * (width / m)).get()
         }
         ModelDims::Flux(_) => {
             check_size("height", height, 16, "8 × the 2×2 latent packing")?;
             check_size("width", width, 16, "8 × the 2×2 latent packing")?;
-            Ok((height / 16) * (width / 16))
+            (M::from(height / 16) * (width / 16)).get()
         }
+    }
+}
+
+/// A MAC count with checked arithmetic: an overflow anywhere makes the result `None`, which
+/// the report functions refuse ([`MacsError::Overflow`]) instead of wrapping or panicking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct M(Option<u64>);
+
+impl M {
+    const ZERO: M = M(Some(0));
+    fn get(self) -> Result<u64, MacsError> {
+        self.0.ok_or(MacsError::Overflow)
+    }
+}
+
+impl From<u64> for M {
+    fn from(v: u64) -> Self {
+        M(Some(v))
+    }
+}
+
+macro_rules! m_ops {
+    ($tr:ident, $f:ident, $checked:ident) => {
+        impl std::ops::$tr<M> for M {
+            type Output = M;
+            fn $f(self, o: M) -> M {
+                M(self.0.zip(o.0).and_then(|(a, b)| a.$checked(b)))
+            }
+        }
+        impl std::ops::$tr<u64> for M {
+            type Output = M;
+            fn $f(self, o: u64) -> M {
+                self.$f(M::from(o))
+            }
+        }
+        impl std::ops::$tr<M> for u64 {
+            type Output = M;
+            fn $f(self, o: M) -> M {
+                M::from(self).$f(o)
+            }
+        }
+    };
+}
+m_ops!(Add, add, checked_add);
+m_ops!(Sub, sub, checked_sub);
+m_ops!(Mul, mul, checked_mul);
+
+impl std::ops::AddAssign<M> for M {
+    fn add_assign(&mut self, o: M) {
+        *self = *self + o;
     }
 }
 
@@ -294,26 +347,27 @@ pub fn image_tokens(dims: &ModelDims, height: u64, width: u64) -> Result<u64, Ma
 struct Terms {
     /// Per component of a regular/double block and of a single block, indexed by
     /// [`crate::cache::schedule::Component::slot`].
-    block: [u64; 3],
-    single: [u64; 3],
+    block: [M; 3],
+    single: [M; 3],
     /// Work done at every step whatever the bits.
-    per_step: u64,
+    per_step: M,
     /// Work ECAD counts per step but the engine hoists (caption/context projections, text
     /// K/V, size and guidance embeddings).
-    hoistable: u64,
+    hoistable: M,
 }
 
 fn ecad_terms(dims: &ModelDims, n: u64, l: u64) -> Terms {
+    let (n, l) = (M::from(n), M::from(l));
     match dims {
         ModelDims::PixArt(d) => {
-            let h = d.hidden();
-            let p2 = d.patch_size * d.patch_size;
-            let s = h / 3;
-            let caption = d.caption_channels.map_or(0, |c| l * (c * h + h * h));
+            let h = M::from(d.num_attention_heads) * d.attention_head_dim;
+            let p2 = M::from(d.patch_size) * d.patch_size;
+            let s = M(h.0.map(|h| h / 3));
+            let caption = d.caption_channels.map_or(M::ZERO, |c| l * (c * h + h * h));
             let size_cond = if d.use_additional_conditions {
                 3 * (TIME_PROJ_DIM * s + s * s)
             } else {
-                0
+                M::ZERO
             };
             Terms {
                 block: [
@@ -321,7 +375,7 @@ fn ecad_terms(dims: &ModelDims, n: u64, l: u64) -> Terms {
                     2 * n * h * h + 2 * l * d.cross_attention_dim * h,
                     8 * n * h * h,
                 ],
-                single: [0; 3],
+                single: [M::ZERO; 3],
                 per_step: (TIME_PROJ_DIM * h + h * h)
                     + 6 * h * h
                     + n * d.in_channels * p2 * h
@@ -330,12 +384,12 @@ fn ecad_terms(dims: &ModelDims, n: u64, l: u64) -> Terms {
             }
         }
         ModelDims::Flux(d) => {
-            let h = d.hidden();
+            let h = M::from(d.num_attention_heads) * d.attention_head_dim;
             let t = n + l;
             let guidance = if d.guidance_embeds {
                 TIME_PROJ_DIM * h + h * h
             } else {
-                0
+                M::ZERO
             };
             Terms {
                 block: [4 * (n + l) * h * h, 8 * n * h * h, 8 * l * h * h],
@@ -357,9 +411,9 @@ fn ecad_terms(dims: &ModelDims, n: u64, l: u64) -> Terms {
 /// Block MACs of one step: the effective bits ([`Schedule::effective_recompute`], which
 /// includes step 0's forced recompute and T-GATE's dropped cross-attention) times the step's
 /// batch.
-fn block_macs(s: &Schedule, step: usize, terms: &Terms, batch_after: &dyn Fn(usize) -> u64) -> u64 {
+fn block_macs(s: &Schedule, step: usize, terms: &Terms, batch_after: &dyn Fn(usize) -> u64) -> M {
     let fam = s.family();
-    let mut total = 0u64;
+    let mut total = M::ZERO;
     for b in 0..s.num_blocks() {
         for &c in fam.block_components() {
             if s.effective_recompute(step, b, c) {
@@ -412,15 +466,15 @@ pub fn ecad_macs(
         _ => ECAD_BATCH,
     };
     let mut by_step = BTreeMap::new();
-    let mut total = 0u64;
+    let mut total = M::ZERO;
     for step in 0..schedule.num_inference_steps() {
         let macs = block_macs(schedule, step, &terms, &batch)
             + batch(step) * (terms.per_step + terms.hoistable);
         total += macs;
-        by_step.insert(format!("{step:03}"), macs);
+        by_step.insert(format!("{step:03}"), macs.get()?);
     }
     Ok(MacsReport {
-        total_macs: total,
+        total_macs: total.get()?,
         by_inference_step: by_step,
     })
 }
@@ -443,7 +497,8 @@ pub fn true_macs(
     let mut terms = ecad_terms(dims, n, l);
     let per_run_per_seq = match dims {
         ModelDims::PixArt(d) => {
-            let h = d.hidden();
+            let (n, l) = (M::from(n), M::from(l));
+            let h = M::from(d.num_attention_heads) * d.attention_head_dim;
             // attention products; text K/V move out of attn2 into the per-run work
             terms.block[0] += 2 * n * n * h;
             let kv = 2 * l * d.cross_attention_dim * h;
@@ -451,8 +506,8 @@ pub fn true_macs(
             terms.hoistable + d.num_layers * kv
         }
         ModelDims::Flux(d) => {
-            let h = d.hidden();
-            let t = n + l;
+            let h = M::from(d.num_attention_heads) * d.attention_head_dim;
+            let t = M::from(n) + l;
             terms.block[0] += 2 * t * t * h;
             terms.single[0] += 2 * t * t * h;
             terms.hoistable
@@ -475,11 +530,11 @@ pub fn true_macs(
     for step in 0..schedule.num_inference_steps() {
         let macs = block_macs(schedule, step, &terms, &batch) + batch(step) * terms.per_step;
         total += macs;
-        by_step.insert(format!("{step:03}"), macs);
+        by_step.insert(format!("{step:03}"), macs.get()?);
     }
     Ok(TrueMacsReport {
-        total_macs: total,
-        per_run_macs: per_run,
+        total_macs: total.get()?,
+        per_run_macs: per_run.get()?,
         by_inference_step: by_step,
     })
 }
@@ -493,10 +548,10 @@ mod tests {
     fn pixart_terms_match_fitted_constants() {
         let d = ModelDims::PixArt(PixArtDims::pixart_xl_2_256());
         let t = ecad_terms(&d, 256, 120);
-        assert_eq!(2 * t.block[0], 2_717_908_992);
-        assert_eq!(2 * t.block[1], 1_995_964_416);
-        assert_eq!(2 * t.block[2], 5_435_817_984);
-        assert_eq!(2 * (t.per_step + t.hoistable), 1_498_447_872);
+        assert_eq!((2 * t.block[0]).0, Some(2_717_908_992));
+        assert_eq!((2 * t.block[1]).0, Some(1_995_964_416));
+        assert_eq!((2 * t.block[2]).0, Some(5_435_817_984));
+        assert_eq!((2 * (t.per_step + t.hoistable)).0, Some(1_498_447_872));
         let s = default_schedule(ModelFamily::PixArt, 20, 28, 0).unwrap();
         let r = ecad_macs(&s, &d, 256, 256).unwrap();
         assert_eq!(r.by_inference_step["000"], 285_689_806_848);
@@ -507,13 +562,13 @@ mod tests {
     fn flux_terms_match_fitted_constants() {
         let d = ModelDims::Flux(FluxDims::flux1_dev());
         let t = ecad_terms(&d, 256, 512);
-        assert_eq!(2 * t.block[0], 57_982_058_496);
-        assert_eq!(2 * t.block[1], 38_654_705_664);
-        assert_eq!(2 * t.block[2], 77_309_411_328);
-        assert_eq!(2 * t.single[0], 43_486_543_872);
-        assert_eq!(2 * t.single[1], 57_982_058_496);
-        assert_eq!(2 * t.single[2], 72_477_573_120);
-        assert_eq!(2 * (t.per_step + t.hoistable), 19_643_498_496);
+        assert_eq!((2 * t.block[0]).0, Some(57_982_058_496));
+        assert_eq!((2 * t.block[1]).0, Some(38_654_705_664));
+        assert_eq!((2 * t.block[2]).0, Some(77_309_411_328));
+        assert_eq!((2 * t.single[0]).0, Some(43_486_543_872));
+        assert_eq!((2 * t.single[1]).0, Some(57_982_058_496));
+        assert_eq!((2 * t.single[2]).0, Some(72_477_573_120));
+        assert_eq!((2 * (t.per_step + t.hoistable)).0, Some(19_643_498_496));
     }
 
     #[test]
@@ -533,6 +588,21 @@ mod tests {
         let per_run = 2 * (l * (4096 * h + h * h) + 28 * 2 * l * h * h);
         assert_eq!(r.per_run_macs, per_run);
         assert_eq!(r.total_macs, per_run + 20 * 2 * per_step);
+    }
+
+    #[test]
+    fn huge_sizes_are_refused_not_wrapped() {
+        let d = ModelDims::Flux(FluxDims::flux1_dev());
+        let s = default_schedule(ModelFamily::Flux, 1000, 19, 38).unwrap();
+        let opts = TrueCostOptions {
+            batch: 1024,
+            text_len: 4096,
+        };
+        let e = true_macs(&s, &d, 8192, 8192, opts).unwrap_err();
+        assert!(matches!(e, MacsError::Overflow), "{e}");
+        let e = ecad_macs(&s, &d, 1 << 40, 1 << 40).unwrap_err();
+        assert!(matches!(e, MacsError::Overflow), "{e}");
+        assert!(ecad_macs(&s, &d, 1024, 1024).is_ok());
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub use custom::{
 pub use error::ScheduleError;
 pub use family::{Component, ModelFamily, COMPONENTS_PER_BLOCK};
 
+use crate::util::limits;
 use error::Result;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -99,6 +100,7 @@ impl Schedule {
                 format!("PixArt has no single blocks (got {single_blocks})"),
             ));
         }
+        check_size(steps, blocks, single_blocks)?;
         Ok(Schedule {
             family,
             num_inference_steps: steps,
@@ -357,6 +359,28 @@ impl Schedule {
     }
 }
 
+/// Refuses a schedule whose step or block counts exceed [`limits::STEPS`] and
+/// [`limits::LAYERS`] (double and single blocks together), before its bits are allocated.
+pub(crate) fn check_size(steps: usize, blocks: usize, single_blocks: usize) -> Result<()> {
+    let over = |at: &str, e: limits::OverLimit| ScheduleError::invalid(at, e.to_string());
+    limits::STEPS
+        .check("num_inference_steps", steps as u128)
+        .map_err(|e| over("cache_schedule.num_inference_steps", e))?;
+    limits::LAYERS
+        .check("num_blocks", blocks as u128)
+        .map_err(|e| over("cache_schedule.num_blocks", e))?;
+    limits::LAYERS
+        .check("num_single_blocks", single_blocks as u128)
+        .map_err(|e| over("cache_schedule.num_single_blocks", e))?;
+    limits::LAYERS
+        .check(
+            "num_blocks + num_single_blocks",
+            blocks as u128 + single_blocks as u128,
+        )
+        .map_err(|e| over("cache_schedule", e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +395,33 @@ mod tests {
 
     fn err(text: &str) -> String {
         Schedule::from_json_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn hostile_counts_are_refused_before_allocating() {
+        let t = pixart_json(2, 2, |v| {
+            v["cache_schedule"]["num_inference_steps"] = Value::from(1u64 << 40);
+        });
+        let e = err(&t);
+        assert!(
+            e.contains("num_inference_steps") && e.contains("1000"),
+            "{e}"
+        );
+        let t = pixart_json(2, 2, |v| {
+            v["cache_schedule"]["num_blocks"] = Value::from(1u64 << 40);
+        });
+        assert!(err(&t).contains("num_blocks"), "{}", err(&t));
+        let t = pixart_json(2, 2, |v| {
+            v["cache_schedule"]["num_blocks"] = Value::from(u64::MAX);
+        });
+        assert!(err(&t).contains("num_blocks"), "{}", err(&t));
+        let f = Schedule::new_filled(ModelFamily::Flux, 2, 2, 2, "f", true).unwrap();
+        let mut v = f.to_value();
+        v["cache_schedule"]["num_single_blocks"] = Value::from(u64::MAX);
+        assert!(err(&v.to_string()).contains("num_single_blocks"));
+        assert!(Schedule::new_filled(ModelFamily::Flux, 4, usize::MAX, 1, "x", true).is_err());
+        assert!(Schedule::new_filled(ModelFamily::PixArt, 1000, 512, 0, "x", true).is_ok());
+        assert!(Schedule::new_filled(ModelFamily::PixArt, 1001, 28, 0, "x", true).is_err());
     }
 
     #[test]

@@ -72,9 +72,12 @@ pub fn run(cmd: ScheduleCommand) -> anyhow::Result<()> {
                     ..EngineOptions::default()
                 },
             )?;
-            if !(1..=10_000).contains(&steps) {
-                anyhow::bail!("--steps must be between 1 and 10000, got {steps}");
+            if steps == 0 {
+                anyhow::bail!("--steps must be at least 1, got {steps}");
             }
+            crate::util::limits::STEPS
+                .check("--steps", steps as u128)
+                .map_err(crate::error::Error::from)?;
             let s = engine.resolve_schedule(&schedule, steps)?;
             let json = if true_cost {
                 let r = engine.true_macs(&s, height, width, TrueCostOptions { batch, text_len })?;

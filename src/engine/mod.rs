@@ -30,6 +30,7 @@ pub use search::{SearchOutcome, SearchRequest};
 use crate::cache::macs::{ecad_macs, true_macs, MacsReport, TrueCostOptions, TrueMacsReport};
 use crate::cache::schedule::Schedule;
 use crate::error::{Error, ErrorKind, Result};
+use crate::util::limits;
 use crate::weights::HostTensor;
 use family::DynEngine;
 
@@ -90,6 +91,9 @@ impl Engine {
         }
         if options.max_sequence_length == Some(0) {
             return Err(Error::invalid("--max-sequence-length must be at least 1"));
+        }
+        if let Some(n) = options.max_sequence_length {
+            limits::TEXT_TOKENS.check("--max-sequence-length", n as u128)?;
         }
         let (entry, resolved) = registry::resolve(&source)?;
         let info = (entry.describe)(&resolved)?;
@@ -191,6 +195,8 @@ impl Engine {
         req: &DenoiseRequest<'_>,
         progress: &mut Progress<'_>,
     ) -> Result<HostTensor> {
+        limits::STEPS.check("--steps", req.steps as u128)?;
+        check_sides(req.height, req.width)?;
         let inner = self.loaded()?;
         finite("--guidance", req.guidance)?;
         check_inputs(inputs)?;
@@ -223,6 +229,12 @@ impl Engine {
             return Err(Error::invalid("no prompts to generate"));
         }
         finite("--guidance", req.guidance)?;
+        limits::BATCH.check("--batch", req.batch as u128)?;
+        limits::BATCH.check("the number of prompts", req.prompts.len() as u128)?;
+        if let Some(n) = req.steps {
+            limits::STEPS.check("--steps", n as u128)?;
+        }
+        check_sides(req.height, req.width)?;
         let pool = self.pool.take();
         let r = {
             let inner = self.loaded_mut()?;
@@ -240,6 +252,7 @@ impl Engine {
         width: Option<usize>,
         binning: bool,
     ) -> Result<(usize, usize)> {
+        check_sides(height, width)?;
         self.loaded()?.plan_size(height, width, binning)
     }
 
@@ -263,6 +276,8 @@ impl Engine {
 
     /// ECAD's MAC count of a schedule (`None`: uncached) at an image size in pixels.
     pub fn macs(&self, schedule: Option<&Schedule>, height: u64, width: u64) -> Result<MacsReport> {
+        limits::IMAGE_SIDE.check("--height", height)?;
+        limits::IMAGE_SIDE.check("--width", width)?;
         let steps = schedule.map_or(20, |s| s.num_inference_steps());
         let uncached;
         let s = match schedule {
@@ -283,6 +298,10 @@ impl Engine {
         width: u64,
         options: TrueCostOptions,
     ) -> Result<TrueMacsReport> {
+        limits::IMAGE_SIDE.check("--height", height)?;
+        limits::IMAGE_SIDE.check("--width", width)?;
+        limits::BATCH.check("--batch", options.batch)?;
+        limits::TEXT_TOKENS.check("--text-len", options.text_len)?;
         Ok(true_macs(
             schedule,
             &self.info.dims,
@@ -342,6 +361,15 @@ impl Engine {
             return Err(Error::invalid("--text-len must be at least 1"));
         }
         finite("--guidance", req.guidance)?;
+        limits::STEPS.check("--steps", req.steps as u128)?;
+        limits::BATCH.check("--prompts", req.prompts as u128)?;
+        if let Some(n) = req.text_len {
+            limits::TEXT_TOKENS.check("--text-len", n as u128)?;
+        }
+        if let Some(n) = req.latent {
+            limits::LATENT_SIDE.check("--latent", n as u128)?;
+        }
+        check_sides(req.height, req.width)?;
         let inner = self.loaded()?;
         Self::in_pool(&self.pool, || inner.bench(req, progress))
     }
@@ -355,4 +383,15 @@ impl Engine {
         let inner = self.loaded()?;
         Self::in_pool(&self.pool, || inner.search(req, &self.info, events))
     }
+}
+
+/// Refuses an image height or width over [`limits::IMAGE_SIDE`], naming the flag.
+fn check_sides(height: Option<usize>, width: Option<usize>) -> Result<()> {
+    if let Some(h) = height {
+        limits::IMAGE_SIDE.check("--height", h as u128)?;
+    }
+    if let Some(w) = width {
+        limits::IMAGE_SIDE.check("--width", w as u128)?;
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@ use crate::search::driver::{
 use crate::search::evaluate::{
     CostMetric, EvalConfig, Evaluator, QualityMetric, SearchModel, WorkReport,
 };
+use crate::util::limits;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -100,6 +101,21 @@ fn check(req: &SearchRequest) -> Result<QualityMetric> {
     if req.seeds_per_prompt == 0 {
         return Err(Error::invalid("--seeds-per-prompt must be at least 1"));
     }
+    limits::STEPS.check("--steps", req.steps as u128)?;
+    limits::TEXT_TOKENS.check("--text-len", req.text_len as u128)?;
+    for (flag, side) in [("--height", req.height), ("--width", req.width)] {
+        if let Some(v) = side {
+            limits::IMAGE_SIDE.check(flag, v as u128)?;
+        }
+    }
+    if let Some(b) = req.batch_size {
+        limits::BATCH.check("--batch-size", b as u128)?;
+    }
+    if let Some(p) = req.population {
+        limits::POPULATION.check("--population", p as u128)?;
+    }
+    limits::BATCH.check("--prompts", req.prompts as u128)?;
+    limits::BATCH.check("--seeds-per-prompt", req.seeds_per_prompt as u128)?;
     if req.steps < 2 {
         return Err(Error::invalid(format!(
             "--steps must be at least 2, got {}",

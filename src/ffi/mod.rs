@@ -211,20 +211,24 @@ pub(crate) fn check_out<T>(p: *mut T, len: usize, want: usize, what: &str) -> Ff
     Ok(())
 }
 
-/// `a * b * ...` or a buffer-size error naming `what`.
+/// `a * b * ...` or a buffer-size error naming `what`: refused when the count overflows, or
+/// when as many 4-byte values would exceed the largest allocation (`util::checked_bytes`).
 pub(crate) fn product(factors: &[usize], what: &str) -> FfiResult<usize> {
-    factors
-        .iter()
-        .try_fold(1usize, |acc, &f| acc.checked_mul(f))
-        .map_or_else(
-            || {
-                fail(
-                    EcadBufferSize,
-                    format!("{what}: the size overflows ({factors:?})"),
-                )
-            },
-            Ok,
-        )
+    match crate::util::checked_bytes(factors, 4) {
+        Some(bytes) => Ok(bytes / 4),
+        None => fail(
+            EcadBufferSize,
+            format!("{what}: the size overflows ({factors:?})"),
+        ),
+    }
+}
+
+/// `v` when it is within `limit` (`util::limits`), else an invalid-argument error naming the
+/// field `what`.
+pub(crate) fn bounded(limit: crate::util::limits::Limit, what: &str, v: usize) -> FfiResult<usize> {
+    limit
+        .check(what, v as u128)
+        .or_else(|e| fail(EcadInvalidArgument, e.to_string()))
 }
 
 /// Reads a caller's versioned struct (first field `uint32_t struct_size`): refuses a size below

@@ -5,12 +5,13 @@ use super::handles;
 use super::schedule::EcadSchedule;
 use super::EcadStatus::*;
 use super::{
-    check_out, fail, guard, opt_slice, opt_str, product, read_versioned, req_str, slice,
+    bounded, check_out, fail, guard, opt_slice, opt_str, product, read_versioned, req_str, slice,
     EcadStatus, FfiResult,
 };
 use crate::cache::schedule::Schedule;
 use crate::engine::{DenoiseRequest, GenerateRequest, NamedInputs, Progress};
 use crate::error::Result;
+use crate::util::limits;
 use crate::weights::HostTensor;
 use std::collections::BTreeMap;
 use std::ffi::c_char;
@@ -122,6 +123,11 @@ pub(crate) fn denoise_into(
     if a.guidance.is_some_and(|g| !g.is_finite()) {
         return fail(EcadInvalidArgument, "guidance must be finite");
     }
+    bounded(limits::BATCH, "batch", b)?;
+    bounded(limits::IMAGE_SIDE, "height", a.height)?;
+    bounded(limits::IMAGE_SIDE, "width", a.width)?;
+    bounded(limits::TEXT_TOKENS, "text_len", l)?;
+    bounded(limits::STEPS, "steps", a.steps)?;
     let vsf = info.vae_scale_factor.max(1);
     let cell = if info.packed { 2 * vsf } else { vsf };
     if a.height % cell != 0 || a.width % cell != 0 {
@@ -343,6 +349,13 @@ pub(crate) fn generate_into(
     if a.guidance.is_some_and(|g| !g.is_finite()) {
         return fail(EcadInvalidArgument, "guidance must be finite");
     }
+    bounded(limits::BATCH, "num_prompts", a.prompts.len())?;
+    bounded(limits::BATCH, "batch", a.batch)?;
+    bounded(limits::IMAGE_SIDE, "height", a.height as usize)?;
+    bounded(limits::IMAGE_SIDE, "width", a.width as usize)?;
+    if let Some(n) = a.steps {
+        bounded(limits::STEPS, "steps", n)?;
+    }
     let (h, w) = super::engine::plan(st, a.height, a.width, a.disable_binning)?;
     let per = product(&[h, w, 3], "out_rgb")?;
     let want = product(&[per, a.prompts.len(), a.batch], "out_rgb")?;
@@ -435,6 +448,7 @@ pub unsafe extern "C" fn ecad_engine_generate(
         if p.num_prompts > 0 && p.prompts.is_null() {
             return fail(EcadNullPointer, "prompts is NULL");
         }
+        bounded(limits::BATCH, "num_prompts", p.num_prompts as usize)?;
         // Not preallocated from the caller's count: the vector grows as the strings are read.
         let mut prompts = Vec::new();
         for i in 0..p.num_prompts as usize {

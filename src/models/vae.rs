@@ -11,6 +11,7 @@
 
 use super::{Linear, MResult, ModelError, TensorSource, Vb};
 use crate::backend::{BResult, Backend, Tensor};
+use crate::util::limits;
 use crate::weights::config::JsonConfig;
 use crate::weights::WResult;
 use std::path::Path;
@@ -64,6 +65,14 @@ impl VaeConfig {
                 })
                 .ok_or_else(|| c.invalid("`block_out_channels` must be a list of integers"))?,
         };
+        limits::LAYERS
+            .check("the length of `block_out_channels`", boc.len() as u128)
+            .map_err(|e| c.invalid(e.to_string()))?;
+        for &ch in &boc {
+            limits::DIM
+                .check("an entry of `block_out_channels`", ch as u128)
+                .map_err(|e| c.invalid(e.to_string()))?;
+        }
         if let Some(v) = c.map.get("up_block_types") {
             let ok = v.as_array().is_some_and(|a| {
                 a.len() == boc.len() && a.iter().all(|t| t.as_str() == Some("UpDecoderBlock2D"))

@@ -4,6 +4,7 @@
 //! back as floats.
 
 use super::{io_err, WResult, WeightsError};
+use crate::util::limits::{self, Limit};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
@@ -56,6 +57,28 @@ pub fn sanitize_json(text: &str) -> String {
     out
 }
 
+/// The limit on an integer config key, from its name: layer and block counts
+/// ([`limits::LAYERS`]), head counts ([`limits::HEADS`]), vocabulary sizes and token ids
+/// ([`limits::VOCAB`]), text lengths ([`limits::TEXT_TOKENS`]), the latent `sample_size`
+/// ([`limits::LATENT_SIDE`]), and every other integer (widths, channels, buckets, timestep
+/// counts) [`limits::DIM`].
+pub fn limit_for_key(key: &str) -> Limit {
+    let k = key.to_ascii_lowercase();
+    if k.contains("layers") || k.contains("blocks") {
+        limits::LAYERS
+    } else if k.contains("heads") {
+        limits::HEADS
+    } else if k.contains("vocab") || k.ends_with("token_id") {
+        limits::VOCAB
+    } else if k.contains("max_position") || k.contains("max_length") || k.contains("max_sequence") {
+        limits::TEXT_TOKENS
+    } else if k == "sample_size" {
+        limits::LATENT_SIDE
+    } else {
+        limits::DIM
+    }
+}
+
 /// A parsed JSON config with the file it came from, for error messages.
 #[derive(Clone, Debug)]
 pub struct JsonConfig {
@@ -105,18 +128,27 @@ impl JsonConfig {
         matches!(self.map.get(key), None | Some(Value::Null))
     }
 
+    /// An integer that sizes something: absent/null is None; a value over the limit its key
+    /// implies ([`limit_for_key`]) is refused, naming the key and the file, before anything is
+    /// built from it.
     pub fn opt_usize(&self, key: &str) -> WResult<Option<usize>> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .or_else(|| {
-                    v.as_f64()
-                        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-                        .map(|f| f as u64)
-                })
-                .map(|u| Some(u as usize))
-                .ok_or_else(|| self.bad(key, "must be a non-negative integer")),
+            Some(v) => {
+                let u = v
+                    .as_u64()
+                    .map(u128::from)
+                    .or_else(|| {
+                        v.as_f64()
+                            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && f.is_finite())
+                            .map(|f| f as u128)
+                    })
+                    .ok_or_else(|| self.bad(key, "must be a non-negative integer"))?;
+                limit_for_key(key)
+                    .check(format!("`{key}`"), u)
+                    .map(Some)
+                    .map_err(|e| self.invalid(e.to_string()))
+            }
         }
     }
     pub fn usize_or(&self, key: &str, default: usize) -> WResult<usize> {
@@ -189,6 +221,25 @@ mod tests {
         assert!(c.opt_f64("b").unwrap().unwrap().is_nan());
         assert_eq!(c.opt_str("a").unwrap().unwrap(), "x-Infinity\"NaN");
         assert_eq!(c.req_usize("c").unwrap(), 1);
+    }
+
+    #[test]
+    fn hostile_sizes_are_refused_naming_key_and_file() {
+        let c = JsonConfig::parse(
+            Path::new("transformer/config.json"),
+            r#"{"num_layers": 1000000000, "num_attention_heads": 1e12, "d_model": 18446744073709551615, "vocab_size": 32128, "sample_size": 128}"#,
+        )
+        .unwrap();
+        let e = c.req_usize("num_layers").unwrap_err().to_string();
+        assert!(
+            e.contains("num_layers") && e.contains("transformer/config.json"),
+            "{e}"
+        );
+        assert!(e.contains("1000000000") && e.contains("512"), "{e}");
+        assert!(c.req_usize("num_attention_heads").is_err());
+        assert!(c.req_usize("d_model").is_err());
+        assert_eq!(c.req_usize("vocab_size").unwrap(), 32128);
+        assert_eq!(c.req_usize("sample_size").unwrap(), 128);
     }
 
     #[test]

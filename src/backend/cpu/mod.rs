@@ -4,7 +4,7 @@
 
 mod vmath;
 
-use super::{check, shape_err, Activation, BResult, Backend, Precision, Tensor};
+use super::{check, checked_numel, shape_err, Activation, BResult, Backend, Precision, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -183,8 +183,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, data: Vec<f32>, shape: &[usize]) -> BResult<Tensor<Self>> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
+        if checked_numel(shape) != Some(data.len()) {
             return shape_err(
                 "upload",
                 format!("{} values for shape {shape:?}", data.len()),

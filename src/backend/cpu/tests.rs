@@ -538,3 +538,14 @@ fn clip_activations_match_reference() {
         close(&g, &want, 1e-6);
     }
 }
+
+#[test]
+fn overflowing_shapes_are_refused_not_wrapped() {
+    let be = CpuBackend::new();
+    // 2^32 · 2^32 · 2 wraps to 0 in usize: the empty buffer used to match it.
+    let huge = [1usize << 32, 1 << 32, 2];
+    assert!(be.upload(Vec::new(), &huge).is_err());
+    assert!(be.zeros(&huge).is_err());
+    assert!(be.zeros(&[usize::MAX / 2, 3]).is_err());
+    assert_eq!(be.zeros(&[2, 3]).unwrap().numel(), 6);
+}

@@ -214,7 +214,13 @@ impl Backend for CudaBackend {
     }
 
     fn zeros(&self, shape: &[usize]) -> BResult<Tensor<Self>> {
-        let mut b = self.alloc(shape.iter().product())?;
+        let Some(n) = crate::util::checked_numel(shape) else {
+            return crate::backend::shape_err(
+                "zeros",
+                format!("shape {shape:?} overflows the element count"),
+            );
+        };
+        let mut b = self.alloc(n)?;
         self.stream.memset_zeros(b.sm()).map_err(dev_err)?;
         Ok(self.wrap(b, shape.to_vec()))
     }

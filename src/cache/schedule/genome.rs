@@ -7,7 +7,11 @@ use serde_json::{Map, Value};
 impl Schedule {
     /// The genome length ECAD's GA uses: `steps * (blocks + single_blocks) * 3`.
     pub fn genome_len(steps: usize, blocks: usize, single_blocks: usize) -> usize {
-        steps * (blocks + single_blocks) * COMPONENTS_PER_BLOCK
+        // Saturating: the counts are bounded (`check_size`) wherever a schedule is built, and a
+        // hostile count yields a length no genome has instead of an overflow.
+        steps
+            .saturating_mul(blocks.saturating_add(single_blocks))
+            .saturating_mul(COMPONENTS_PER_BLOCK)
     }
 
     /// The GA genome in ECAD's order, over the first `num_inference_steps` steps: step-major;

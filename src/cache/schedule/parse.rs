@@ -6,6 +6,7 @@ use super::{
     BlockCustom, Component, CustomFunction, CustomSpec, ModelFamily, Schedule, ScheduleError,
     ATTN_CACHED_FUNCTION, COMPONENTS_PER_BLOCK, FF_CACHED_FUNCTION, TGATE_FUNCTION,
 };
+use crate::util::limits;
 use serde_json::{Map, Value};
 use std::path::Path;
 
@@ -192,6 +193,8 @@ impl Schedule {
         };
         let num_blocks = expect_usize(get(KEY_NUM_BLOCKS)?, "cache_schedule.num_blocks")?;
         let num_steps = expect_usize(get(KEY_NUM_STEPS)?, "cache_schedule.num_inference_steps")?;
+        // The counts size what follows: refused over their limits before anything is allocated.
+        super::check_size(num_steps, num_blocks, 0)?;
         let name = match get(KEY_NAME)? {
             Value::String(s) => s.clone(),
             other => {
@@ -208,6 +211,9 @@ impl Schedule {
         let sched = expect_object(get(KEY_SCHEDULE)?, "cache_schedule.schedule")?;
 
         // Step entries: keys are decimal step indices ("000", ...), as ECAD's int(step).
+        limits::STEPS
+            .check("its number of step entries", sched.len() as u128)
+            .map_err(|e| ScheduleError::invalid("cache_schedule.schedule", e.to_string()))?;
         let slots = sched.len().max(num_steps);
         let mut steps: Vec<Option<&Map<String, Value>>> = vec![None; slots];
         for (k, sv) in sched {
@@ -292,6 +298,7 @@ impl Schedule {
                 expect_usize(v, "cache_schedule.num_single_blocks")?
             }
         };
+        super::check_size(num_steps, num_blocks, num_single_blocks)?;
 
         let mut s =
             Schedule::new_filled(family, num_steps, num_blocks, num_single_blocks, name, true)?;

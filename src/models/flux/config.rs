@@ -1,6 +1,7 @@
 //! `FluxTransformer2DModel` configuration, read from `transformer/config.json` with the defaults
 //! of diffusers 0.42 (`FluxTransformer2DModel.__init__`).
 
+use crate::util::limits;
 use crate::weights::config::JsonConfig;
 use crate::weights::WResult;
 use std::path::Path;
@@ -80,6 +81,17 @@ impl FluxConfig {
                 .ok_or_else(|| c.invalid("`axes_dims_rope` must be a list of integers"))?,
             Some(_) => return Err(c.invalid("`axes_dims_rope` must be a list of integers")),
         };
+        limits::LAYERS
+            .check(
+                "the length of `axes_dims_rope`",
+                axes_dims_rope.len() as u128,
+            )
+            .map_err(|e| c.invalid(e.to_string()))?;
+        for &d in &axes_dims_rope {
+            limits::DIM
+                .check("an entry of `axes_dims_rope`", d as u128)
+                .map_err(|e| c.invalid(e.to_string()))?;
+        }
         let cfg = FluxConfig {
             patch_size: c.usize_or("patch_size", 1)?,
             in_channels,

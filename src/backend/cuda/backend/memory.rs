@@ -103,7 +103,12 @@ pub(super) fn keep_pool_memory(ctx: &Arc<CudaContext>) {
 impl CudaBackend {
     /// An uninitialised buffer of `n` elements of `dtype` (every op writes all of its output).
     pub(super) fn alloc_dt(&self, n: usize, dtype: DType) -> BResult<DevBuf> {
-        let bytes = n.max(1) * dtype.size();
+        let Some(bytes) = n.max(1).checked_mul(dtype.size()) else {
+            return shape_err(
+                "alloc",
+                format!("{n} {dtype:?} values overflow the byte count"),
+            );
+        };
         let data =
             unsafe { self.stream.alloc::<u8>(bytes) }.map_err(|e| self.alloc_err(e, bytes))?;
         Ok(DevBuf {
@@ -182,7 +187,7 @@ impl CudaBackend {
         shape: &[usize],
         dtype: DType,
     ) -> BResult<Tensor<Self>> {
-        if data.len() != shape.iter().product::<usize>() {
+        if crate::util::checked_numel(shape) != Some(data.len()) {
             return shape_err("upload", format!("{} values for {shape:?}", data.len()));
         }
         let bytes = if data.is_empty() {
