@@ -241,7 +241,7 @@ pub fn group_norm<B: Backend>(
     weight: &Tensor<B>,
     bias: &Tensor<B>,
 ) -> BResult<()> {
-    if x.dims() != 4 || groups == 0 || x.dim(1) % groups != 0 {
+    if x.dims() != 4 || groups == 0 || !x.dim(1).is_multiple_of(groups) {
         return shape_err(
             "group_norm",
             format!("{:?} into {groups} groups", x.shape()),
@@ -291,12 +291,12 @@ pub fn rope<B: Backend>(
     sin: &Tensor<B>,
     heads: usize,
 ) -> BResult<(usize, usize, usize)> {
-    if x.dims() != 3 || heads == 0 || x.dim(2) % heads != 0 {
+    if x.dims() != 3 || heads == 0 || !x.dim(2).is_multiple_of(heads) {
         return shape_err("rope", format!("x {:?} with {heads} heads", x.shape()));
     }
     let (s, hd) = (x.dim(1), x.dim(2));
     let d = hd / heads;
-    if d % 2 != 0 || cos.numel() != s * d / 2 || sin.numel() != s * d / 2 {
+    if !d.is_multiple_of(2) || cos.numel() != s * d / 2 || sin.numel() != s * d / 2 {
         return shape_err("rope", format!("tables {:?} for S={s}, D={d}", cos.shape()));
     }
     Ok((s, hd, d))

@@ -265,7 +265,7 @@ fn check_size(
     multiple: u64,
     why: &'static str,
 ) -> Result<(), MacsError> {
-    if value == 0 || value % multiple != 0 {
+    if value == 0 || !value.is_multiple_of(multiple) {
         return Err(MacsError::BadSize {
             what,
             value,
@@ -517,7 +517,7 @@ pub fn true_macs(
         ModelDims::PixArt(_) => schedule.tgate_pipeline_gate_step()?,
         ModelDims::Flux(_) => None,
     };
-    if gate.is_some() && b % 2 != 0 {
+    if gate.is_some() && !b.is_multiple_of(2) {
         return Err(MacsError::TgateBatch(b));
     }
     let batch = |step: usize| match gate {

@@ -130,7 +130,7 @@ pub(crate) fn denoise_into(
     bounded(limits::STEPS, "steps", a.steps)?;
     let vsf = info.vae_scale_factor.max(1);
     let cell = if info.packed { 2 * vsf } else { vsf };
-    if a.height % cell != 0 || a.width % cell != 0 {
+    if !a.height.is_multiple_of(cell) || !a.width.is_multiple_of(cell) {
         return fail(
             EcadInvalidArgument,
             format!(

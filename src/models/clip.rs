@@ -95,7 +95,7 @@ impl ClipTextConfig {
                  max_position_embeddings must be positive",
             ));
         }
-        if cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(c.invalid(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 cfg.hidden_size, cfg.num_attention_heads
@@ -273,7 +273,7 @@ impl<B: Backend> ClipTextModel<B> {
     /// returns the row length.
     fn check_ids(&self, ids: &[u32], batch: usize) -> MResult<usize> {
         let c = &self.config;
-        if batch == 0 || ids.is_empty() || ids.len() % batch != 0 {
+        if batch == 0 || ids.is_empty() || !ids.len().is_multiple_of(batch) {
             return Err(ModelError::Input(format!(
                 "CLIP: {} ids do not form {batch} non-empty rows",
                 ids.len()

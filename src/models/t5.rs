@@ -236,7 +236,7 @@ impl<B: Backend> T5Encoder<B> {
     /// position of any row (positions after it are padding for every row).
     pub fn forward(&self, be: &B, ids: &[u32], mask: &[f32], batch: usize) -> MResult<Tensor<B>> {
         let c = &self.config;
-        if batch == 0 || ids.len() % batch != 0 || mask.len() != ids.len() {
+        if batch == 0 || !ids.len().is_multiple_of(batch) || mask.len() != ids.len() {
             return Err(ModelError::Input(format!(
                 "T5: {} ids and {} mask values for batch {batch}",
                 ids.len(),

@@ -480,7 +480,7 @@ pub(super) fn rgb_images(images: &[Vec<f32>], h: usize, w: usize) -> Vec<RgbImag
 /// Refuses a size that is not a positive multiple of `m`, naming the nearest valid ones;
 /// `why` (may be empty) follows `m` in the message.
 pub(super) fn check_multiple(flag: &str, v: usize, m: usize, why: &str) -> MResult<()> {
-    if v > 0 && v % m == 0 {
+    if v > 0 && v.is_multiple_of(m) {
         return Ok(());
     }
     let lo = v / m * m;

@@ -365,7 +365,7 @@ impl<B: Backend> FluxTransformer<B> {
     pub fn rope(&self, be: &B, txt_ids: &[f32], img_ids: &[f32]) -> MResult<RopeTables<B>> {
         let axes = &self.config.axes_dims_rope;
         let na = axes.len();
-        if txt_ids.len() % na != 0 || img_ids.len() % na != 0 {
+        if !txt_ids.len().is_multiple_of(na) || !img_ids.len().is_multiple_of(na) {
             return Err(input_err(format!("position ids must be [N, {na}]")));
         }
         let ids: Vec<f32> = txt_ids.iter().chain(img_ids).copied().collect();

@@ -120,13 +120,13 @@ impl PixArtConfig {
                 "num_attention_heads, attention_head_dim, patch_size, sample_size and in_channels must be positive",
             ));
         }
-        if cfg.use_additional_conditions && cfg.inner_dim() % 3 != 0 {
+        if cfg.use_additional_conditions && !cfg.inner_dim().is_multiple_of(3) {
             return Err(c.invalid(format!(
                 "use_additional_conditions needs an inner dim divisible by 3, got {}",
                 cfg.inner_dim()
             )));
         }
-        if cfg.inner_dim() % 4 != 0 {
+        if !cfg.inner_dim().is_multiple_of(4) {
             return Err(c.invalid(format!(
                 "the 2-D sincos position embedding needs an inner dim divisible by 4, got {}",
                 cfg.inner_dim()
