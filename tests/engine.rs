@@ -1,22 +1,15 @@
 //! The Rust API every door uses: `Engine::open` and its operations, the error kinds they report,
 //! and cancellation through the progress callback.
 
+mod common;
+
+use common::{cpu_engine, demo_denoise_inputs};
 use ecad_native::engine::{
-    DenoiseRequest, DeviceSpec, Dtype, EngineOptions, Event, GenerateRequest, Load, NamedInputs,
-    Progress,
+    DenoiseRequest, Dtype, EngineOptions, Event, GenerateRequest, Load, NamedInputs, Progress,
 };
-use ecad_native::weights::HostTensor;
 use ecad_native::{Engine, ErrorKind, ModelSource};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-
-fn cpu(load: Load) -> EngineOptions {
-    EngineOptions {
-        device: DeviceSpec::Cpu,
-        load,
-        ..EngineOptions::default()
-    }
-}
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -24,12 +17,16 @@ fn fixtures() -> PathBuf {
 
 #[test]
 fn info_comes_from_the_configs() {
-    let e = Engine::open(ModelSource::Demo, cpu(Load::Config)).unwrap();
+    let e = Engine::open(ModelSource::Demo, cpu_engine(Load::Config)).unwrap();
     let i = e.info();
     assert_eq!((i.family, i.blocks, i.single_blocks), ("pixart", 28, 0));
     assert!(i.is_demo && !i.packed);
     assert_eq!(e.device_name(), "none");
-    let f = Engine::open(ModelSource::Arch("flux-narrow".into()), cpu(Load::Config)).unwrap();
+    let f = Engine::open(
+        ModelSource::Arch("flux-narrow".into()),
+        cpu_engine(Load::Config),
+    )
+    .unwrap();
     let i = f.info();
     assert_eq!((i.family, i.blocks, i.single_blocks), ("flux", 19, 38));
     assert_eq!(
@@ -39,13 +36,13 @@ fn info_comes_from_the_configs() {
     // A folder is detected by its transformer config.
     let d = Engine::open(
         ModelSource::Dir(fixtures().join("flux_denoise/dev_dynamic")),
-        cpu(Load::Config),
+        cpu_engine(Load::Config),
     )
     .unwrap();
     assert_eq!((d.info().family, d.info().single_blocks), ("flux", 3));
     let p = Engine::open(
         ModelSource::Dir(fixtures().join("denoise/tiny28")),
-        cpu(Load::Config),
+        cpu_engine(Load::Config),
     )
     .unwrap();
     assert_eq!((p.info().family, p.info().blocks), ("pixart", 28));
@@ -64,22 +61,25 @@ fn info_comes_from_the_configs() {
 fn open_errors_have_kinds() {
     let kind = |s: ModelSource, o: EngineOptions| Engine::open(s, o).err().unwrap().kind();
     assert_eq!(
-        kind(ModelSource::Arch("nope".into()), cpu(Load::Config)),
+        kind(ModelSource::Arch("nope".into()), cpu_engine(Load::Config)),
         ErrorKind::InvalidInput
     );
     let tmp = tempfile::tempdir().unwrap();
     assert_eq!(
-        kind(ModelSource::Dir(tmp.path().into()), cpu(Load::Config)),
+        kind(
+            ModelSource::Dir(tmp.path().into()),
+            cpu_engine(Load::Config)
+        ),
         ErrorKind::Checkpoint
     );
     let f16 = EngineOptions {
         dtype: Dtype::F16,
-        ..cpu(Load::Transformer)
+        ..cpu_engine(Load::Transformer)
     };
     assert_eq!(kind(ModelSource::Demo, f16), ErrorKind::Unsupported);
     let zero = EngineOptions {
         threads: Some(0),
-        ..cpu(Load::Config)
+        ..cpu_engine(Load::Config)
     };
     assert_eq!(kind(ModelSource::Demo, zero), ErrorKind::InvalidInput);
     // A transformer folder with a truncated weights file: a checkpoint error naming the file.
@@ -92,33 +92,15 @@ fn open_errors_have_kinds() {
         b"\x08\0\0\0\0\0\0\0{}",
     )
     .unwrap();
-    let e = Engine::open(ModelSource::Dir(dir), cpu(Load::Transformer))
+    let e = Engine::open(ModelSource::Dir(dir), cpu_engine(Load::Transformer))
         .err()
         .unwrap();
     assert_eq!(e.kind(), ErrorKind::Checkpoint, "{e}");
 }
 
-fn noise(shape: &[usize], seed: u32) -> HostTensor {
-    let n: usize = shape.iter().product();
-    HostTensor {
-        shape: shape.to_vec(),
-        data: (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
-            .collect(),
-    }
-}
-
-fn demo_denoise_inputs() -> BTreeMap<String, HostTensor> {
-    let mut m = BTreeMap::new();
-    m.insert("latents".into(), noise(&[1, 4, 8, 8], 1));
-    m.insert("prompt_embeds".into(), noise(&[1, 6, 64], 2));
-    m.insert("negative_prompt_embeds".into(), noise(&[1, 6, 64], 3));
-    m
-}
-
 #[test]
 fn denoise_is_deterministic_and_cancellable() {
-    let e = Engine::open(ModelSource::Demo, cpu(Load::Transformer)).unwrap();
+    let e = Engine::open(ModelSource::Demo, cpu_engine(Load::Transformer)).unwrap();
     let inputs = demo_denoise_inputs();
     let named = NamedInputs {
         tensors: &inputs,
@@ -188,7 +170,7 @@ fn denoise_is_deterministic_and_cancellable() {
 
 #[test]
 fn generate_needs_the_pipeline_and_is_reproducible() {
-    let mut t = Engine::open(ModelSource::Demo, cpu(Load::Transformer)).unwrap();
+    let mut t = Engine::open(ModelSource::Demo, cpu_engine(Load::Transformer)).unwrap();
     let prompts = vec!["a red cube".to_string(), "two cats".to_string()];
     let req = GenerateRequest {
         prompts: &prompts,
@@ -205,7 +187,7 @@ fn generate_needs_the_pipeline_and_is_reproducible() {
     };
     let err = t.generate(&req, &mut Progress::none()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
-    let mut g = Engine::open(ModelSource::Demo, cpu(Load::Pipeline)).unwrap();
+    let mut g = Engine::open(ModelSource::Demo, cpu_engine(Load::Pipeline)).unwrap();
     assert!(g.has_pipeline());
     assert_eq!(g.plan_size(Some(64), Some(64), true).unwrap(), (64, 64));
     let a = g.generate(&req, &mut Progress::none()).unwrap();
@@ -238,7 +220,11 @@ fn generate_needs_the_pipeline_and_is_reproducible() {
 
 #[test]
 fn macs_and_heuristics_match_the_layout() {
-    let e = Engine::open(ModelSource::Arch("xl2-256".into()), cpu(Load::Config)).unwrap();
+    let e = Engine::open(
+        ModelSource::Arch("xl2-256".into()),
+        cpu_engine(Load::Config),
+    )
+    .unwrap();
     let full = e.macs(None, 256, 256).unwrap();
     let fora = e.heuristic("fora:2", 20).unwrap();
     let cached = e.macs(Some(&fora), 256, 256).unwrap();

@@ -5,42 +5,14 @@
 
 mod common;
 
-use common::cli;
+use common::{cli, cpu_engine, demo_denoise_inputs, noise};
 use ecad_native::engine::{
-    BenchMode, BenchRequest, DenoiseRequest, DeviceSpec, EngineOptions, GenerateRequest, Load,
-    NamedInputs, Progress,
+    BenchMode, BenchRequest, DenoiseRequest, GenerateRequest, Load, NamedInputs, Progress,
 };
 use ecad_native::weights::HostTensor;
 use ecad_native::{Engine, Error, ErrorKind, ModelSource};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-fn cpu(load: Load) -> EngineOptions {
-    EngineOptions {
-        device: DeviceSpec::Cpu,
-        load,
-        ..EngineOptions::default()
-    }
-}
-
-fn noise(shape: &[usize], seed: u32) -> HostTensor {
-    let n: usize = shape.iter().product();
-    HostTensor {
-        shape: shape.to_vec(),
-        data: (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
-            .collect(),
-    }
-}
-
-/// Inputs of a demo `denoise` (one prompt, 8x8 latent, 6 text tokens, CFG's negative prompt).
-fn denoise_inputs() -> BTreeMap<String, HostTensor> {
-    let mut m = BTreeMap::new();
-    m.insert("latents".into(), noise(&[1, 4, 8, 8], 1));
-    m.insert("prompt_embeds".into(), noise(&[1, 6, 64], 2));
-    m.insert("negative_prompt_embeds".into(), noise(&[1, 6, 64], 3));
-    m
-}
 
 /// Inputs of a demo `forward` with `tokens` text tokens and a batch of `batch`.
 fn forward_inputs(batch: usize, tokens: usize) -> BTreeMap<String, HostTensor> {
@@ -102,8 +74,8 @@ fn assert_invalid(r: Result<impl std::fmt::Debug, Error>, needles: &[&str]) {
 
 #[test]
 fn non_finite_guidance_is_refused_by_the_engine() {
-    let e = Engine::open(ModelSource::Demo, cpu(Load::Transformer)).unwrap();
-    let inputs = denoise_inputs();
+    let e = Engine::open(ModelSource::Demo, cpu_engine(Load::Transformer)).unwrap();
+    let inputs = demo_denoise_inputs();
     for g in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
         let req = DenoiseRequest {
             guidance: Some(g),
@@ -123,7 +95,7 @@ fn non_finite_guidance_is_refused_by_the_engine() {
         };
         assert_invalid(e.bench(&req, &mut Progress::none()), &["--guidance"]);
     }
-    let mut p = Engine::open(ModelSource::Demo, cpu(Load::Pipeline)).unwrap();
+    let mut p = Engine::open(ModelSource::Demo, cpu_engine(Load::Pipeline)).unwrap();
     let prompts = vec!["a red cube".to_string()];
     let req = GenerateRequest {
         prompts: &prompts,
@@ -152,13 +124,13 @@ fn non_finite_guidance_is_refused_by_the_engine() {
 
 #[test]
 fn non_finite_input_tensors_are_refused_by_name() {
-    let e = Engine::open(ModelSource::Demo, cpu(Load::Transformer)).unwrap();
+    let e = Engine::open(ModelSource::Demo, cpu_engine(Load::Transformer)).unwrap();
     for (name, bad) in [
         ("prompt_embeds", f32::NAN),
         ("latents", f32::INFINITY),
         ("negative_prompt_embeds", f32::NEG_INFINITY),
     ] {
-        let mut inputs = denoise_inputs();
+        let mut inputs = demo_denoise_inputs();
         inputs.get_mut(name).unwrap().data[3] = bad;
         assert_invalid(
             e.denoise(&named(&inputs), &steps(2), &mut Progress::none()),
@@ -176,7 +148,7 @@ fn non_finite_input_tensors_are_refused_by_name() {
 
 #[test]
 fn latents_that_become_non_finite_stop_the_run_at_their_step() {
-    let e = Engine::open(ModelSource::Demo, cpu(Load::Transformer)).unwrap();
+    let e = Engine::open(ModelSource::Demo, cpu_engine(Load::Transformer)).unwrap();
     // A finite guidance so large that CFG overflows f32 in the first step.
     let req = DenoiseRequest {
         guidance: Some(3e38),
@@ -191,7 +163,7 @@ fn latents_that_become_non_finite_stop_the_run_at_their_step() {
     };
     let err = e
         .denoise(
-            &named(&denoise_inputs()),
+            &named(&demo_denoise_inputs()),
             &req,
             &mut Progress::new(&mut sink),
         )
@@ -209,20 +181,20 @@ fn latents_that_become_non_finite_stop_the_run_at_their_step() {
 
 #[test]
 fn zero_length_and_zero_count_inputs_are_refused() {
-    let e = Engine::open(ModelSource::Demo, cpu(Load::Transformer)).unwrap();
+    let e = Engine::open(ModelSource::Demo, cpu_engine(Load::Transformer)).unwrap();
     // Zero text tokens, zero batch.
     assert_invalid(
         e.forward(&named(&forward_inputs(1, 0))),
         &["encoder_hidden_states", "empty"],
     );
     assert_invalid(e.forward(&named(&forward_inputs(0, 4))), &["empty"]);
-    let mut inputs = denoise_inputs();
+    let mut inputs = demo_denoise_inputs();
     inputs.insert("prompt_embeds".into(), noise(&[1, 0, 64], 2));
     assert_invalid(
         e.denoise(&named(&inputs), &steps(2), &mut Progress::none()),
         &["prompt_embeds", "empty"],
     );
-    let mut inputs = denoise_inputs();
+    let mut inputs = demo_denoise_inputs();
     inputs.insert("latents".into(), noise(&[0, 4, 8, 8], 2));
     assert_invalid(
         e.denoise(&named(&inputs), &steps(2), &mut Progress::none()),
@@ -261,7 +233,7 @@ fn cli_fails(args: &[&str], needles: &[&str]) -> i32 {
 /// A demo `denoise` inputs file in `dir`.
 fn example_inputs(dir: &Path) -> String {
     let p = dir.join("in.safetensors");
-    let t = denoise_inputs();
+    let t = demo_denoise_inputs();
     let named: Vec<(&str, &HostTensor)> = t.iter().map(|(n, v)| (n.as_str(), v)).collect();
     ecad_native::weights::write_outputs(&p, &named).unwrap();
     p.display().to_string()

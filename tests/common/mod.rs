@@ -66,3 +66,33 @@ pub fn cli() -> std::process::Command {
     c.env("ECAD_DEVICE", "cpu");
     c
 }
+
+/// Engine options for the CPU backend with `load`.
+pub fn cpu_engine(load: ecad_native::engine::Load) -> ecad_native::engine::EngineOptions {
+    ecad_native::engine::EngineOptions {
+        device: ecad_native::engine::DeviceSpec::Cpu,
+        load,
+        ..ecad_native::engine::EngineOptions::default()
+    }
+}
+
+/// A deterministic tensor of values in [-1, 1) (a multiplicative hash of the index and seed).
+pub fn noise(shape: &[usize], seed: u32) -> ecad_native::weights::HostTensor {
+    let n: usize = shape.iter().product();
+    ecad_native::weights::HostTensor {
+        shape: shape.to_vec(),
+        data: (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect(),
+    }
+}
+
+/// Inputs of a demo `denoise` (one prompt, 8x8 latent, 6 text tokens, CFG's negative prompt).
+pub fn demo_denoise_inputs() -> std::collections::BTreeMap<String, ecad_native::weights::HostTensor>
+{
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("latents".into(), noise(&[1, 4, 8, 8], 1));
+    m.insert("prompt_embeds".into(), noise(&[1, 6, 64], 2));
+    m.insert("negative_prompt_embeds".into(), noise(&[1, 6, 64], 3));
+    m
+}
