@@ -133,7 +133,7 @@ pub struct LayerNorm<B: Backend> {
 }
 
 impl<B: Backend> LayerNorm<B> {
-    fn load(vb: &Vb<'_, B>, d: usize) -> MResult<Self> {
+    pub fn load(vb: &Vb<'_, B>, d: usize) -> MResult<Self> {
         Ok(LayerNorm {
             weight: vb.get(&[d], "weight")?,
             bias: vb.get(&[d], "bias")?,
@@ -177,6 +177,64 @@ pub struct ClipEncoderLayer<B: Backend> {
 /// `text_model.encoder`.
 pub struct ClipEncoder<B: Backend> {
     pub layers: Vec<ClipEncoderLayer<B>>,
+}
+
+impl<B: Backend> ClipEncoder<B> {
+    /// Loads `layers.{0..n}` of the scope `vb` (`…encoder`): hidden size `d`, MLP size `ff`.
+    /// The text and the vision towers share this layout.
+    pub fn load(vb: &Vb<'_, B>, d: usize, ff: usize, n: usize) -> MResult<Self> {
+        let enc = vb.pp("layers");
+        let mut layers = Vec::with_capacity(n);
+        for i in 0..n {
+            let l = enc.pp(i);
+            let (sa, mlp) = (l.pp("self_attn"), l.pp("mlp"));
+            let lin = |vb: &Vb<'_, B>, i_: usize, o_: usize| Linear::load(vb, i_, o_, true);
+            layers.push(ClipEncoderLayer {
+                layer_norm1: LayerNorm::load(&l.pp("layer_norm1"), d)?,
+                self_attn: ClipAttention {
+                    q_proj: lin(&sa.pp("q_proj"), d, d)?,
+                    k_proj: lin(&sa.pp("k_proj"), d, d)?,
+                    v_proj: lin(&sa.pp("v_proj"), d, d)?,
+                    out_proj: lin(&sa.pp("out_proj"), d, d)?,
+                },
+                layer_norm2: LayerNorm::load(&l.pp("layer_norm2"), d)?,
+                mlp: ClipMlp {
+                    fc1: lin(&mlp.pp("fc1"), d, ff)?,
+                    fc2: lin(&mlp.pp("fc2"), ff, d)?,
+                },
+            });
+        }
+        Ok(ClipEncoder { layers })
+    }
+
+    /// The pre-LN layers on `x` `[B, T, d]`: `x += out_proj(attn(LN1(x)))`, then
+    /// `x += fc2(act(fc1(LN2(x))))`; `causal` masks later keys (the text tower), the vision
+    /// tower attends everywhere.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        be: &B,
+        mut x: Tensor<B>,
+        heads: usize,
+        scale: f32,
+        eps: f32,
+        act: Activation,
+        causal: bool,
+    ) -> BResult<Tensor<B>> {
+        for layer in &self.layers {
+            let h = layer.layer_norm1.forward(be, &x, eps)?;
+            let at = &layer.self_attn;
+            let q = at.q_proj.forward(be, &h)?;
+            let k = at.k_proj.forward(be, &h)?;
+            let v = at.v_proj.forward(be, &h)?;
+            let o = be.attention(&q, &k, &v, heads, scale, None, None, causal)?;
+            x = be.add(&x, &at.out_proj.forward(be, &o)?)?;
+            let h = layer.layer_norm2.forward(be, &x, eps)?;
+            let h = layer.mlp.fc1.forward_act(be, &h, act)?;
+            x = be.add(&x, &layer.mlp.fc2.forward(be, &h)?)?;
+        }
+        Ok(x)
+    }
 }
 
 /// The outputs of [`ClipTextModel::forward`].
@@ -232,30 +290,10 @@ impl<B: Backend> ClipTextModel<B> {
                 .pp("position_embedding")
                 .get(&[c.max_position_embeddings, d], "weight")?,
         };
-        let enc = vb.pp("encoder").pp("layers");
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let l = enc.pp(i);
-            let (sa, mlp) = (l.pp("self_attn"), l.pp("mlp"));
-            let lin = |vb: &Vb<'_, B>, i_: usize, o_: usize| Linear::load(vb, i_, o_, true);
-            layers.push(ClipEncoderLayer {
-                layer_norm1: LayerNorm::load(&l.pp("layer_norm1"), d)?,
-                self_attn: ClipAttention {
-                    q_proj: lin(&sa.pp("q_proj"), d, d)?,
-                    k_proj: lin(&sa.pp("k_proj"), d, d)?,
-                    v_proj: lin(&sa.pp("v_proj"), d, d)?,
-                    out_proj: lin(&sa.pp("out_proj"), d, d)?,
-                },
-                layer_norm2: LayerNorm::load(&l.pp("layer_norm2"), d)?,
-                mlp: ClipMlp {
-                    fc1: lin(&mlp.pp("fc1"), d, ff)?,
-                    fc2: lin(&mlp.pp("fc2"), ff, d)?,
-                },
-            });
-        }
+        let encoder = ClipEncoder::load(&vb.pp("encoder"), d, ff, c.num_hidden_layers)?;
         Ok(ClipTextModel {
             embeddings,
-            encoder: ClipEncoder { layers },
+            encoder,
             final_layer_norm: LayerNorm::load(&vb.pp("final_layer_norm"), d)?,
             config,
         })
@@ -331,22 +369,19 @@ impl<B: Backend> ClipTextModel<B> {
 
     /// The encoder layers and `final_layer_norm` on embedded tokens `[B, L, d]`; `causal` is
     /// always true for CLIP (false exists for tests of the tolerance).
-    pub fn run_layers(&self, be: &B, mut x: Tensor<B>, causal: bool) -> BResult<Tensor<B>> {
+    pub fn run_layers(&self, be: &B, x: Tensor<B>, causal: bool) -> BResult<Tensor<B>> {
         let c = &self.config;
         let eps = c.layer_norm_eps as f32;
         let scale = (c.head_dim() as f32).powf(-0.5);
-        for layer in &self.encoder.layers {
-            let h = layer.layer_norm1.forward(be, &x, eps)?;
-            let at = &layer.self_attn;
-            let q = at.q_proj.forward(be, &h)?;
-            let k = at.k_proj.forward(be, &h)?;
-            let v = at.v_proj.forward(be, &h)?;
-            let o = be.attention(&q, &k, &v, c.num_attention_heads, scale, None, None, causal)?;
-            x = be.add(&x, &at.out_proj.forward(be, &o)?)?;
-            let h = layer.layer_norm2.forward(be, &x, eps)?;
-            let h = layer.mlp.fc1.forward_act(be, &h, c.hidden_act)?;
-            x = be.add(&x, &layer.mlp.fc2.forward(be, &h)?)?;
-        }
+        let x = self.encoder.forward(
+            be,
+            x,
+            c.num_attention_heads,
+            scale,
+            eps,
+            c.hidden_act,
+            causal,
+        )?;
         self.final_layer_norm.forward(be, &x, eps)
     }
 }

@@ -2,6 +2,7 @@
 //! checkpoint: its fields are named after the tensor names they load.
 
 pub mod clip;
+pub mod clip_vision;
 pub mod embeddings;
 pub mod flux;
 pub mod pixart;
