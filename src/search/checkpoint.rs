@@ -122,7 +122,12 @@ pub fn save_checkpoint(path: &Path, st: &SearchState) -> SResult<()> {
         stats: st.stats.clone(),
         sharing: st.sharing.clone(),
     };
-    let state = serde_json::to_value(&ck).expect("serialisable");
+    write_raw_state(path, serde_json::to_value(&ck).expect("serialisable"))
+}
+
+/// Writes a checkpoint document around an already serialised `state` (its format, version and
+/// checksum); the fuzz target uses it to reach the state's reader.
+pub fn write_raw_state(path: &Path, state: Value) -> SResult<()> {
     let text = serde_json::to_string(&state).expect("json");
     let sum = format!("{:016x}", fnv1a(text.as_bytes()));
     let doc = serde_json::json!({
