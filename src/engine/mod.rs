@@ -354,6 +354,8 @@ impl Engine {
         if req.reps == 0 {
             return Err(Error::invalid("--reps must be at least 1"));
         }
+        limits::REPS.check("--reps", req.reps as u128)?;
+        limits::REPS.check("--warmup", req.warmup as u128)?;
         if req.prompts == 0 {
             return Err(Error::invalid("--prompts must be at least 1"));
         }
