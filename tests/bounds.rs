@@ -380,3 +380,34 @@ fn bench_repetitions_and_search_generations_over_the_limit_are_refused() {
     );
     assert!(!tmp.path().join("s").join("checkpoint.json").exists());
 }
+
+#[test]
+fn runs_that_cannot_fit_in_memory_are_refused_with_the_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let o = out.display().to_string();
+    refused(
+        &[
+            "generate", "--prompt", "a", "--width", "8192", "--height", "8192", "--batch", "1024",
+            "--steps", "2", "--out", &o,
+        ],
+        &[
+            "needs at least",
+            "GiB of working memory",
+            "GiB is available on cpu",
+        ],
+    );
+    assert!(!out.exists());
+    refused(
+        &[
+            "bench",
+            "--steps",
+            "2",
+            "--prompts",
+            "1024",
+            "--latent",
+            "1024",
+        ],
+        &["needs at least", "GiB is available"],
+    );
+}
