@@ -248,8 +248,11 @@ pub fn c_abi_json(data: &[u8]) {
     destroy(out);
 }
 
+/// One target's body.
+pub type Target = fn(&[u8]);
+
 /// The targets by name (fuzz/fuzz_targets/<name>.rs and fuzz/corpus/<name>/).
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("safetensors", safetensors),
     ("sharded_index", sharded_index),
     ("config", config),
