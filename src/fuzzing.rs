@@ -89,8 +89,7 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// An ECAD schedule JSON, then the checks a run makes with it (MACs and validation against the
-/// demo model's layout).
+/// An ECAD schedule JSON, then the T-GATE gate lookup and the JSON writer.
 pub fn schedule(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -132,8 +131,7 @@ pub fn checkpoint(data: &[u8]) {
 }
 
 /// Tokenizer files; the first byte picks the kind: a T5 `spiece.model`, a `tokenizer.json`,
-/// a `tokenizer_config.json` beside a valid test model, or a CLIP `vocab.json` + `merges.txt`
-/// (split at the first NUL byte). Each tokenizer that loads then encodes a few prompts.
+/// or a CLIP `vocab.json` + `merges.txt` (split at the first NUL byte). Each tokenizer that loads then encodes a few prompts.
 pub fn tokenizer(data: &[u8]) {
     use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
     const PROMPTS: [&str; 4] = [

@@ -539,11 +539,12 @@ pub fn true_macs(
     })
 }
 
-/// A rough lower bound of a sampling run's peak working memory in bytes (f32 activations of one
+/// A rough estimate of a sampling run's peak working memory in bytes (f32 activations of one
 /// transformer evaluation, one head's attention scores per image, and a full component cache),
 /// used to refuse a run that cannot fit before it starts (docs/RELIABILITY.md, "Memory"). It
-/// leaves out the weights (already resident when it is asked) and the allocator's slack, so a
-/// run it accepts may still be tight; one it refuses cannot fit. `None` on overflow.
+/// leaves out the weights (already resident when it is asked) and the allocator's slack; it
+/// counts the cache even for an uncached run, so it is not a strict lower bound, and it is only
+/// meant to catch sizes that are far out of reach. `None` on overflow.
 pub fn activation_bytes(
     dims: &ModelDims,
     images: u64,
