@@ -410,4 +410,62 @@ fn runs_that_cannot_fit_in_memory_are_refused_with_the_figures() {
         ],
         &["needs at least", "GiB is available"],
     );
+    // A search: a prefix-cache budget far over the free memory.
+    let sout = tmp.path().join("search");
+    let so = sout.display().to_string();
+    refused(
+        &[
+            "search",
+            "--steps",
+            "4",
+            "--prompts",
+            "1",
+            "--cache-mb",
+            "100000000",
+            "--out",
+            &so,
+        ],
+        &[
+            "a search over",
+            "100000000 MiB prefix cache",
+            "GiB is available on cpu",
+        ],
+    );
+    assert!(!sout.join("front.json").exists());
+}
+
+/// `denoise` takes its shape from the input tensors: a 1024x1024 latent (16 MB of input) has
+/// 262144 image tokens, whose attention alone needs hundreds of GB.
+#[test]
+fn denoise_inputs_that_cannot_fit_are_refused_before_running() {
+    use ecad_native::engine::{DenoiseRequest, Engine, Load, ModelSource, NamedInputs, Progress};
+    let e = Engine::open(ModelSource::Demo, cpu_engine(Load::Transformer)).unwrap();
+    let mut inputs = demo_denoise_inputs();
+    inputs.insert("latents".into(), noise(&[1, 4, 1024, 1024], 1));
+    let named = NamedInputs {
+        tensors: &inputs,
+        origin: "inputs.safetensors",
+    };
+    let req = DenoiseRequest {
+        steps: 2,
+        ..DenoiseRequest::default()
+    };
+    let err = e
+        .denoise(&named, &req, &mut Progress::none())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("needs at least") && err.contains("[1, 4, 1024, 1024]"),
+        "{err}"
+    );
+    // The demo's own size still runs.
+    e.denoise(
+        &NamedInputs {
+            tensors: &demo_denoise_inputs(),
+            origin: "inputs",
+        },
+        &req,
+        &mut Progress::none(),
+    )
+    .unwrap();
 }

@@ -12,6 +12,7 @@
 
 pub mod device;
 pub mod family;
+mod memory;
 pub mod options;
 pub mod progress;
 pub mod registry;
@@ -175,36 +176,71 @@ impl Engine {
         kib.checked_mul(1024)
     }
 
-    /// Refuses a run whose working memory (estimated from the shapes by
-    /// [`crate::cache::macs::activation_bytes`]) exceeds what is free, before it starts.
+    /// The working-memory check with the memory free now.
+    pub(crate) fn memory_check(&self) -> memory::MemoryCheck {
+        memory::MemoryCheck {
+            dims: self.info.dims,
+            device: self.device_name.clone(),
+            available: self.available_memory(),
+        }
+    }
+
+    /// Refuses a run of `images` at a pixel size whose working memory (estimated from the
+    /// shapes by [`crate::cache::macs::activation_bytes`]) exceeds what is free, before it
+    /// starts.
     fn check_memory(&self, images: usize, height_px: usize, width_px: usize) -> Result<()> {
         let f = self.info.vae_scale_factor.max(1) as u64;
         let latent = (height_px as u64 / f, width_px as u64 / f);
-        let need = crate::cache::macs::activation_bytes(
-            &self.info.dims,
-            images as u64,
-            latent,
-            self.info.default_text_len as u64,
-            self.info.cfg_guidance,
-        );
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         let what = format!("{images} image(s) at {height_px}x{width_px} px");
-        let Some(need) = need else {
-            return Err(Error::invalid(format!(
-                "{what}: the working memory does not fit in 64 bits"
-            )));
+        let Some(image_tokens) = self.info.dims.image_tokens(latent) else {
+            return Err(Error::invalid(format!("{what}: too many image tokens")));
         };
-        if let Some(free) = self.available_memory() {
-            if need > free {
-                return Err(Error::invalid(format!(
-                    "{what} needs at least {:.1} GiB of working memory, {:.1} GiB is available on {}; use fewer images or a smaller size",
-                    gib(need),
-                    gib(free),
-                    self.device_name
-                )));
-            }
-        }
-        Ok(())
+        self.memory_check().check(
+            &what,
+            memory::RunShape {
+                images: images as u64,
+                image_tokens,
+                text_len: self.info.default_text_len as u64,
+                cfg: self.info.cfg_guidance,
+                extra: 0,
+            },
+        )
+    }
+
+    /// The same check for `denoise`, from its input tensors: the latents' batch and size, the
+    /// prompt embeddings' length.
+    fn check_denoise_memory(&self, inputs: &NamedInputs<'_>, guidance: f32) -> Result<()> {
+        let latents = inputs.get("latents")?;
+        let shape = &latents.shape;
+        let (images, image_tokens) = match (self.info.packed, shape.as_slice()) {
+            // FLUX: [B, N_img, 64], already tokens.
+            (true, [b, n, _]) => (*b as u64, Some(*n as u64)),
+            (false, [b, _, h, w]) => (
+                *b as u64,
+                self.info.dims.image_tokens((*h as u64, *w as u64)),
+            ),
+            // A wrong rank is the family's to report, with the contract's wording.
+            _ => return Ok(()),
+        };
+        let text_len = inputs
+            .get("prompt_embeds")
+            .ok()
+            .and_then(|t| t.shape.get(1).copied())
+            .unwrap_or(self.info.default_text_len) as u64;
+        let what = format!("denoising {images} latent(s) of shape {shape:?}");
+        let Some(image_tokens) = image_tokens else {
+            return Err(Error::invalid(format!("{what}: too many image tokens")));
+        };
+        self.memory_check().check(
+            &what,
+            memory::RunShape {
+                images,
+                image_tokens,
+                text_len,
+                cfg: self.info.cfg_guidance && guidance > 1.0,
+                extra: 0,
+            },
+        )
     }
 
     fn loaded(&self) -> Result<&dyn DynEngine> {
@@ -250,6 +286,7 @@ impl Engine {
         if let Some(s) = req.schedule {
             self.validate_schedule(s, req.steps, req.guidance)?;
         }
+        self.check_denoise_memory(inputs, req.guidance.unwrap_or(self.info.default_guidance))?;
         let out = Self::in_pool(&self.pool, || inner.denoise(inputs, req, progress))?;
         // The CPU stops a run at the step its latents became non-finite; a CUDA run is not
         // checked per step (that would cost a copy and a stream sync each step), so its final
@@ -439,7 +476,8 @@ impl Engine {
         events: &mut (dyn FnMut(crate::search::driver::Event) + Send),
     ) -> Result<SearchOutcome> {
         let inner = self.loaded()?;
-        Self::in_pool(&self.pool, || inner.search(req, &self.info, events))
+        let memory = self.memory_check();
+        Self::in_pool(&self.pool, || inner.search(req, &self.info, memory, events))
     }
 }
 

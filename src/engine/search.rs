@@ -82,6 +82,10 @@ pub(crate) struct ModelFacts<'a> {
     pub fingerprint: &'a str,
     pub default_guidance: f32,
     pub default_population: usize,
+    /// Whether guidance doubles the transformer batch (classifier-free guidance).
+    pub cfg_guidance: bool,
+    /// The working-memory check, with the memory free when the search was asked for.
+    pub memory: super::memory::MemoryCheck,
 }
 
 /// Checks the family-neutral settings.
@@ -200,6 +204,27 @@ pub(crate) fn run<B: Backend>(
         return Err(Error::invalid("--batch-size must be at least 1"));
     }
     let latent = samples.latent;
+    // One transformer batch at a time, plus the prefix cache's budget.
+    let images = batch_size.min(n_samples);
+    let what = format!(
+        "a search over {n_samples} sample(s) in batches of {images} at latent {}x{} with a {} MiB prefix cache",
+        latent.1, latent.2, req.cache_mb
+    );
+    let image_tokens = info
+        .memory
+        .dims
+        .image_tokens((latent.1 as u64, latent.2 as u64))
+        .ok_or_else(|| Error::invalid(format!("{what}: too many image tokens")))?;
+    info.memory.check(
+        &what,
+        super::memory::RunShape {
+            images: images as u64,
+            image_tokens,
+            text_len: samples.calibration.text_len as u64,
+            cfg: info.cfg_guidance && guidance > 1.0,
+            extra: (req.cache_mb as u64).saturating_mul(1 << 20),
+        },
+    )?;
     let settings = SearchSettings {
         model: info.kind.to_string(),
         model_fingerprint: info.fingerprint.to_string(),
