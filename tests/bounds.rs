@@ -469,3 +469,58 @@ fn denoise_inputs_that_cannot_fit_are_refused_before_running() {
     )
     .unwrap();
 }
+
+/// The request's numbers are checked before the model is read: with a model folder that does
+/// not exist, the refusal names the number, not the folder (a checkpoint of many GB is not read
+/// only to refuse `--width 100000` after it).
+#[test]
+fn numbers_are_refused_before_the_model_is_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-model").display().to_string();
+    let png = tmp.path().join("x.png").display().to_string();
+    let st = tmp.path().join("x.safetensors").display().to_string();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "generate", "--model", &missing, "--prompt", "a", "--width", "100000", "--out",
+                &png,
+            ],
+            "--width",
+        ),
+        (
+            &["bench", "--model", &missing, "--reps", "100000000"],
+            "--reps",
+        ),
+        (
+            &[
+                "denoise",
+                "--model",
+                &missing,
+                "--inputs",
+                &st,
+                "--out",
+                &st,
+                "--steps",
+                "4000000000",
+            ],
+            "--steps",
+        ),
+        (
+            &[
+                "search",
+                "--model",
+                &missing,
+                "--steps",
+                "4",
+                "--population",
+                "100000000",
+                "--out",
+                &missing,
+            ],
+            "--population",
+        ),
+    ];
+    for (args, flag) in cases {
+        refused(args, &[flag]);
+    }
+}

@@ -278,10 +278,8 @@ impl Engine {
         req: &DenoiseRequest<'_>,
         progress: &mut Progress<'_>,
     ) -> Result<HostTensor> {
-        limits::STEPS.check("--steps", req.steps as u128)?;
-        check_sides(req.height, req.width)?;
+        req.precheck()?;
         let inner = self.loaded()?;
-        finite("--guidance", req.guidance)?;
         check_inputs(inputs)?;
         if let Some(s) = req.schedule {
             self.validate_schedule(s, req.steps, req.guidance)?;
@@ -306,19 +304,7 @@ impl Engine {
         req: &GenerateRequest<'_>,
         progress: &mut Progress<'_>,
     ) -> Result<Generated> {
-        if req.batch == 0 {
-            return Err(Error::invalid("--batch must be at least 1"));
-        }
-        if req.prompts.is_empty() {
-            return Err(Error::invalid("no prompts to generate"));
-        }
-        finite("--guidance", req.guidance)?;
-        limits::BATCH.check("--batch", req.batch as u128)?;
-        limits::BATCH.check("the number of prompts", req.prompts.len() as u128)?;
-        if let Some(n) = req.steps {
-            limits::STEPS.check("--steps", n as u128)?;
-        }
-        check_sides(req.height, req.width)?;
+        req.precheck()?;
         let (h, w) = self.plan_size(req.height, req.width, req.binning)?;
         self.check_memory(req.batch.saturating_mul(req.prompts.len()), h, w)?;
         let pool = self.pool.take();
@@ -437,27 +423,7 @@ impl Engine {
         req: &BenchRequest<'_>,
         progress: &mut Progress<'_>,
     ) -> Result<BenchOutcome> {
-        if req.reps == 0 {
-            return Err(Error::invalid("--reps must be at least 1"));
-        }
-        limits::REPS.check("--reps", req.reps as u128)?;
-        limits::REPS.check("--warmup", req.warmup as u128)?;
-        if req.prompts == 0 {
-            return Err(Error::invalid("--prompts must be at least 1"));
-        }
-        if req.text_len == Some(0) {
-            return Err(Error::invalid("--text-len must be at least 1"));
-        }
-        finite("--guidance", req.guidance)?;
-        limits::STEPS.check("--steps", req.steps as u128)?;
-        limits::BATCH.check("--prompts", req.prompts as u128)?;
-        if let Some(n) = req.text_len {
-            limits::TEXT_TOKENS.check("--text-len", n as u128)?;
-        }
-        if let Some(n) = req.latent {
-            limits::LATENT_SIDE.check("--latent", n as u128)?;
-        }
-        check_sides(req.height, req.width)?;
+        req.precheck()?;
         let vsf = self.info.vae_scale_factor;
         let native = self.info.sample_size.saturating_mul(vsf);
         let (h, w) = match req.latent {
@@ -478,6 +444,66 @@ impl Engine {
         let inner = self.loaded()?;
         let memory = self.memory_check();
         Self::in_pool(&self.pool, || inner.search(req, &self.info, memory, events))
+    }
+}
+
+// The checks of a request that need no model: the engine makes them first, and the CLI makes
+// them before it opens the engine, so that a hostile number is refused before a checkpoint of
+// many GB is read.
+
+impl GenerateRequest<'_> {
+    /// Refuses counts and values that no model accepts (zero or over-limit counts, sizes,
+    /// non-finite guidance); [`Engine::generate`] repeats it.
+    pub fn precheck(&self) -> Result<()> {
+        if self.batch == 0 {
+            return Err(Error::invalid("--batch must be at least 1"));
+        }
+        if self.prompts.is_empty() {
+            return Err(Error::invalid("no prompts to generate"));
+        }
+        finite("--guidance", self.guidance)?;
+        limits::BATCH.check("--batch", self.batch as u128)?;
+        limits::BATCH.check("the number of prompts", self.prompts.len() as u128)?;
+        if let Some(n) = self.steps {
+            limits::STEPS.check("--steps", n as u128)?;
+        }
+        check_sides(self.height, self.width)
+    }
+}
+
+impl BenchRequest<'_> {
+    /// As [`GenerateRequest::precheck`], for [`Engine::bench`].
+    pub fn precheck(&self) -> Result<()> {
+        if self.reps == 0 {
+            return Err(Error::invalid("--reps must be at least 1"));
+        }
+        limits::REPS.check("--reps", self.reps as u128)?;
+        limits::REPS.check("--warmup", self.warmup as u128)?;
+        if self.prompts == 0 {
+            return Err(Error::invalid("--prompts must be at least 1"));
+        }
+        if self.text_len == Some(0) {
+            return Err(Error::invalid("--text-len must be at least 1"));
+        }
+        finite("--guidance", self.guidance)?;
+        limits::STEPS.check("--steps", self.steps as u128)?;
+        limits::BATCH.check("--prompts", self.prompts as u128)?;
+        if let Some(n) = self.text_len {
+            limits::TEXT_TOKENS.check("--text-len", n as u128)?;
+        }
+        if let Some(n) = self.latent {
+            limits::LATENT_SIDE.check("--latent", n as u128)?;
+        }
+        check_sides(self.height, self.width)
+    }
+}
+
+impl DenoiseRequest<'_> {
+    /// As [`GenerateRequest::precheck`], for [`Engine::denoise`].
+    pub fn precheck(&self) -> Result<()> {
+        limits::STEPS.check("--steps", self.steps as u128)?;
+        check_sides(self.height, self.width)?;
+        finite("--guidance", self.guidance)
     }
 }
 
