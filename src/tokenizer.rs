@@ -150,8 +150,19 @@ impl T5Tokenizer {
     }
 
     pub fn from_json_bytes(path: &Path, bytes: &[u8]) -> TResult<Self> {
-        let mut inner = Tokenizer::from_bytes(bytes)
-            .map_err(|e| invalid(path, format!("tokenizer.json: {e}")))?;
+        // A first pass as plain JSON: `tokenizers` parses some parts (the decoder) through an
+        // intermediate value and panics (`expect`) where that fails, e.g. on invalid UTF-8 in a
+        // string (found by fuzzing, fuzz/artifacts/tokenizer/regression-decoder-utf8). Any other
+        // panic while it builds the tokenizer is caught and refused the same way.
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map_err(|e| invalid(path, format!("tokenizer.json: not valid JSON: {e}")))?;
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(bytes)).map_err(|_| {
+            invalid(
+                path,
+                "tokenizer.json: malformed (the tokenizer library failed on it)",
+            )
+        })?;
+        let mut inner = parsed.map_err(|e| invalid(path, format!("tokenizer.json: {e}")))?;
         validate_normalizer(&inner).map_err(|e| invalid(path, format!("tokenizer.json: {e}")))?;
         inner
             .with_truncation(None)
