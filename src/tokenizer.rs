@@ -109,13 +109,8 @@ fn encode_ids(inner: &tokenizers::Tokenizer, text: &str) -> TResult<Vec<u32>> {
 /// An [`TokenizerError::Encode`] that quotes at most the first 60 characters of the text, so
 /// that a long prompt is not echoed back whole.
 fn encode_error(text: &str, detail: impl Into<String>) -> TokenizerError {
-    const QUOTE: usize = 60;
-    let text = match text.char_indices().nth(QUOTE) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_string(),
-    };
     TokenizerError::Encode {
-        text,
+        text: crate::util::quote_start(text, 60),
         detail: detail.into(),
     }
 }

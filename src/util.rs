@@ -147,6 +147,15 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The first `max_chars` characters of `text`, with `…` when it was longer: what messages and
+/// warnings quote of user text (a prompt can be 100 kB).
+pub fn quote_start(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
 /// The element count of `shape`, `None` when the product overflows `usize`.
 pub fn checked_numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
@@ -322,6 +331,14 @@ pub mod limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quote_start_keeps_short_text_and_cuts_long_text_at_a_character() {
+        assert_eq!(quote_start("abc", 3), "abc");
+        assert_eq!(quote_start("abcd", 3), "abc…");
+        assert_eq!(quote_start("ääää", 2), "ää…");
+        assert_eq!(quote_start(&"x".repeat(100_000), 60).chars().count(), 61);
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temporary_files() {
