@@ -89,8 +89,13 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// An ECAD schedule JSON, then the T-GATE gate lookup and the JSON writer.
+/// An ECAD schedule JSON, then what the engine does with one: the T-GATE gate lookup, the
+/// genome, the MAC cost models for its family's reference model (with the schedule's own block
+/// counts), and the JSON writer, whose output must parse back to the same bits (a schedule the
+/// engine writes is one it can read).
 pub fn schedule(data: &[u8]) {
+    use crate::cache::macs::{ecad_macs, true_macs, FluxDims, ModelDims, PixArtDims};
+    use crate::cache::schedule::ModelFamily;
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -99,7 +104,28 @@ pub fn schedule(data: &[u8]) {
     };
     let _ = s.tgate_pipeline_gate_step();
     let _ = s.has_custom_functions();
-    let _ = s.to_json_string();
+    let genome = s.to_genome();
+    let blocks = s.num_blocks() as u64;
+    let dims = match s.family() {
+        ModelFamily::PixArt => ModelDims::PixArt(PixArtDims {
+            num_layers: blocks,
+            ..PixArtDims::pixart_xl_2_256()
+        }),
+        ModelFamily::Flux => ModelDims::Flux(FluxDims {
+            num_layers: blocks,
+            num_single_layers: s.num_single_blocks() as u64,
+            ..FluxDims::flux1_dev()
+        }),
+    };
+    let _ = ecad_macs(&s, &dims, 256, 256);
+    let opts = crate::cache::macs::TrueCostOptions {
+        batch: 2,
+        text_len: 120,
+    };
+    let _ = true_macs(&s, &dims, 256, 256, opts);
+    let written = s.to_json_string();
+    let back = Schedule::from_json_str(&written).expect("a written schedule parses back");
+    assert_eq!(back.to_genome(), genome, "the bits survive writing");
 }
 
 /// A search checkpoint. The input is the `state` object: it is wrapped with the format, the

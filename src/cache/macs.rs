@@ -180,8 +180,10 @@ pub enum ModelDims {
 
 impl ModelDims {
     /// Image tokens of a latent `(height, width)` in latent pixels: PixArt's `patch_size`
-    /// patches, FLUX's 2×2 packing. `None` on overflow.
-    pub fn image_tokens(&self, latent: (u64, u64)) -> Option<u64> {
+    /// patches, FLUX's 2×2 packing, rounded down. Unlike [`image_tokens`] (pixel sizes, for the
+    /// cost model) it does not require the sizes to be multiples: the memory estimate only
+    /// needs the count. `None` on overflow.
+    pub fn latent_tokens(&self, latent: (u64, u64)) -> Option<u64> {
         let p = match self {
             ModelDims::PixArt(d) => d.patch_size.max(1),
             ModelDims::Flux(_) => 2,
@@ -607,7 +609,7 @@ mod tests {
         let n = (32 / px.patch_size) * (32 / px.patch_size);
         let want = 4 * (11 * b * n * d + b * n * n + 3 * b * n * d * l + b * 120 * d);
         let dims = ModelDims::PixArt(px);
-        assert_eq!(dims.image_tokens((32, 32)), Some(n));
+        assert_eq!(dims.latent_tokens((32, 32)), Some(n));
         let got = activation_bytes(&dims, 3, n, 120, true);
         assert_eq!(got, Some(want));
 
@@ -616,7 +618,7 @@ mod tests {
         let n = (64 / 2) * (64 / 2) + 512;
         let want = 4 * (11 * b * n * d + b * n * n + 3 * b * n * d * l);
         let dims = ModelDims::Flux(fx);
-        assert_eq!(dims.image_tokens((64, 64)), Some(32 * 32));
+        assert_eq!(dims.latent_tokens((64, 64)), Some(32 * 32));
         let got = activation_bytes(&dims, 1, 32 * 32, 512, false);
         assert_eq!(got, Some(want));
         // Sizes that overflow give None, not a wrapped figure.

@@ -192,7 +192,7 @@ impl Engine {
         let f = self.info.vae_scale_factor.max(1) as u64;
         let latent = (height_px as u64 / f, width_px as u64 / f);
         let what = format!("{images} image(s) at {height_px}x{width_px} px");
-        let Some(image_tokens) = self.info.dims.image_tokens(latent) else {
+        let Some(image_tokens) = self.info.dims.latent_tokens(latent) else {
             return Err(Error::invalid(format!("{what}: too many image tokens")));
         };
         self.memory_check().check(
@@ -217,7 +217,7 @@ impl Engine {
             (true, [b, n, _]) => (*b as u64, Some(*n as u64)),
             (false, [b, _, h, w]) => (
                 *b as u64,
-                self.info.dims.image_tokens((*h as u64, *w as u64)),
+                self.info.dims.latent_tokens((*h as u64, *w as u64)),
             ),
             // A wrong rank is the family's to report, with the contract's wording.
             _ => return Ok(()),

@@ -213,7 +213,7 @@ pub(crate) fn run<B: Backend>(
     let image_tokens = info
         .memory
         .dims
-        .image_tokens((latent.1 as u64, latent.2 as u64))
+        .latent_tokens((latent.1 as u64, latent.2 as u64))
         .ok_or_else(|| Error::invalid(format!("{what}: too many image tokens")))?;
     info.memory.check(
         &what,
