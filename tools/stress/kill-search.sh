@@ -3,8 +3,9 @@
 # search of tests/search.rs once uninterrupted, then TRIALS times kills it with SIGKILL at a
 # random moment (uniform over the uninterrupted run's wall time), and resumes it with --resume,
 # killed again at random with probability 1/2, until it finishes. Every finished run's outputs
-# must be byte-identical to the uninterrupted run's, and every resume must accept the checkpoint
-# it finds. Prints one line per trial and a summary.
+# must be byte-identical to the uninterrupted run's (the same files: a temporary file a kill left
+# behind counts as a difference), and every resume must accept the checkpoint it finds. Prints
+# one line per trial and a summary; a differing trial's folder is kept under $KEEP (/tmp).
 #   tools/stress/kill-search.sh [TRIALS] (default 30); BIN=path/to/ecad-native
 set -euo pipefail
 trials=${1:-30}
@@ -17,7 +18,9 @@ args=(search --population 12 --generations 10 --steps 4 --prompts 1 --seeds-per-
 files="archive.json front.json front.csv front.svg stats.csv"
 same() { # same DIR_A DIR_B
     for f in $files; do cmp -s "$1/$f" "$2/$f" || return 1; done
-    diff -rq "$1/front" "$2/front" >/dev/null
+    diff -rq "$1/front" "$2/front" >/dev/null || return 1
+    # no temporary file of a killed write left anywhere
+    [ -z "$(find "$2" -name '.*.tmp*' -print -quit)" ]
 }
 t0=$(date +%s.%N)
 "$bin" "${args[@]}" --out "$work/ref" >/dev/null 2>&1
@@ -45,7 +48,13 @@ for i in $(seq 1 "$trials"); do
         if wait "$pid"; then resumes=$((resumes+1)); break; fi
         refused=$((refused+1)); echo "trial $i: a resume failed: $(tail -1 "$work/log")"; break
     done
-    if same "$work/ref" "$out"; then verdict=identical; else verdict=DIFFERENT; bad=$((bad+1)); fi
+    if same "$work/ref" "$out"; then
+        verdict=identical
+    else
+        verdict="DIFFERENT: $(diff -rq "$work/ref" "$out" 2>&1 | grep -v 'checkpoint.json\|sharing.csv\|eval' | tr '\n' ';') kept in ${KEEP:-/tmp}/kill-search-t$i"
+        cp -r "$out" "${KEEP:-/tmp}/kill-search-t$i"
+        bad=$((bad+1))
+    fi
     echo "trial $i: killed at ${at} ms; checkpoint generations seen:$gens; $verdict"
 done
 echo "summary: $trials trials, $kills SIGKILLs, $resumes finished runs, $refused failed resumes, $bad with different outputs"
