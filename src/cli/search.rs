@@ -126,6 +126,7 @@ impl SearchArgs {
             keep_eval: self.keep_eval,
             bench_sharing: self.bench_sharing,
             stop: None,
+            cluster: Default::default(),
         }
     }
 }
