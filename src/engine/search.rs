@@ -310,8 +310,14 @@ pub(crate) fn run<B: Backend>(
     };
     events(Event::Finish);
     let mut ev = if comm.size() > 1 {
-        let local = ev.as_ref().map(|_| String::new()).map_err(|e| e.to_string());
-        match (agree(&cluster, "preparing its calibration samples", local), ev) {
+        let local = ev
+            .as_ref()
+            .map(|_| String::new())
+            .map_err(|e| e.to_string());
+        match (
+            agree(&cluster, "preparing its calibration samples", local),
+            ev,
+        ) {
             (_, Err(e)) if root => return Err(e.into()),
             (Err(e), _) => return Err(e),
             (Ok(()), Ok(ev)) => ev,

@@ -538,7 +538,9 @@ mod tests {
                 seconds: 0.25,
             },
         };
-        let back = decode_reply(&encode_reply(&Ok(p.clone()))).unwrap().unwrap();
+        let back = decode_reply(&encode_reply(&Ok(p.clone())))
+            .unwrap()
+            .unwrap();
         assert_eq!(back, p);
         assert_eq!(back.per_sample[1][0].to_bits(), (-0.0f64).to_bits());
         let e = decode_reply(&encode_reply(&Err("boom".into()))).unwrap();

@@ -189,9 +189,10 @@ impl<B: Backend> Search<'_, '_, B> {
                 self.comm.size()
             )));
         }
-        let (evals, work) = super::dist::evaluate(self.comm, self.ev, &new, &ids, true, &mut || {
-            events(Event::Tick)
-        })?;
+        let (evals, work) =
+            super::dist::evaluate(self.comm, self.ev, &new, &ids, true, &mut || {
+                events(Event::Tick)
+            })?;
         events(Event::Finish);
         for ((g, id), e) in new.iter().zip(&ids).zip(evals) {
             known.index.insert(g.clone(), st.archive.len());

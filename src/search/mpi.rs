@@ -4,7 +4,7 @@
 //! broadcast is the length then the bytes, a gather is the lengths then an `MPI_Gatherv`.
 
 use super::dist::Comm;
-use mpi::collective::{CommunicatorCollectives, Root};
+use mpi::collective::Root;
 use mpi::datatype::PartitionMut;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::{Count, Threading};
@@ -38,8 +38,9 @@ impl MpiComm {
     /// Starts MPI (once per process); an error when the library cannot start or does not offer
     /// serialised threading.
     pub fn init() -> Result<Self, String> {
-        let (universe, level) = mpi::initialize_with_threading(Threading::Serialized)
-            .ok_or("MPI could not be started (MPI_Init_thread failed, or MPI was already started)")?;
+        let (universe, level) = mpi::initialize_with_threading(Threading::Serialized).ok_or(
+            "MPI could not be started (MPI_Init_thread failed, or MPI was already started)",
+        )?;
         if !matches!(level, Threading::Serialized | Threading::Multiple) {
             return Err(format!(
                 "the MPI library offers threading level {level:?}, the search needs Serialized"
