@@ -278,7 +278,6 @@ fn run_ranks(
         super::model_source(a.model.as_deref(), a.arch.as_deref()),
         options,
     )
-    .map_err(anyhow::Error::from)
     .and_then(|engine| {
         let mut events = show_events();
         engine
