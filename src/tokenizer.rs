@@ -125,7 +125,7 @@ impl T5Tokenizer {
         Self::from_json_bytes(path, &bytes)
     }
 
-    fn from_json_bytes(path: &Path, bytes: &[u8]) -> TResult<Self> {
+    pub fn from_json_bytes(path: &Path, bytes: &[u8]) -> TResult<Self> {
         let mut inner = Tokenizer::from_bytes(bytes)
             .map_err(|e| invalid(path, format!("tokenizer.json: {e}")))?;
         inner

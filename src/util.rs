@@ -294,6 +294,23 @@ pub mod limits {
         why: "ECAD's searches use populations of about 100",
     };
 
+    /// Timed repetitions and warm-up runs of `bench` (`--reps`, `--warmup`): a median is stable
+    /// after a few dozen runs; the limit stops a mistyped count from running for days and from
+    /// growing the timing list without bound.
+    pub const REPS: Limit = Limit {
+        name: "repetitions",
+        max: 10_000,
+        why: "a median is stable after a few dozen runs",
+    };
+
+    /// Generations of a search (`search --generations`): ECAD's searches run 200 to 500; every
+    /// generation adds a population of entries to the archive kept in memory and checkpoints.
+    pub const GENERATIONS: Limit = Limit {
+        name: "generations",
+        max: 100_000,
+        why: "ECAD's searches run a few hundred; each one grows the archive",
+    };
+
     /// Batch sizes (prompts per call, MAC-model batches, calibration prompts and seeds).
     pub const BATCH: Limit = Limit {
         name: "images per batch",

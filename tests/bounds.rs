@@ -353,3 +353,61 @@ fn cuda_upload_refuses_overflowing_shapes_on_gpu() {
     assert!(be.zeros(&[usize::MAX / 2, 3]).is_err());
     assert_eq!(be.zeros(&[2, 3]).unwrap().numel(), 6);
 }
+
+#[test]
+fn bench_repetitions_and_search_generations_over_the_limit_are_refused() {
+    refused(
+        &["bench", "--steps", "2", "--reps", "4000000000"],
+        &["--reps is 4000000000", "limit of 10000 repetitions"],
+    );
+    refused(
+        &["bench", "--steps", "2", "--warmup", "4000000000"],
+        &["--warmup is 4000000000"],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("s").display().to_string();
+    refused(
+        &[
+            "search",
+            "--generations",
+            "4000000000",
+            "--steps",
+            "2",
+            "--out",
+            &out,
+        ],
+        &["--generations is 4000000000", "limit of 100000 generations"],
+    );
+    assert!(!tmp.path().join("s").join("checkpoint.json").exists());
+}
+
+#[test]
+fn runs_that_cannot_fit_in_memory_are_refused_with_the_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let o = out.display().to_string();
+    refused(
+        &[
+            "generate", "--prompt", "a", "--width", "8192", "--height", "8192", "--batch", "1024",
+            "--steps", "2", "--out", &o,
+        ],
+        &[
+            "needs at least",
+            "GiB of working memory",
+            "GiB is available on cpu",
+        ],
+    );
+    assert!(!out.exists());
+    refused(
+        &[
+            "bench",
+            "--steps",
+            "2",
+            "--prompts",
+            "1024",
+            "--latent",
+            "1024",
+        ],
+        &["needs at least", "GiB is available"],
+    );
+}

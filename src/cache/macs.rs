@@ -539,6 +539,52 @@ pub fn true_macs(
     })
 }
 
+/// A rough estimate of a sampling run's peak working memory in bytes (f32 activations of one
+/// transformer evaluation, one head's attention scores per image, and a full component cache),
+/// used to refuse a run that cannot fit before it starts (docs/RELIABILITY.md, "Memory"). It
+/// leaves out the weights (already resident when it is asked) and the allocator's slack; it
+/// counts the cache even for an uncached run, so it is not a strict lower bound, and it is only
+/// meant to catch sizes that are far out of reach. `None` on overflow.
+pub fn activation_bytes(
+    dims: &ModelDims,
+    images: u64,
+    latent: (u64, u64),
+    text_len: u64,
+    cfg: bool,
+) -> Option<u64> {
+    let b = images.checked_mul(if cfg { 2 } else { 1 })?;
+    let (tokens, hidden, blocks) = match dims {
+        ModelDims::PixArt(d) => {
+            let p = d.patch_size.max(1);
+            let n = (latent.0 / p).checked_mul(latent.1 / p)?;
+            (n, d.hidden(), d.num_layers)
+        }
+        ModelDims::Flux(d) => {
+            let n = (latent.0 / 2)
+                .checked_mul(latent.1 / 2)?
+                .checked_add(text_len)?;
+            (
+                n,
+                d.hidden(),
+                d.num_layers.checked_add(d.num_single_layers)?,
+            )
+        }
+    };
+    let bnd = b.checked_mul(tokens)?.checked_mul(hidden)?;
+    // Live per block: the stream, its modulated copy, Q, K, V, the attention output and the
+    // 4× feed-forward intermediate: about 11 B·N·D values.
+    let block = bnd.checked_mul(11)?;
+    let scores = b.checked_mul(tokens)?.checked_mul(tokens)?;
+    // A cache holding every component's output of every block (3 per block).
+    let cache = bnd.checked_mul(blocks)?.checked_mul(3)?;
+    let text = b.checked_mul(text_len)?.checked_mul(hidden)?;
+    block
+        .checked_add(scores)?
+        .checked_add(cache)?
+        .checked_add(text)?
+        .checked_mul(4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

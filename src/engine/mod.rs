@@ -160,6 +160,53 @@ impl Engine {
         self.inner.as_ref().and_then(|i| i.device_memory())
     }
 
+    /// Bytes free for a run: the device's free memory, or the host's `MemAvailable` for the
+    /// CPU backend (Linux); `None` where neither is known.
+    fn available_memory(&self) -> Option<u64> {
+        if let Some((used, total)) = self.device_memory() {
+            return Some(total.saturating_sub(used));
+        }
+        if self.device_name != "cpu" {
+            return None;
+        }
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kib.checked_mul(1024)
+    }
+
+    /// Refuses a run whose working memory (estimated from the shapes by
+    /// [`crate::cache::macs::activation_bytes`]) exceeds what is free, before it starts.
+    fn check_memory(&self, images: usize, height_px: usize, width_px: usize) -> Result<()> {
+        let f = self.info.vae_scale_factor.max(1) as u64;
+        let latent = (height_px as u64 / f, width_px as u64 / f);
+        let need = crate::cache::macs::activation_bytes(
+            &self.info.dims,
+            images as u64,
+            latent,
+            self.info.default_text_len as u64,
+            self.info.cfg_guidance,
+        );
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let what = format!("{images} image(s) at {height_px}x{width_px} px");
+        let Some(need) = need else {
+            return Err(Error::invalid(format!(
+                "{what}: the working memory does not fit in 64 bits"
+            )));
+        };
+        if let Some(free) = self.available_memory() {
+            if need > free {
+                return Err(Error::invalid(format!(
+                    "{what} needs at least {:.1} GiB of working memory, {:.1} GiB is available on {}; use fewer images or a smaller size",
+                    gib(need),
+                    gib(free),
+                    self.device_name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn loaded(&self) -> Result<&dyn DynEngine> {
         self.inner.as_deref().ok_or_else(|| {
             Error::unsupported("this engine was opened with its configs only (no weights)")
@@ -235,6 +282,8 @@ impl Engine {
             limits::STEPS.check("--steps", n as u128)?;
         }
         check_sides(req.height, req.width)?;
+        let (h, w) = self.plan_size(req.height, req.width, req.binning)?;
+        self.check_memory(req.batch.saturating_mul(req.prompts.len()), h, w)?;
         let pool = self.pool.take();
         let r = {
             let inner = self.loaded_mut()?;
@@ -354,6 +403,8 @@ impl Engine {
         if req.reps == 0 {
             return Err(Error::invalid("--reps must be at least 1"));
         }
+        limits::REPS.check("--reps", req.reps as u128)?;
+        limits::REPS.check("--warmup", req.warmup as u128)?;
         if req.prompts == 0 {
             return Err(Error::invalid("--prompts must be at least 1"));
         }
@@ -370,6 +421,13 @@ impl Engine {
             limits::LATENT_SIDE.check("--latent", n as u128)?;
         }
         check_sides(req.height, req.width)?;
+        let vsf = self.info.vae_scale_factor;
+        let native = self.info.sample_size.saturating_mul(vsf);
+        let (h, w) = match req.latent {
+            Some(l) => (l.saturating_mul(vsf), l.saturating_mul(vsf)),
+            None => (req.height.unwrap_or(native), req.width.unwrap_or(native)),
+        };
+        self.check_memory(req.prompts, h, w)?;
         let inner = self.loaded()?;
         Self::in_pool(&self.pool, || inner.bench(req, progress))
     }

@@ -101,6 +101,7 @@ fn check(req: &SearchRequest) -> Result<QualityMetric> {
     if req.generations == 0 {
         return Err(Error::invalid("--generations must be at least 1"));
     }
+    limits::GENERATIONS.check("--generations", req.generations as u128)?;
     if req.seeds_per_prompt == 0 {
         return Err(Error::invalid("--seeds-per-prompt must be at least 1"));
     }
