@@ -391,6 +391,8 @@ pub fn stop(comm: &dyn Comm) {
 
 /// A rank other than 0: evaluates what rank 0 sends until it sends the stop.
 pub fn serve<B: Backend>(comm: &dyn Comm, ev: &mut Evaluator<'_, B>) -> SResult<()> {
+    let fault = Fault::from_env(comm.rank());
+    let mut answered = 0usize;
     loop {
         let mut buf = Vec::new();
         comm.broadcast(&mut buf);
@@ -400,13 +402,75 @@ pub fn serve<B: Backend>(comm: &dyn Comm, ev: &mut Evaluator<'_, B>) -> SResult<
                 ids,
                 genomes,
             } => {
-                let r = ev
-                    .evaluate_local(&genomes, &ids, sharing, &mut || {})
-                    .map_err(|e| e.to_string());
+                let r = match fault {
+                    Some(f) if answered >= f.after => f.strike(comm.rank(), &ids),
+                    _ => ev
+                        .evaluate_local(&genomes, &ids, sharing, &mut || {})
+                        .map_err(|e| e.to_string()),
+                };
+                answered += 1;
                 comm.gather(&encode_reply(&r));
             }
             Cmd::ClearCache => ev.clear_cache(),
             Cmd::Stop => return Ok(()),
+        }
+    }
+}
+
+/// A fault injected into one rank for the tests of tests/mpi.rs (environment variables that
+/// only a rank other than 0 of a multi-rank search reads): `ECAD_TEST_KILL_RANK=r` makes rank
+/// `r` fail on the evaluation after the first `ECAD_TEST_KILL_AFTER_EVALS` (default 0) it
+/// answered; `ECAD_TEST_KILL_MODE` says how: `kill` (default: the rank sends itself SIGKILL, as
+/// an out-of-memory kill would), `abort` (SIGABRT, as a crash would) or `error` (the evaluation
+/// fails and the rank reports it through the protocol).
+#[derive(Clone, Copy, Debug)]
+struct Fault {
+    after: usize,
+    mode: FaultMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FaultMode {
+    Kill,
+    Abort,
+    Error,
+}
+
+impl Fault {
+    fn from_env(rank: usize) -> Option<Fault> {
+        if !cfg!(feature = "mpi") {
+            return None;
+        }
+        let var = |k: &str| std::env::var(k).ok();
+        let target: usize = var("ECAD_TEST_KILL_RANK")?.trim().parse().ok()?;
+        if target != rank {
+            return None;
+        }
+        let after = var("ECAD_TEST_KILL_AFTER_EVALS")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mode = match var("ECAD_TEST_KILL_MODE").as_deref().map(str::trim) {
+            Some("abort") => FaultMode::Abort,
+            Some("error") => FaultMode::Error,
+            _ => FaultMode::Kill,
+        };
+        Some(Fault { after, mode })
+    }
+
+    /// Fails as configured; returns only in the `error` mode.
+    fn strike(self, rank: usize, ids: &[u64]) -> Result<LocalEval, String> {
+        let what = format!("injected test fault on rank {rank} ({})", cand_range(ids));
+        match self.mode {
+            FaultMode::Error => Err(what),
+            FaultMode::Abort => {
+                eprintln!("{what}: abort");
+                std::process::abort()
+            }
+            FaultMode::Kill => {
+                eprintln!("{what}: SIGKILL");
+                let _ = signal_hook::low_level::raise(signal_hook::consts::SIGKILL);
+                std::process::abort()
+            }
         }
     }
 }
