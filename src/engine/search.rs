@@ -297,7 +297,15 @@ pub(crate) fn run<B: Backend>(
         quality,
         cost: req.cost,
         cache_budget: req.cache_mb.saturating_mul(1 << 20),
-        scratch: req.out.join("eval"),
+        // Several ranks (on one node, or on nodes sharing --out) must not write or delete each
+        // other's candidate folders: each scores its own slice in eval/rank_RRRR/.
+        scratch: if comm.size() > 1 {
+            req.out
+                .join("eval")
+                .join(format!("rank_{:04}", comm.rank()))
+        } else {
+            req.out.join("eval")
+        },
         keep_scratch: req.keep_eval,
         stop: req.stop.clone(),
     };
