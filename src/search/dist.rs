@@ -105,8 +105,11 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// One process: every chunk.
-    pub const SINGLE: Shard = Shard { rank: 0, size: 1 };
+    /// One process: every chunk. (A function, not an associated constant, which cbindgen
+    /// would export into include/ecad.h.)
+    pub const fn single() -> Shard {
+        Shard { rank: 0, size: 1 }
+    }
 
     /// The chunks of `0..n_chunks` this rank holds: contiguous blocks, the first
     /// `n_chunks % size` ranks one chunk more than the others (none when there are more ranks
@@ -575,7 +578,7 @@ mod tests {
                 assert_eq!(next, n);
             }
         }
-        assert_eq!(Shard::SINGLE.chunks(5), 0..5);
+        assert_eq!(Shard::single().chunks(5), 0..5);
         assert_eq!(Shard { rank: 1, size: 3 }.chunks(4), 2..3);
     }
 

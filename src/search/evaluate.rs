@@ -401,7 +401,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         cfg: EvalConfig,
         tick: &mut (dyn FnMut() + Send),
     ) -> SResult<Self> {
-        Self::new_shard(be, model, cfg, Shard::SINGLE, tick)
+        Self::new_shard(be, model, cfg, Shard::single(), tick)
     }
 
     /// [`Evaluator::new`] for the calibration chunks of `shard` only (one rank of a
