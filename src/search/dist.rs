@@ -20,11 +20,11 @@
 //! checkpoint of the last finished generation stays as it was. A rank that dies (a signal,
 //! an out-of-memory kill) is seen by the MPI launcher, which ends the job naming the rank.
 
+pub use super::evaluate::Shard;
 use super::evaluate::{cand_name, Evaluation, Evaluator, LocalEval, WorkReport};
 use super::nsga2::Genome;
 use super::{SResult, SearchError};
 use crate::backend::Backend;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -94,32 +94,6 @@ impl Cluster {
             rank: self.rank(),
             size: self.size(),
         }
-    }
-}
-
-/// Rank `rank` of `size`: which calibration chunks it evaluates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shard {
-    pub rank: usize,
-    pub size: usize,
-}
-
-impl Shard {
-    /// One process: every chunk. (A function, not an associated constant, which cbindgen
-    /// would export into include/ecad.h.)
-    pub const fn single() -> Shard {
-        Shard { rank: 0, size: 1 }
-    }
-
-    /// The chunks of `0..n_chunks` this rank holds: contiguous blocks, the first
-    /// `n_chunks % size` ranks one chunk more than the others (none when there are more ranks
-    /// than chunks).
-    pub fn chunks(&self, n_chunks: usize) -> Range<usize> {
-        let size = self.size.max(1);
-        let (base, extra) = (n_chunks / size, n_chunks % size);
-        let start = self.rank * base + self.rank.min(extra);
-        let len = base + usize::from(self.rank < extra);
-        start.min(n_chunks)..(start + len).min(n_chunks)
     }
 }
 

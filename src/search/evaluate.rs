@@ -11,7 +11,6 @@
 //! deterministic function of its prefix, whichever way it was reached.
 
 use super::calibration::SampleSet;
-use super::dist::Shard;
 use super::genome::{pack_prefix, to_hex};
 use super::nsga2::Genome;
 use super::prefix::{Node, PrefixCache, PrefixKey};
@@ -1036,4 +1035,31 @@ fn sample_file(i: usize) -> String {
 /// The genome's hex form (re-exported for outputs).
 pub fn genome_hex(g: &[bool]) -> String {
     to_hex(g)
+}
+
+// Defined here (re-exported by super::dist) so that evaluate does not import dist.
+/// Rank `rank` of `size`: which calibration chunks it evaluates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub size: usize,
+}
+
+impl Shard {
+    /// One process: every chunk. (A function, not an associated constant, which cbindgen
+    /// would export into include/ecad.h.)
+    pub const fn single() -> Shard {
+        Shard { rank: 0, size: 1 }
+    }
+
+    /// The chunks of `0..n_chunks` this rank holds: contiguous blocks, the first
+    /// `n_chunks % size` ranks one chunk more than the others (none when there are more ranks
+    /// than chunks).
+    pub fn chunks(&self, n_chunks: usize) -> std::ops::Range<usize> {
+        let size = self.size.max(1);
+        let (base, extra) = (n_chunks / size, n_chunks % size);
+        let start = self.rank * base + self.rank.min(extra);
+        let len = base + usize::from(self.rank < extra);
+        start.min(n_chunks)..(start + len).min(n_chunks)
+    }
 }
