@@ -20,7 +20,6 @@ use super::dist::Comm;
 use super::evaluate::{Evaluation, Evaluator, WorkReport};
 use super::nsga2::{constraint_violation, mating, repair, survive, GaParams, Genome, Individual};
 use super::output::{front_indices, hypervolume, normalise, write_outputs, HV_REFERENCE};
-use super::rng::SearchRng;
 use super::{SResult, SearchError};
 use crate::backend::Backend;
 use serde_json::Value;
@@ -226,19 +225,7 @@ impl<B: Backend> Search<'_, '_, B> {
 
     fn initial(&mut self, events: &mut (dyn FnMut(Event) + Send)) -> SResult<SearchState> {
         let bps = self.ev.bits_per_step();
-        let mut st = SearchState {
-            settings: self.settings.clone(),
-            generation: 0,
-            rng: SearchRng::new(self.settings.seed),
-            next_id: 0,
-            population: Vec::new(),
-            archive: Vec::new(),
-            heuristics: Vec::new(),
-            stats: Vec::new(),
-            sharing: Vec::new(),
-            full_cost: 0.0,
-            default_quality: 0.0,
-        };
+        let mut st = SearchState::empty(self.settings.clone());
         let mut known = Known {
             index: HashMap::new(),
         };
