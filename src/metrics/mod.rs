@@ -11,6 +11,7 @@
 //! Layering: `metrics` sits between `pipeline` (whose [`RgbImage`] it scores) and `search`
 //! (which maximises a scorer's mean).
 
+pub mod clip_score;
 pub mod preprocess;
 
 use crate::backend::Backend;
@@ -157,10 +158,8 @@ pub fn open_scorer<'a, B: Backend>(spec: &MetricSpec, be: &'a B) -> MResult<Box<
     }
 }
 
-fn open_clip_score<'a, B: Backend>(_dir: &Path, _be: &'a B) -> MResult<Box<dyn Scorer + 'a>> {
-    Err(MetricsError::Unsupported(
-        "clip-score: not wired yet".into(),
-    ))
+fn open_clip_score<'a, B: Backend>(dir: &Path, be: &'a B) -> MResult<Box<dyn Scorer + 'a>> {
+    Ok(Box::new(clip_score::ClipScorer::open(dir, be)?))
 }
 
 #[cfg(test)]
