@@ -146,6 +146,69 @@ pub fn score_all(scorer: &dyn Scorer, images: &[&RgbImage], prompts: &[&str]) ->
     Ok(out)
 }
 
+/// The mean of a set of scores with its 95 % confidence interval.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub n: usize,
+    pub mean: f64,
+    /// Sample standard deviation (`n − 1` in the denominator); 0 for one score.
+    pub std: f64,
+    /// `mean ± t · std / √n` with Student's t quantile 0.975 for `n − 1` degrees of freedom;
+    /// `None` for fewer than two scores.
+    pub ci95: Option<[f64; 2]>,
+}
+
+/// Student's t quantile 0.975 for `df` degrees of freedom: the usual table (3 decimals) up to
+/// 30, then the Cornish–Fisher expansion around the normal quantile (error below 1e-5 there).
+pub fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    if (1..=30).contains(&df) {
+        return T[df - 1];
+    }
+    let z: f64 = 1.959_963_984_540_054;
+    let v = df.max(1) as f64;
+    let (z3, z5, z7, z9) = (z.powi(3), z.powi(5), z.powi(7), z.powi(9));
+    z + (z3 + z) / (4.0 * v)
+        + (5.0 * z5 + 16.0 * z3 + 3.0 * z) / (96.0 * v * v)
+        + (3.0 * z7 + 19.0 * z5 + 17.0 * z3 - 15.0 * z) / (384.0 * v.powi(3))
+        + (79.0 * z9 + 776.0 * z7 + 1482.0 * z5 - 1920.0 * z3 - 945.0 * z) / (92160.0 * v.powi(4))
+}
+
+/// Mean, standard deviation and 95 % interval of `scores` (summed in order, in f64).
+pub fn summarize(scores: &[f64]) -> Summary {
+    let n = scores.len();
+    if n == 0 {
+        return Summary {
+            n,
+            mean: f64::NAN,
+            std: f64::NAN,
+            ci95: None,
+        };
+    }
+    let mean = scores.iter().sum::<f64>() / n as f64;
+    if n == 1 {
+        return Summary {
+            n,
+            mean,
+            std: 0.0,
+            ci95: None,
+        };
+    }
+    let var = scores.iter().map(|s| (s - mean) * (s - mean)).sum::<f64>() / (n - 1) as f64;
+    let std = var.sqrt();
+    let h = t975(n - 1) * std / (n as f64).sqrt();
+    Summary {
+        n,
+        mean,
+        std,
+        ci95: Some([mean - h, mean + h]),
+    }
+}
+
 /// Opens the scorer `spec` names on `be` (weights read from `spec.weights`).
 pub fn open_scorer<'a, B: Backend>(spec: &MetricSpec, be: &'a B) -> MResult<Box<dyn Scorer + 'a>> {
     match spec.metric {
@@ -178,5 +241,20 @@ mod tests {
         for bad in ["clip-score", "clip-score:", "fid:/x", ":x", ""] {
             assert!(MetricSpec::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn summaries() {
+        let s = summarize(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(s.mean, 2.5);
+        let sd = (5.0f64 / 3.0).sqrt();
+        assert!((s.std - sd).abs() < 1e-12);
+        let h = 3.182 * sd / 2.0;
+        assert_eq!(s.ci95, Some([2.5 - h, 2.5 + h]));
+        assert_eq!(summarize(&[7.0]).ci95, None);
+        // The expansion continues the table: t(31) ≈ 2.0395, t(120) ≈ 1.9799, t(∞) → 1.95996.
+        assert!((t975(31) - 2.0395).abs() < 1e-4, "{}", t975(31));
+        assert!((t975(120) - 1.9799).abs() < 1e-4, "{}", t975(120));
+        assert!((t975(999) - 1.9623).abs() < 1e-4, "{}", t975(999));
     }
 }
