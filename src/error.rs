@@ -286,6 +286,7 @@ from_layer!(
     crate::cache::macs::MacsError,
     crate::search::SearchError,
     crate::cache::builtin::ResolveError,
+    crate::metrics::MetricsError,
 );
 
 impl From<std::io::Error> for Error {

@@ -32,6 +32,11 @@ pub struct SearchArgs {
     /// seeded random demo embeddings when absent.
     #[arg(long)]
     pub calibration: Option<PathBuf>,
+    /// Calibration prompts as text, one per line (instead of --calibration), encoded once by
+    /// the pipeline's own tokenizer and text encoder (the negative prompt is ""); PixArt
+    /// only. An image quality objective (clip-score:DIR, image-reward:DIR) needs it.
+    #[arg(long, conflicts_with = "calibration")]
+    pub prompts_file: Option<PathBuf>,
     /// Number of demo prompts (without --calibration).
     #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 2)]
     pub prompts: usize,
@@ -50,8 +55,11 @@ pub struct SearchArgs {
     /// The cost objective.
     #[arg(long, value_enum, default_value = "macs")]
     pub objective: Objective,
-    /// The quality objective: rel-l2, psnr, or external:CMD (CMD is run with a candidate
-    /// folder as its argument and prints {"scores": [...]}, higher is better).
+    /// The quality objective: rel-l2, psnr, external:CMD (CMD is run with a candidate
+    /// folder as its argument and prints {"scores": [...]}, higher is better), or an
+    /// in-engine image metric, clip-score:DIR or image-reward:DIR (every candidate's images
+    /// decoded by the VAE and scored in memory against their prompts, maximised; needs
+    /// --prompts-file).
     #[arg(long, default_value = "rel-l2")]
     pub quality: String,
     /// Output folder (archive, front, plot, statistics, checkpoint).
@@ -105,6 +113,7 @@ impl SearchArgs {
     fn request(&self) -> SearchRequest {
         SearchRequest {
             calibration: self.calibration.clone(),
+            prompts_file: self.prompts_file.clone(),
             prompts: self.prompts,
             seeds_per_prompt: self.seeds_per_prompt,
             batch_size: self.batch_size,
@@ -186,7 +195,13 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let req = a.request();
     // Bad flags are refused before any model is built.
     crate::engine::search::precheck(&req)?;
-    let mut options = a.device.engine_options(Load::Transformer);
+    // The text encoder and the VAE are needed to encode a prompts file and decode images.
+    let load = if a.prompts_file.is_some() {
+        Load::Pipeline
+    } else {
+        Load::Transformer
+    };
+    let mut options = a.device.engine_options(load);
     options.threads = a.threads;
     #[cfg(feature = "mpi")]
     if let Some(comm) = launch(&mut options, a.threads)? {

@@ -275,8 +275,10 @@ pub trait FamilyModel<B: Backend>: Send + Sync {
         req: &BenchRequest<'_>,
         progress: &mut Progress<'_>,
     ) -> Result<BenchOutcome>;
-    /// The sampling target and calibration samples of a search.
-    fn search_target(&self, req: &SearchRequest) -> Result<SearchTarget<'_, B>>;
+    /// The sampling target and calibration samples of a search (with `--prompts-file`, the
+    /// prompts encoded by the pipeline's text encoder; with a pipeline, the image decoder an
+    /// image quality objective uses).
+    fn search_target<'s>(&'s self, be: &'s B, req: &SearchRequest) -> Result<SearchTarget<'s, B>>;
 }
 
 /// A family: detection, configs, built-in architectures and loading. Implemented once per
@@ -388,7 +390,7 @@ impl<B: Backend> DynEngine for Loaded<B> {
         memory: super::memory::MemoryCheck,
         events: &mut (dyn FnMut(crate::search::driver::Event) + Send),
     ) -> Result<SearchOutcome> {
-        let target = self.model.search_target(req)?;
+        let target = self.model.search_target(&self.be, req)?;
         let facts = super::search::ModelFacts {
             kind: &info.kind,
             fingerprint: &info.fingerprint,

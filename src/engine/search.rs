@@ -22,6 +22,9 @@ use std::sync::Arc;
 pub struct SearchRequest {
     /// Calibration prompt embeddings (safetensors); seeded demo embeddings when `None`.
     pub calibration: Option<PathBuf>,
+    /// Calibration prompts as text, one per line, encoded by the pipeline's own text encoder
+    /// (instead of `calibration`); needed by an image quality objective.
+    pub prompts_file: Option<PathBuf>,
     /// Demo prompts (without a calibration file).
     pub prompts: usize,
     pub seeds_per_prompt: usize,
@@ -31,7 +34,7 @@ pub struct SearchRequest {
     pub population: Option<usize>,
     pub generations: usize,
     pub cost: CostMetric,
-    /// `rel-l2`, `psnr` or `external:CMD`.
+    /// `rel-l2`, `psnr`, `external:CMD`, `clip-score:DIR` or `image-reward:DIR`.
     pub quality: String,
     pub out: PathBuf,
     pub resume: bool,
@@ -63,8 +66,11 @@ pub struct SearchRequest {
 pub struct SearchTarget<'m, B: Backend> {
     pub model: SearchModel<'m, B>,
     pub samples: SampleSet,
-    /// Describes the calibration source in the settings (`file` or `demo`).
+    /// Describes the calibration source in the settings (`file`, `prompts` or `demo`).
     pub calibration_kind: &'static str,
+    /// Final latents of one sample to its image (the family's VAE and postprocess); `None`
+    /// when the engine holds no VAE (then an image quality objective is refused).
+    pub decoder: Option<crate::search::evaluate::SampleDecoder<'m>>,
 }
 
 /// The end of a search.
@@ -95,7 +101,7 @@ pub(crate) struct ModelFacts<'a> {
 fn check(req: &SearchRequest) -> Result<QualityMetric> {
     let quality = QualityMetric::parse(&req.quality).ok_or_else(|| {
         Error::invalid(format!(
-            "--quality: expected rel-l2, psnr or external:CMD, got `{}`",
+            "--quality: expected rel-l2, psnr, external:CMD, clip-score:DIR or image-reward:DIR, got `{}`",
             req.quality
         ))
     })?;
@@ -143,6 +149,39 @@ fn check(req: &SearchRequest) -> Result<QualityMetric> {
             req.guidance.unwrap_or(0.0)
         )));
     }
+    if req.calibration.is_some() && req.prompts_file.is_some() {
+        return Err(Error::invalid(
+            "--calibration and --prompts-file both give the calibration prompts: pass one",
+        ));
+    }
+    if let Some(p) = &req.prompts_file {
+        if !p.is_file() {
+            return Err(Error::invalid(format!(
+                "--prompts-file {}: file not found",
+                p.display()
+            )));
+        }
+    }
+    if let QualityMetric::Image(spec) = &quality {
+        if req.prompts_file.is_none() {
+            return Err(Error::invalid(format!(
+                "--quality {}: an image metric scores images against their prompts; give the prompts with --prompts-file FILE",
+                req.quality
+            )));
+        }
+        if !spec.weights.is_dir() {
+            return Err(Error::invalid(format!(
+                "--quality {}: weights folder {} not found",
+                req.quality,
+                spec.weights.display()
+            )));
+        }
+        if req.cluster.comm().size() > 1 {
+            return Err(Error::unsupported(
+                "an image quality objective runs in one process (not over MPI ranks) in this version",
+            ));
+        }
+    }
     if let Some(c) = &req.calibration {
         if !c.is_file() {
             return Err(Error::invalid(format!(
@@ -150,7 +189,7 @@ fn check(req: &SearchRequest) -> Result<QualityMetric> {
                 c.display()
             )));
         }
-    } else if req.prompts == 0 {
+    } else if req.prompts == 0 && req.prompts_file.is_none() {
         return Err(Error::invalid("--prompts must be at least 1"));
     }
     let seed_from = req.seed_from.trim();
@@ -188,7 +227,30 @@ pub(crate) fn run<B: Backend>(
         model: search_model,
         samples,
         calibration_kind,
+        decoder,
     } = target;
+    // An image objective: its scorer, opened before the reference run; the checkpoint records
+    // the scorer's fingerprint (metric, config and a hash of its weights), not the folder.
+    let scorer = match &quality {
+        QualityMetric::Image(spec) => {
+            if decoder.is_none() {
+                return Err(Error::invalid(format!(
+                    "--quality {}: the engine holds no VAE to decode images (a model folder without vae/?)",
+                    req.quality
+                )));
+            }
+            if samples.calibration.texts.len() != samples.calibration.prompts {
+                return Err(Error::invalid(format!(
+                    "--quality {}: the calibration has no prompt texts; give --prompts-file FILE",
+                    req.quality
+                )));
+            }
+            let s = crate::metrics::open_scorer(spec, be)
+                .map_err(|e| Error::from(e).context(format!("--quality {}", req.quality)))?;
+            Some(s)
+        }
+        _ => None,
+    };
     let family = search_model.family();
     let (blocks, single_blocks) = search_model.blocks();
     let seed_from = req.seed_from.trim().to_string();
@@ -247,7 +309,10 @@ pub(crate) fn run<B: Backend>(
         guidance,
         population,
         cost: req.cost.name().into(),
-        quality: quality.spec(),
+        quality: match &scorer {
+            Some(s) => s.fingerprint(),
+            None => quality.spec(),
+        },
         seed: req.seed,
         seed_from: match &seeds {
             SeedSource::Genomes(_) => "dir".into(),
@@ -360,6 +425,17 @@ pub(crate) fn run<B: Backend>(
     } else {
         ev?
     };
+    if let (Some(scorer), Some(decode)) = (scorer, decoder) {
+        let texts = ev.samples().calibration.texts.clone();
+        events(Event::Log("scoring the uncached run"));
+        ev.set_image_quality(decode, scorer, texts)?;
+        events(Event::Log(&format!(
+            "uncached run: {} {:.6} (mean over {} sample(s))",
+            ev.quality_metric().name().trim_start_matches("neg-"),
+            ev.reference_score().unwrap_or(f64::NAN),
+            ev.local_samples().1
+        )));
+    }
     if !root {
         crate::search::dist::serve(comm, &mut ev)?;
         return Ok(SearchOutcome {
@@ -410,6 +486,16 @@ fn root_search<B: Backend>(
     let mut work = WorkReport::default();
     for r in &state.sharing {
         work.add(&r.work);
+    }
+    let scoring = ev.scoring_seconds();
+    if scoring > 0.0 {
+        // This process's scoring time; the sampling time of every round (a resumed search's
+        // earlier rounds included, as the checkpoint recorded them).
+        events(Event::Log(&format!(
+            "image scoring (VAE decode + {}): {scoring:.1} s in this run, besides {:.1} s of sampling over all rounds",
+            ev.quality_metric().name().trim_start_matches("neg-"),
+            work.seconds
+        )));
     }
     let sharing_bench = if req.bench_sharing {
         let r = bench_sharing(cluster.comm(), ev, &state, events)

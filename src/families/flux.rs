@@ -514,7 +514,12 @@ impl<B: Backend> FamilyModel<B> for FluxModel<B> {
         Ok(BenchOutcome::Runs(report))
     }
 
-    fn search_target(&self, req: &SearchRequest) -> Result<SearchTarget<'_, B>> {
+    fn search_target<'s>(&'s self, _be: &'s B, req: &SearchRequest) -> Result<SearchTarget<'s, B>> {
+        if req.prompts_file.is_some() {
+            return Err(Error::unsupported(
+                "--prompts-file (and image quality objectives) are for PixArt searches in this version; a FLUX search takes --calibration FILE",
+            ));
+        }
         let model = self.transformer()?;
         let mc = &model.config;
         let (height, width) = (req.height.unwrap_or(256), req.width.unwrap_or(256));
@@ -561,6 +566,7 @@ impl<B: Backend> FamilyModel<B> for FluxModel<B> {
             } else {
                 "demo"
             },
+            decoder: None,
         })
     }
 }

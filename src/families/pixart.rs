@@ -619,7 +619,7 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
         Ok(BenchOutcome::Runs(report))
     }
 
-    fn search_target(&self, req: &SearchRequest) -> Result<SearchTarget<'_, B>> {
+    fn search_target<'s>(&'s self, be: &'s B, req: &SearchRequest) -> Result<SearchTarget<'s, B>> {
         if req.height.is_some() || req.width.is_some() {
             return Err(Error::invalid(
                 "--height/--width are for FLUX models; a PixArt search runs at its sample size",
@@ -627,10 +627,27 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
         }
         let model = self.transformer()?;
         let mc = &model.config;
-        let calibration = match &req.calibration {
-            Some(p) => Calibration::from_file(p, mc.text_dim())?,
-            None => Calibration::demo(mc.text_dim(), req.prompts),
+        let pipeline = self.pipeline().ok();
+        let calibration = match (&req.calibration, &req.prompts_file) {
+            (Some(p), _) => Calibration::from_file(p, mc.text_dim())?,
+            (None, Some(f)) => {
+                let pl = pipeline.ok_or_else(|| {
+                    Error::invalid(
+                        "--prompts-file needs the whole pipeline (tokenizer, text_encoder/): the model folder has none",
+                    )
+                })?;
+                encode_prompts_file(be, pl, f)?
+            }
+            (None, None) => Calibration::demo(mc.text_dim(), req.prompts),
         };
+        let latent = (mc.in_channels, mc.sample_size, mc.sample_size);
+        let decoder: Option<crate::search::evaluate::SampleDecoder<'s>> = pipeline.map(|pl| {
+            Box::new(
+                move |lat: &[f32]| -> crate::search::SResult<crate::pipeline::generate::RgbImage> {
+                    Ok(pl.decode_image(be, lat, latent)?)
+                },
+            ) as crate::search::evaluate::SampleDecoder<'s>
+        });
         Ok(SearchTarget {
             model: SearchModel::PixArt {
                 model,
@@ -644,9 +661,66 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
             },
             calibration_kind: if req.calibration.is_some() {
                 "file"
+            } else if req.prompts_file.is_some() {
+                "prompts"
             } else {
                 "demo"
             },
+            decoder,
         })
     }
+}
+
+/// Reads `path` (one prompt per line; a final newline ends the last one; an empty line is
+/// refused) and encodes every prompt once with the pipeline's own tokenizer and text encoder,
+/// with the empty negative prompt `generate` uses for CFG.
+fn encode_prompts_file<B: Backend>(
+    be: &B,
+    pl: &GeneratePipeline<B>,
+    path: &std::path::Path,
+) -> Result<Calibration> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::from(e).context(format!("--prompts-file {}", path.display())))?;
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    if lines.last() == Some(&"") {
+        lines.pop();
+    }
+    let mut texts = Vec::with_capacity(lines.len());
+    for (k, l) in lines.iter().enumerate() {
+        let l = l.trim_end_matches('\r');
+        if l.trim().is_empty() {
+            return Err(Error::invalid(format!(
+                "--prompts-file {}: line {} is empty; give one prompt per line",
+                path.display(),
+                k + 1
+            )));
+        }
+        texts.push(l.to_string());
+    }
+    if texts.is_empty() {
+        return Err(Error::invalid(format!(
+            "--prompts-file {}: no prompts",
+            path.display()
+        )));
+    }
+    crate::util::limits::BATCH.check("prompts in --prompts-file", texts.len() as u128)?;
+    let mut embeds = Vec::with_capacity(texts.len());
+    let mut masks = Vec::with_capacity(texts.len());
+    for t in &texts {
+        let e = pl.encode_text(be, t)?;
+        embeds.push(e.embeds);
+        masks.push(e.mask);
+    }
+    let neg = pl.encode_text(be, "")?;
+    let l = pl.max_sequence_length;
+    let d = neg.embeds.len() / l.max(1);
+    Ok(Calibration::from_prompts(
+        texts,
+        embeds,
+        masks,
+        (neg.embeds, neg.mask),
+        l,
+        d,
+        &path.display().to_string(),
+    )?)
 }

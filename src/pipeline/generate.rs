@@ -328,6 +328,28 @@ impl<B: Backend> GeneratePipeline<B> {
         })
     }
 
+    /// Decodes one image's final latents `[C, h, w]` (host, as the sampler leaves them) to
+    /// 8-bit RGB at the latent size × the VAE factor: `vae.decode(latents / scaling_factor)`
+    /// and diffusers' postprocess, as `generate` does without aspect-ratio binning.
+    pub fn decode_image(
+        &self,
+        be: &B,
+        latents: &[f32],
+        (c, h, w): (usize, usize, usize),
+    ) -> MResult<RgbImage> {
+        if latents.len() != c * h * w {
+            return Err(input(format!(
+                "decode: {} latent values for [{c}, {h}, {w}]",
+                latents.len()
+            )));
+        }
+        let z = be.upload(latents.to_vec(), &[1, c, h, w])?;
+        let x = self.vae.decode_latents(be, &z)?;
+        let (oh, ow) = (x.dim(2), x.dim(3));
+        let host = be.to_host(&x)?;
+        Ok(rgb_images(&[host], oh, ow).remove(0))
+    }
+
     /// Runs one request: text, noise, denoise, decode, postprocess. `on_step(i, n)` after each
     /// sampler step (`false` cancels); `texts` caches encoded prompts across requests.
     pub fn generate(

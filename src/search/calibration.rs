@@ -37,7 +37,11 @@ pub struct Calibration {
     pub pooled_prompt_embeds: Option<Vec<f32>>,
     /// `D` of `pooled_prompt_embeds` (0 when absent).
     pub pooled_dim: usize,
-    /// Content fingerprint (FNV-1a over shapes and values).
+    /// The prompt text of each row, when the set was encoded from a prompts file
+    /// ([`Calibration::from_prompts`]); empty otherwise (the scorer of an image objective
+    /// needs them).
+    pub texts: Vec<String>,
+    /// Content fingerprint (FNV-1a over shapes and values, and the texts when present).
     pub fingerprint: String,
     /// Where it came from, for logs.
     pub description: String,
@@ -78,11 +82,56 @@ impl Calibration {
             negative_prompt_attention_mask: nm,
             pooled_prompt_embeds: None,
             pooled_dim: 0,
+            texts: Vec::new(),
             fingerprint: String::new(),
             description: format!("demo: {prompts} seeded random prompt(s) × {l} tokens"),
         };
         c.fingerprint = c.compute_fingerprint();
         c
+    }
+
+    /// A set encoded from prompt texts by the pipeline's own text encoder: `embeds[p]` and
+    /// `masks[p]` (`[L, C]`, `[L]`) per prompt, and the negative prompt's (`""`) once, shared
+    /// by every row. `source` names the prompts file.
+    pub fn from_prompts(
+        texts: Vec<String>,
+        embeds: Vec<Vec<f32>>,
+        masks: Vec<Vec<f32>>,
+        negative: (Vec<f32>, Vec<f32>),
+        text_len: usize,
+        channels: usize,
+        source: &str,
+    ) -> SResult<Self> {
+        let p = texts.len();
+        let bad_shape = embeds.len() != p
+            || masks.len() != p
+            || embeds.iter().any(|e| e.len() != text_len * channels)
+            || masks.iter().any(|m| m.len() != text_len)
+            || negative.0.len() != text_len * channels
+            || negative.1.len() != text_len;
+        if p == 0 || bad_shape {
+            return Err(SearchError::Settings(format!(
+                "{source}: {p} prompt(s) encoded to inconsistent shapes"
+            )));
+        }
+        let mut c = Calibration {
+            prompts: p,
+            text_len,
+            channels,
+            prompt_embeds: embeds.concat(),
+            prompt_attention_mask: masks.concat(),
+            negative_prompt_embeds: Some((0..p).flat_map(|_| negative.0.iter().copied()).collect()),
+            negative_prompt_attention_mask: (0..p)
+                .flat_map(|_| negative.1.iter().copied())
+                .collect(),
+            pooled_prompt_embeds: None,
+            pooled_dim: 0,
+            texts,
+            fingerprint: String::new(),
+            description: format!("{source}: {p} prompt(s) encoded by the pipeline's text encoder"),
+        };
+        c.fingerprint = c.compute_fingerprint();
+        Ok(c)
     }
 
     /// The FLUX demo set: [`Calibration::demo`] with `text_len` tokens (all valid, as FLUX
@@ -103,6 +152,7 @@ impl Calibration {
             negative_prompt_attention_mask: vec![1.0; prompts * l],
             pooled_prompt_embeds: Some(pooled),
             pooled_dim,
+            texts: Vec::new(),
             fingerprint: String::new(),
             description: format!(
                 "demo: {prompts} seeded random prompt(s) × {l} tokens + pooled {pooled_dim}"
@@ -187,6 +237,7 @@ impl Calibration {
             negative_prompt_attention_mask: nm,
             pooled_prompt_embeds: pooled,
             pooled_dim,
+            texts: Vec::new(),
             fingerprint: String::new(),
             description: format!("{p} prompt(s) × {l} tokens from file"),
         };
@@ -212,6 +263,10 @@ impl Calibration {
         put(&self.negative_prompt_attention_mask);
         if let Some(p) = &self.pooled_prompt_embeds {
             put(p);
+        }
+        for t in &self.texts {
+            h.update(&(t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
         }
         h.hex()
     }

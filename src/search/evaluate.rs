@@ -18,6 +18,7 @@ use super::{SResult, SearchError};
 use crate::backend::Backend;
 use crate::cache::macs::{ecad_macs, ModelDims};
 use crate::cache::schedule::{ModelFamily, Schedule};
+use crate::metrics::{MetricSpec, RgbImage, Scorer};
 use crate::models::flux::FluxTransformer;
 use crate::models::pixart::PixArtTransformer;
 use crate::pipeline::bench::{flux_dims, pixart_dims, psnr};
@@ -50,6 +51,9 @@ pub enum QualityMetric {
     Psnr,
     /// An external scorer command (see docs/SEARCH.md): minus the mean of its scores.
     External(String),
+    /// An in-engine image metric (`clip-score:DIR`, `image-reward:DIR`) on every sample's
+    /// decoded image against its prompt: minus the mean score (higher scores are better).
+    Image(MetricSpec),
 }
 
 impl QualityMetric {
@@ -57,6 +61,9 @@ impl QualityMetric {
         match s {
             "rel-l2" => Some(QualityMetric::RelL2),
             "psnr" => Some(QualityMetric::Psnr),
+            _ if s.starts_with("clip-score:") || s.starts_with("image-reward:") => {
+                MetricSpec::parse(s).ok().map(QualityMetric::Image)
+            }
             _ => s
                 .strip_prefix("external:")
                 .filter(|c| !c.trim().is_empty())
@@ -70,6 +77,10 @@ impl QualityMetric {
             QualityMetric::RelL2 => "rel-l2",
             QualityMetric::Psnr => "neg-psnr",
             QualityMetric::External(_) => "neg-external-score",
+            QualityMetric::Image(m) => match m.metric {
+                crate::metrics::Metric::ClipScore => "neg-clip-score",
+                crate::metrics::Metric::ImageReward => "neg-image-reward",
+            },
         }
     }
 
@@ -79,6 +90,7 @@ impl QualityMetric {
             QualityMetric::RelL2 => "rel-l2".into(),
             QualityMetric::Psnr => "psnr".into(),
             QualityMetric::External(c) => format!("external:{c}"),
+            QualityMetric::Image(m) => m.spec(),
         }
     }
 }
@@ -260,6 +272,22 @@ pub struct Evaluator<'a, B: Backend> {
     cache: PrefixCache<B>,
     /// This process's samples, `(first, len)`: the calibration chunks of its [`Shard`].
     local: (usize, usize),
+    /// The decoder and scorer of an image quality objective ([`QualityMetric::Image`]).
+    image: Option<ImageQuality<'a>>,
+}
+
+/// Decodes one sample's final latents (the calibration latent shape) to an 8-bit RGB image.
+pub type SampleDecoder<'a> = Box<dyn Fn(&[f32]) -> SResult<RgbImage> + Send + Sync + 'a>;
+
+/// What an image quality objective needs: the decoder, the scorer, the prompt text of every
+/// calibration prompt, and the uncached run's scores (this process's samples).
+pub struct ImageQuality<'a> {
+    pub decode: SampleDecoder<'a>,
+    pub scorer: Box<dyn Scorer + 'a>,
+    pub prompts: Vec<String>,
+    pub reference_scores: Vec<f64>,
+    /// Seconds spent decoding and scoring, summed over the search (docs/SEARCH.md).
+    pub seconds: f64,
 }
 
 /// One process's part of an evaluation ([`Evaluator::evaluate_local`]): per candidate, the
@@ -512,6 +540,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             chunks,
             reference: Vec::new(),
             local: (local_first, local_len),
+            image: None,
         };
         // The uncached reference: the all-recompute genome through the same machinery.
         let g = ev.default.to_genome();
@@ -533,6 +562,50 @@ impl<'a, B: Backend> Evaluator<'a, B> {
 
     pub fn steps(&self) -> usize {
         self.steps
+    }
+
+    /// Installs the decoder and scorer of a [`QualityMetric::Image`] objective and scores the
+    /// uncached run with them (its mean is reported beside every candidate's).
+    pub fn set_image_quality(
+        &mut self,
+        decode: SampleDecoder<'a>,
+        scorer: Box<dyn Scorer + 'a>,
+        prompts: Vec<String>,
+    ) -> SResult<()> {
+        if prompts.len() != self.cfg.samples.calibration.prompts {
+            return Err(SearchError::Settings(format!(
+                "{} prompt texts for {} calibration prompts",
+                prompts.len(),
+                self.cfg.samples.calibration.prompts
+            )));
+        }
+        let mut iq = ImageQuality {
+            decode,
+            scorer,
+            prompts,
+            reference_scores: Vec::new(),
+            seconds: 0.0,
+        };
+        let (first, len) = self.local;
+        let lats: Vec<&[f32]> = (first..first + len)
+            .map(|i| self.reference[i].as_slice())
+            .collect();
+        iq.reference_scores = score_samples(&mut iq, &self.cfg.samples, first, &lats)?;
+        self.image = Some(iq);
+        Ok(())
+    }
+
+    /// The mean score of the uncached run under the image quality objective (this process's
+    /// samples), when there is one.
+    pub fn reference_score(&self) -> Option<f64> {
+        self.image.as_ref().map(|iq| {
+            iq.reference_scores.iter().sum::<f64>() / iq.reference_scores.len().max(1) as f64
+        })
+    }
+
+    /// Seconds spent decoding and scoring images so far.
+    pub fn scoring_seconds(&self) -> f64 {
+        self.image.as_ref().map_or(0.0, |iq| iq.seconds)
     }
     pub fn blocks(&self) -> usize {
         self.blocks
@@ -784,6 +857,18 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             }
         }
         let shape = self.sample_shape.clone();
+        let is_image = matches!(quality, QualityMetric::Image(_));
+        if is_image && self.image.is_none() {
+            return Err(SearchError::Settings(
+                "an image quality objective needs its decoder and scorer (set_image_quality)"
+                    .into(),
+            ));
+        }
+        let mut finals: Vec<Vec<Vec<f32>>> = if is_image {
+            vec![vec![Vec::new(); local_len]; genomes.len()]
+        } else {
+            Vec::new()
+        };
         let result = self.run(
             genomes,
             sharing,
@@ -803,6 +888,10 @@ impl<'a, B: Backend> Evaluator<'a, B> {
                             write_outputs(&path, &[("latents", &t)])?;
                             0.0
                         }
+                        QualityMetric::Image(_) => {
+                            finals[cand][i - local_first] = x;
+                            0.0
+                        }
                     };
                 }
                 Ok(())
@@ -811,6 +900,12 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         );
         self.reference = reference;
         let report = result?;
+        if let Some(iq) = self.image.as_mut().filter(|_| is_image && local_len > 0) {
+            for (c, lat) in finals.iter().enumerate() {
+                let lats: Vec<&[f32]> = lat.iter().map(Vec::as_slice).collect();
+                per_sample[c] = score_samples(iq, &self.cfg.samples, local_first, &lats)?;
+            }
+        }
         if let (QualityMetric::External(cmd), true) = (&quality, local_len > 0) {
             for (c, &id) in ids.iter().enumerate() {
                 per_sample[c] = self.run_scorer(cmd, id)?;
@@ -870,7 +965,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             let mean = vals.iter().sum::<f64>() / vals.len() as f64;
             let q = match quality {
                 QualityMetric::RelL2 => mean,
-                QualityMetric::Psnr | QualityMetric::External(_) => -mean,
+                QualityMetric::Psnr | QualityMetric::External(_) | QualityMetric::Image(_) => -mean,
             };
             let q = if q.is_finite() { q } else { FAILED_QUALITY };
             let latency_ms = seconds[c] * 1000.0 / n as f64;
@@ -950,6 +1045,38 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             })
             .collect()
     }
+}
+
+/// Decodes and scores samples `first..first + lats.len()` in batches of the scorer's maximum.
+fn score_samples(
+    iq: &mut ImageQuality<'_>,
+    samples: &SampleSet,
+    first: usize,
+    lats: &[&[f32]],
+) -> SResult<Vec<f64>> {
+    let t0 = Instant::now();
+    let b = iq.scorer.max_batch().max(1);
+    let mut out = Vec::with_capacity(lats.len());
+    for (k, chunk) in lats.chunks(b).enumerate() {
+        let images = chunk
+            .iter()
+            .map(|l| (iq.decode)(l))
+            .collect::<SResult<Vec<_>>>()?;
+        let refs: Vec<&RgbImage> = images.iter().collect();
+        let prompts: Vec<&str> = (0..chunk.len())
+            .map(|j| {
+                let (p, _) = samples.sample(first + k * b + j);
+                iq.prompts[p].as_str()
+            })
+            .collect();
+        let scores = iq
+            .scorer
+            .score_batch(&refs, &prompts)
+            .map_err(|e| SearchError::Settings(format!("scoring: {e}")))?;
+        out.extend(scores);
+    }
+    iq.seconds += t0.elapsed().as_secs_f64();
+    Ok(out)
 }
 
 /// Validates and prepares the run of samples `first..first + len` (text work included).

@@ -27,7 +27,7 @@ pub fn normalise(
     let q = match quality {
         QualityMetric::RelL2 => f[1],
         QualityMetric::Psnr => 1.0 + f[1] / 100.0,
-        QualityMetric::External(_) => f[1] - default_quality + 1.0,
+        QualityMetric::External(_) | QualityMetric::Image(_) => f[1] - default_quality + 1.0,
     };
     [f[0] / full_cost, q]
 }
@@ -91,6 +91,8 @@ pub fn write_outputs<B: Backend>(
     let cost = ev.cost_metric();
     let latency = cost == CostMetric::Latency;
     let n_var = ev.genome_len();
+    let image = matches!(quality, QualityMetric::Image(_));
+    let reference_score = ev.reference_score();
     let entry_json = |e: &ArchiveEntry| -> Value {
         let mut m = serde_json::Map::new();
         m.insert("id".into(), json!(e.id));
@@ -100,6 +102,11 @@ pub fn write_outputs<B: Backend>(
             m.insert("latency_ms".into(), json!(e.eval.latency_ms));
         }
         m.insert("quality".into(), json!(e.eval.quality));
+        if image {
+            // the metric's own score (higher is better) beside the uncached run's
+            m.insert("score".into(), json!(-e.eval.quality));
+            m.insert("reference_score".into(), json!(reference_score));
+        }
         m.insert("feasible".into(), json!(e.cv <= 0.0));
         if let Some(n) = &e.name {
             m.insert("heuristic".into(), json!(n));
@@ -115,6 +122,11 @@ pub fn write_outputs<B: Backend>(
         "genome_bits": n_var,
         "genome_encoding": "hex, 4 bits per digit, most significant first, ECAD order (step, block, [attn1, attn2, ff]); 1 = recompute",
     });
+    if image {
+        header["reference_score"] = json!(reference_score);
+        header["reference_score_note"] =
+            json!("the metric's mean score of the uncached run over the calibration samples; `score` = −quality");
+    }
     if ev.family() == crate::cache::schedule::ModelFamily::Flux {
         header["model_family"] = json!("FLUX");
         header["single_blocks"] = json!(ev.single_blocks());
@@ -154,16 +166,21 @@ pub fn write_outputs<B: Backend>(
         for (k, m) in by_step.iter().enumerate() {
             steps.insert(format!("{k:03}"), json!({ "macs": m }));
         }
+        let mut search_meta = json!({
+            "id": e.id,
+            "generation": e.generation,
+            "quality_metric": quality.name(),
+            "quality": e.eval.quality,
+        });
+        if image {
+            search_meta["score"] = json!(-e.eval.quality);
+            search_meta["reference_score"] = json!(reference_score);
+        }
         s.metrics = Some(json!({
             "by_inference_step": steps,
             "total_macs": total,
             "total_macs_T": total as f64 / 1e12,
-            "search": {
-                "id": e.id,
-                "generation": e.generation,
-                "quality_metric": quality.name(),
-                "quality": e.eval.quality,
-            },
+            "search": search_meta,
         }));
         let mut text = s.to_json_string();
         text.push('\n');
