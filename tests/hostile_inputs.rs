@@ -61,6 +61,8 @@ fn bench_req(mode: BenchMode) -> BenchRequest<'static> {
         reps: 1,
         graphs: false,
         seed: 0,
+        prompts_file: None,
+        quality: None,
     }
 }
 

@@ -218,3 +218,42 @@ fn input_errors_are_one_line_and_write_nothing() {
     assert!(e.contains("img-001.png") && e.contains("PNG"), "{e}");
     assert!(!out.exists(), "nothing written on failure");
 }
+
+#[test]
+fn bench_has_a_quality_column() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("p.txt");
+    std::fs::write(&p, "a red fox\ntwo cats\n").unwrap();
+    let j = t.path().join("b.json");
+    let q = format!("clip-score:{}", weights());
+    let out = run_ok(&[
+        "bench",
+        "--steps",
+        "3",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--schedule",
+        "fora:2",
+        "--prompts-file",
+        p.to_str().unwrap(),
+        "--quality",
+        &q,
+        "--json",
+        j.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("clip-score"), "{text}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&j).unwrap()).unwrap();
+    assert_eq!(v["quality_metric"], "clip-score");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        let s = r["quality"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&s), "{s}");
+    }
+    // without prompts there is nothing to score against
+    let (code, e) = run_err(&["bench", "--reps", "1", "--quality", &q]);
+    assert_eq!(code, 2, "{e}");
+}

@@ -76,15 +76,24 @@ pub struct BenchArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// A quality column: clip-score:DIR or image-reward:DIR, each schedule's images (one per
+    /// prompt, decoded by the VAE) scored against their prompts; needs --prompts-file.
+    #[arg(long)]
+    pub quality: Option<String>,
+    /// The bench prompts as text, one per line, encoded by the pipeline's text encoder
+    /// (instead of --prompts N seeded random embeddings); PixArt only.
+    #[arg(long)]
+    pub prompts_file: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceOpts,
 }
 
 /// The engine's request for these flags and schedules.
 fn bench_request<'a>(
-    a: &BenchArgs,
+    a: &'a BenchArgs,
     mode: BenchMode,
     schedules: &'a [Schedule],
+    quality: Option<&'a crate::metrics::MetricSpec>,
 ) -> BenchRequest<'a> {
     BenchRequest {
         mode,
@@ -100,6 +109,8 @@ fn bench_request<'a>(
         reps: a.reps,
         graphs: !a.no_graph,
         seed: a.seed,
+        prompts_file: a.prompts_file.as_deref(),
+        quality,
     }
 }
 
@@ -121,8 +132,18 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let quality = a
+        .quality
+        .as_deref()
+        .map(crate::metrics::MetricSpec::parse)
+        .transpose()?;
+    if let (Some(q), None) = (&a.quality, &a.prompts_file) {
+        bail!("--quality {q}: give the prompts to score against with --prompts-file FILE");
+    }
     let load = if a.ops {
         Load::NoWeights
+    } else if a.prompts_file.is_some() {
+        Load::Pipeline
     } else {
         Load::Transformer
     };
@@ -132,7 +153,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         _ => BenchMode::Runs,
     };
     // Counts and sizes are refused before the model is read.
-    bench_request(&a, mode, &[]).precheck()?;
+    bench_request(&a, mode, &[], quality.as_ref()).precheck()?;
     let engine = super::open_engine(source, a.device.engine_options(load))?;
     let schedules = a
         .schedules
@@ -142,7 +163,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut bars = super::Bars::new();
     let mut sink = |e: &crate::engine::Event<'_>| bars.on_event(e);
     let outcome = engine.bench(
-        &bench_request(&a, mode, &schedules),
+        &bench_request(&a, mode, &schedules, quality.as_ref()),
         &mut Progress::new(&mut sink),
     )?;
     let name = &engine.info().name;
@@ -218,8 +239,9 @@ fn print_report(
         report.latent[0], report.latent[1], report.text_len, report.reps, report.warmup,
         if report.graphs { "; each run one replayed CUDA graph" } else { "" }
     );
+    let qname = report.quality_metric.as_deref().unwrap_or("");
     println!(
-        "{:<40} {:>10} {:>8} {:>11} {:>8} {:>7} {:>10} {:>10} {:>8}",
+        "{:<40} {:>10} {:>8} {:>11} {:>8} {:>7} {:>10} {:>10} {:>8}{}",
         "schedule",
         "TMACs",
         "MAC x",
@@ -228,11 +250,16 @@ fn print_report(
         "eff",
         "cache MB",
         "rel err",
-        "PSNR dB"
+        "PSNR dB",
+        if qname.is_empty() {
+            String::new()
+        } else {
+            format!(" {qname:>12}")
+        }
     );
     for r in &report.rows {
         println!(
-            "{:<40} {:>10.4} {:>8.2} {:>11.2} {:>8.2} {:>7.2} {:>10.2} {:>10.2e} {:>8.2}",
+            "{:<40} {:>10.4} {:>8.2} {:>11.2} {:>8.2} {:>7.2} {:>10.2} {:>10.2e} {:>8.2}{}",
             r.schedule,
             r.macs as f64 / 1e12,
             r.mac_speedup,
@@ -241,7 +268,8 @@ fn print_report(
             r.efficiency,
             r.cache_bytes as f64 / 1e6,
             r.rel_error,
-            r.psnr_db
+            r.psnr_db,
+            r.quality.map(|q| format!(" {q:>12.4}")).unwrap_or_default()
         );
     }
     if report.rows.iter().any(|r| r.median_device_ms.is_some()) {

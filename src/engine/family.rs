@@ -211,6 +211,11 @@ pub struct BenchRequest<'a> {
     /// Record each run as a CUDA graph (no effect on the CPU).
     pub graphs: bool,
     pub seed: u64,
+    /// The prompts as text, one per line, encoded by the pipeline's text encoder (instead of
+    /// seeded random embeddings); the quality column needs them.
+    pub prompts_file: Option<&'a std::path::Path>,
+    /// A quality column: each row's images decoded and scored with this metric.
+    pub quality: Option<&'a crate::metrics::MetricSpec>,
 }
 
 /// Timings of single forwards.

@@ -577,7 +577,47 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
             }));
         }
         let model = self.transformer()?;
-        let inputs = BenchInputs::random(&cfg, req.prompts, (side, side), text_len, req.seed);
+        let mut inputs = BenchInputs::random(&cfg, req.prompts, (side, side), text_len, req.seed);
+        let mut texts = Vec::new();
+        if let Some(f) = req.prompts_file {
+            // the prompts encoded by the pipeline; the initial noise seeded as without them
+            let pl = self.pipeline().map_err(|_| {
+                Error::invalid("--prompts-file needs the whole pipeline (tokenizer, text_encoder/)")
+            })?;
+            let c = encode_prompts_file(be, pl, f)?;
+            let (p, l) = (c.prompts, c.text_len);
+            inputs = BenchInputs::random(&cfg, p, (side, side), l, req.seed);
+            let d = c.channels;
+            inputs.prompt_embeds = HostTensor {
+                shape: vec![p, l, d],
+                data: c.prompt_embeds,
+            };
+            inputs.prompt_attention_mask = HostTensor {
+                shape: vec![p, l],
+                data: c.prompt_attention_mask,
+            };
+            inputs.negative_prompt_embeds = HostTensor {
+                shape: vec![p, l, d],
+                data: c.negative_prompt_embeds.unwrap_or_default(),
+            };
+            inputs.negative_prompt_attention_mask = HostTensor {
+                shape: vec![p, l],
+                data: c.negative_prompt_attention_mask,
+            };
+            texts = c.texts;
+        }
+        let scorer = match req.quality {
+            None => None,
+            Some(spec) => {
+                if texts.is_empty() {
+                    return Err(Error::invalid(format!(
+                        "--quality {}: give the prompts to score against with --prompts-file FILE",
+                        spec.spec()
+                    )));
+                }
+                Some(crate::metrics::open_scorer(spec, be)?)
+            }
+        };
         let runs = if req.mode == BenchMode::Forward {
             1
         } else {
@@ -616,6 +656,24 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
             &mut || progress.tick(),
         )?;
         progress.finish();
+        let mut report = report;
+        if let (Some(scorer), Some(spec)) = (scorer, req.quality) {
+            let pl = self.pipeline()?;
+            let lat = (cfg.in_channels, side, side);
+            let per = lat.0 * lat.1 * lat.2;
+            for row in &mut report.rows {
+                let images = row
+                    .final_latents
+                    .chunks(per)
+                    .map(|x| pl.decode_image(be, x, lat))
+                    .collect::<crate::models::MResult<Vec<_>>>()?;
+                let refs: Vec<&crate::metrics::RgbImage> = images.iter().collect();
+                let prompts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let scores = crate::metrics::score_all(scorer.as_ref(), &refs, &prompts)?;
+                row.quality = Some(scores.iter().sum::<f64>() / scores.len().max(1) as f64);
+            }
+            report.quality_metric = Some(spec.metric.name().to_string());
+        }
         Ok(BenchOutcome::Runs(report))
     }
 

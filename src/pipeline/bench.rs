@@ -108,6 +108,13 @@ pub struct BenchRow {
     /// 20·log10(range(x_ref) / RMSE), range = max − min of the uncached latents.
     pub psnr_db: f64,
     pub timings_ms: Vec<f64>,
+    /// `bench --quality`: the metric's mean score of this row's decoded images (one per
+    /// prompt) against their prompts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<f64>,
+    /// The final latents of the last run, `[P, C, h, w]` (for the quality column).
+    #[serde(skip)]
+    pub final_latents: Vec<f32>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -124,6 +131,9 @@ pub struct BenchReport {
     pub reps: usize,
     /// Whether the runs were replays of recorded device graphs (one per schedule).
     pub graphs: bool,
+    /// `bench --quality`: the metric (`clip-score`, `image-reward`) of the rows' `quality`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality_metric: Option<String>,
     pub rows: Vec<BenchRow>,
 }
 
@@ -479,6 +489,8 @@ pub fn run_bench_with<'m, B: Backend>(
             rel_error: crate::util::rel_l2(&x, &reference),
             psnr_db: psnr(&x, &reference),
             timings_ms: times,
+            quality: None,
+            final_latents: x,
         });
     }
     let graphs = graphs.finish(be)?;
@@ -494,6 +506,7 @@ pub fn run_bench_with<'m, B: Backend>(
         warmup: spec.warmup,
         reps: spec.reps,
         graphs,
+        quality_metric: None,
         rows,
     })
 }
