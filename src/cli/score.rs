@@ -45,6 +45,14 @@ pub struct ScoreArgs {
     /// Also write the JSON to this file (atomically).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Throughput measurement instead of scoring files: scores N synthetic 256×256 images
+    /// (a gradient plus hash noise) against one prompt and prints images/s (JSON).
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, conflicts_with_all = ["images", "manifest"])]
+    pub throughput: Option<usize>,
+    /// With --throughput: seeded random weights at the shapes of --weights/config.json (the
+    /// tokenizer from --weights too); clip-score only.
+    #[arg(long, requires = "throughput")]
+    pub random_weights: bool,
     /// Images per scorer batch (default: the scorer's own maximum).
     #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub batch: Option<usize>,
@@ -211,6 +219,9 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
     if let Some(o) = &a.out {
         crate::engine::check_output_file("--out", o)?;
     }
+    if let Some(n) = a.throughput {
+        return throughput(&a, &spec, n);
+    }
     let items = match (&a.images, &a.prompts, &a.manifest) {
         (Some(d), Some(p), None) => items_from_dir(d, p)?,
         (None, None, Some(m)) => items_from_manifest(m)?,
@@ -256,4 +267,101 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
     }
     print!("{text}");
     Ok(())
+}
+
+/// The test image of tools/golden/gen_clip_score.py (`image_pixels`): a gradient plus hash
+/// noise, `w × h` RGB.
+pub fn synthetic_image(w: usize, h: usize, salt: u64) -> RgbImage {
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    for y in 0..h as u64 {
+        for x in 0..w as u64 {
+            for c in 0..3u64 {
+                let m = 0xFFFF_FFFFu64;
+                let hs = ((x * 73856093) ^ (y * 19349663) ^ ((c + 3 * salt) * 83492791)) & m;
+                let hs = (hs * 2654435761) & m;
+                let v = (x * 255) / (w as u64 - 1).max(1)
+                    + (y * 127) / (h as u64 - 1).max(1)
+                    + (hs >> 25)
+                    + 60 * c;
+                rgb.push((v % 256) as u8);
+            }
+        }
+    }
+    RgbImage {
+        width: w,
+        height: h,
+        rgb,
+    }
+}
+
+fn throughput(a: &ScoreArgs, spec: &MetricSpec, n: usize) -> anyhow::Result<()> {
+    if n == 0 || n > 100_000 {
+        bail!("--throughput must be in 1..=100000");
+    }
+    let opts = a.device.engine_options(crate::engine::Load::Pipeline);
+    let mut warnings = Vec::new();
+    let be = AnyBackend::open(opts.device, opts.dtype, &mut warnings)?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    let images: Vec<RgbImage> = (0..n as u64)
+        .map(|k| synthetic_image(256, 256, k))
+        .collect();
+    let v = match &be {
+        AnyBackend::Cpu(b) => time_scorer(b, a, spec, &images)?,
+        AnyBackend::CpuBf16(b) => time_scorer(b, a, spec, &images)?,
+        AnyBackend::Cuda(b) => time_scorer(b.as_ref(), a, spec, &images)?,
+    };
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+fn time_scorer<B: crate::backend::Backend>(
+    be: &B,
+    a: &ScoreArgs,
+    spec: &MetricSpec,
+    images: &[RgbImage],
+) -> anyhow::Result<serde_json::Value> {
+    let t0 = std::time::Instant::now();
+    let scorer: Box<dyn crate::metrics::Scorer + '_> = if a.random_weights {
+        if spec.metric != Metric::ClipScore {
+            bail!("--random-weights is for clip-score");
+        }
+        Box::new(crate::metrics::clip_score::ClipScorer::open_random(
+            &spec.weights,
+            be,
+        )?)
+    } else {
+        open_scorer(spec, be).with_context(|| format!("--weights {}", spec.weights.display()))?
+    };
+    let load_s = t0.elapsed().as_secs_f64();
+    let b = a
+        .batch
+        .unwrap_or(scorer.max_batch())
+        .clamp(1, scorer.max_batch().max(1));
+    let prompt = "a photograph of an astronaut riding a horse";
+    // one warm-up batch (also caches the prompt's text features)
+    let warm: Vec<&RgbImage> = images.iter().take(b).collect();
+    scorer.score_batch(&warm, &vec![prompt; warm.len()])?;
+    be.synchronize().map_err(crate::models::ModelError::from)?;
+    let t1 = std::time::Instant::now();
+    for chunk in images.chunks(b) {
+        let refs: Vec<&RgbImage> = chunk.iter().collect();
+        scorer.score_batch(&refs, &vec![prompt; refs.len()])?;
+    }
+    be.synchronize().map_err(crate::models::ModelError::from)?;
+    let s = t1.elapsed().as_secs_f64();
+    Ok(json!({
+        "metric": spec.metric.name(),
+        "device": be.name(),
+        "threads": rayon::current_num_threads(),
+        "random_weights": a.random_weights,
+        "images": images.len(),
+        "image_size": [256, 256],
+        "batch": b,
+        "load_s": load_s,
+        "seconds": s,
+        "images_per_s": images.len() as f64 / s,
+        "note": "preprocessing (bicubic resize, crop, normalise) + image tower + projection per image; the prompt's text features computed once (cached)",
+    }))
 }

@@ -48,15 +48,7 @@ impl<'a, B: Backend> ClipScorer<'a, B> {
         let config = JsonConfig::read(&dir.join("config.json"))?;
         let store = WeightStore::open_dir(dir, "model")?;
         let model = ClipModel::load(be, &config, &store)?;
-        let tokenizer = ClipTokenizer::from_dir(dir)?;
-        let vocab = model.text_model.config.vocab_size;
-        if tokenizer.vocab_size() > vocab {
-            return Err(MetricsError::Input(format!(
-                "{}: the tokenizer has {} tokens but the text model's vocab_size is {vocab}",
-                dir.display(),
-                tokenizer.vocab_size()
-            )));
-        }
+        let mut s = Self::with_model(dir, be, model)?;
         let mut h = Fnv::default();
         h.update(
             serde_json::to_string(&config.map)
@@ -73,11 +65,36 @@ impl<'a, B: Backend> ClipScorer<'a, B> {
                 h.update(bytes);
             }
         }
+        s.fingerprint = format!("clip-score:{}", h.hex());
+        Ok(s)
+    }
+
+    /// The model of `dir/config.json` with seeded random weights ([`RandomSource`], seed 0)
+    /// and the tokenizer of `dir`: for throughput measurements where no checkpoint is at hand
+    /// (its scores mean nothing).
+    pub fn open_random(dir: &Path, be: &'a B) -> MResult<Self> {
+        let config = JsonConfig::read(&dir.join("config.json"))?;
+        let model = ClipModel::load(be, &config, &crate::models::RandomSource { seed: 0 })?;
+        let mut s = Self::with_model(dir, be, model)?;
+        s.fingerprint = "clip-score:random-weights".into();
+        Ok(s)
+    }
+
+    fn with_model(dir: &Path, be: &'a B, model: ClipModel<B>) -> MResult<Self> {
+        let tokenizer = ClipTokenizer::from_dir(dir)?;
+        let vocab = model.text_model.config.vocab_size;
+        if tokenizer.vocab_size() > vocab {
+            return Err(MetricsError::Input(format!(
+                "{}: the tokenizer has {} tokens but the text model's vocab_size is {vocab}",
+                dir.display(),
+                tokenizer.vocab_size()
+            )));
+        }
         Ok(ClipScorer {
             be,
             model,
             tokenizer,
-            fingerprint: format!("clip-score:{}", h.hex()),
+            fingerprint: String::new(),
             text_cache: Mutex::new(HashMap::new()),
         })
     }
