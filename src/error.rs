@@ -176,6 +176,16 @@ fn known_kind(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
     if let Some(e) = e.downcast_ref::<SearchError>() {
         return Some(search_kind(e));
     }
+    if let Some(e) = e.downcast_ref::<crate::metrics::MetricsError>() {
+        use crate::metrics::MetricsError as M;
+        return Some(match e {
+            M::Spec { .. } | M::Input(_) => ErrorKind::InvalidInput,
+            M::Weights(w) => weights_kind(w),
+            M::Model(m) => model_kind(m),
+            M::Tokenizer(t) => tokenizer_kind(t),
+            M::Unsupported(_) => ErrorKind::Unsupported,
+        });
+    }
     if e.downcast_ref::<std::io::Error>().is_some() {
         return Some(ErrorKind::Io);
     }

@@ -5,8 +5,8 @@
 //! `util` (generic helpers), `backend` (the op interface, its CPU and CUDA implementations),
 //! `weights` (checkpoint reading), `cache` (ECAD schedules and the component cache), `sampler`
 //! (DPM-Solver++, flow-matching Euler), `tokenizer`, `models` (written once against the backend),
-//! `pipeline` (model folders, denoise/generate orchestration, the demo model), `search` (the
-//! schedule search); the front doors `cli` (the command line) and `ffi` (the C ABI) use them.
+//! `pipeline` (model folders, denoise/generate orchestration, the demo model), `metrics` (image
+//! quality scorers: CLIP score, ImageReward), `search` (the schedule search); the front doors `cli` (the command line) and `ffi` (the C ABI) use them.
 
 pub mod backend;
 pub mod cache;
@@ -18,6 +18,7 @@ pub mod ffi;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod interrupt;
+pub mod metrics;
 pub mod models;
 pub mod pipeline;
 pub mod sampler;

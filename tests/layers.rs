@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// `util` holds generic helpers; `backend` the op interface and its CPU/CUDA implementations;
 /// `weights` checkpoint reading; `cache` schedules and the component cache; `sampler` the
 /// solvers; `tokenizer` the T5/CLIP tokenizers; `models` the networks (they ask the cache
-/// context of `cache` what to compute); `pipeline` assembly and orchestration; `search` the
+/// context of `cache` what to compute); `pipeline` assembly and orchestration; `metrics` the image-quality scorers; `search` the
 /// schedule search that drives pipelines; `error` the crate's one error type (it maps the
 /// layers' errors to kinds, so it sits above them); `engine` the `Engine` and the family
 /// interface, with the families that plug into it (see [`GROUPS`]).
@@ -31,6 +31,7 @@ const LAYERS: &[&str] = &[
     "tokenizer",
     "models",
     "pipeline",
+    "metrics",
     "search",
     "error",
     "engine",

@@ -6,6 +6,7 @@ mod forward;
 mod generate;
 pub mod progress;
 mod schedule_cmd;
+mod score;
 mod search;
 mod weights_cmd;
 
@@ -45,6 +46,9 @@ pub enum Command {
     /// NSGA-II search for cache schedules: MACs (or latency) vs fidelity (or an external
     /// scorer), with checkpoint/resume and a Pareto-front report.
     Search(search::SearchArgs),
+    /// Image-quality scores (CLIP score, ImageReward) of images against their prompts, as JSON
+    /// with the mean and its 95 % interval.
+    Score(score::ScoreArgs),
     /// Schedule utilities (cost models).
     Schedule {
         #[command(subcommand)]
@@ -199,6 +203,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Search(a) => search::run(a),
+        Command::Score(a) => score::run(a),
         Command::Schedule { command } => schedule_cmd::run(command),
         Command::Weights { command } => weights_cmd::run(command),
     }

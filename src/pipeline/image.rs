@@ -205,9 +205,65 @@ pub fn encode_png(
     Ok(bytes)
 }
 
+/// Decodes a PNG file's bytes to 8-bit RGB, as Pillow's `Image.open(f).convert("RGB")` does
+/// for 8-bit images: palette expanded, grey replicated to the three channels, alpha dropped
+/// (not composited). 16-bit images keep their high byte. Sides are bounded by
+/// [`crate::util::limits::IMAGE_SIDE`] before the pixels are allocated.
+pub fn decode_png(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
+    let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
+    dec.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = dec
+        .read_info()
+        .map_err(|e| format!("not a readable PNG ({e})"))?;
+    let (w, h) = {
+        let info = reader.info();
+        (info.width as usize, info.height as usize)
+    };
+    for side in [w, h] {
+        crate::util::limits::IMAGE_SIDE
+            .check("PNG width/height", side as u64)
+            .map_err(|e| e.to_string())?;
+    }
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| "PNG too large".to_string())?;
+    let mut buf = vec![0u8; size];
+    let frame = reader
+        .next_frame(&mut buf)
+        .map_err(|e| format!("corrupt PNG data ({e})"))?;
+    let (ct, n) = (frame.color_type, w * h);
+    buf.truncate(frame.buffer_size());
+    let rgb = match ct {
+        png::ColorType::Rgb => buf,
+        png::ColorType::Rgba => buf
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
+        png::ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g]).collect(),
+        png::ColorType::GrayscaleAlpha => buf
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
+        png::ColorType::Indexed => return Err("PNG palette was not expanded".into()),
+    };
+    if rgb.len() != n * 3 {
+        return Err(format!("PNG {w}x{h}: decoded {} bytes", rgb.len()));
+    }
+    Ok((w, h, rgb))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn png_round_trip() {
+        let rgb: Vec<u8> = (0..5 * 3 * 3).map(|i| (i * 17) as u8).collect();
+        let png = encode_png(&rgb, 5, 3, &[]).unwrap();
+        assert_eq!(decode_png(&png).unwrap(), (5, 3, rgb));
+        assert!(decode_png(b"not a png").is_err());
+        assert!(decode_png(&png[..png.len() / 2]).is_err());
+    }
 
     #[test]
     fn binning_matches_diffusers() {
