@@ -380,3 +380,60 @@ fn v1_manifest_matches_the_loader() {
         ]
     );
 }
+
+#[test]
+fn scorer_on_decoded_images_matches_the_package() {
+    use ecad_native::metrics::{open_scorer, score_all, Metric, MetricSpec, RgbImage};
+    let be = CpuBackend::new();
+    let d = dir().join("tiny");
+    let c = case(&be, "tiny");
+    let path = d.join("score_images.safetensors");
+    let inp = read_inputs(&path).unwrap();
+    let si = &c.meta["score_images"];
+    let prompts: Vec<&str> = si["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let images: Vec<RgbImage> = (0..prompts.len())
+        .map(|i| {
+            let t = &inp[&format!("image{i}")];
+            RgbImage {
+                height: t.shape[0],
+                width: t.shape[1],
+                rgb: t.data.iter().map(|&v| v as u8).collect(),
+            }
+        })
+        .collect();
+    let scorer = ecad_native::metrics::image_reward::ImageRewardScorer::open(&d, &be).unwrap();
+    // The preprocessing: the package's _transform (torchvision Resize + CenterCrop + Normalize).
+    for (i, img) in images.iter().enumerate() {
+        let got = scorer.pixel_values(img).unwrap();
+        let want = &inp[&format!("pixels{i}")].data;
+        let max = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!("image {i}: preprocess max abs diff {max:.2e}");
+        assert!(max <= 1e-6, "image {i}: preprocessing differs by {max}");
+    }
+    let spec = MetricSpec::new(Metric::ImageReward, &d);
+    let boxed = open_scorer(&spec, &be).unwrap();
+    assert_eq!(boxed.metric(), "image-reward");
+    assert_eq!(
+        boxed.fingerprint(),
+        ecad_native::metrics::Scorer::fingerprint(&scorer)
+    );
+    let refs: Vec<&RgbImage> = images.iter().collect();
+    let got = score_all(boxed.as_ref(), &refs, &prompts).unwrap();
+    let want = f64_tensor(&path, "score_f64");
+    let got32: Vec<f32> = got.iter().map(|&v| v as f32).collect();
+    let e = rel(&got32, &want);
+    println!("decoded-image scores {got:?} vs package {want:?}: rel {e:.3e}");
+    assert!(e <= c.tol("score"), "{e:.3e}");
+    // One at a time gives the same bits as the batch.
+    let one = boxed.score_batch(&refs[1..], &prompts[1..]).unwrap();
+    assert_eq!(one[0].to_bits(), got[1].to_bits());
+}

@@ -21,6 +21,9 @@ Writes tests/fixtures/image_reward/:
   <case>/expected.safetensors                     per stage, F32 run and F64 run of the same weights:
                                                    image_embeds [B,T,D], text_cls [B,H], raw [B], score [B]
   <case>/meta.json                                prompts, f32-vs-f64 drift per stage, versions
+  tiny/score_images.safetensors                   the public path: two procedural RGB images (u8 HWC), the
+                                                   package's preprocess of each (its _transform at 32 px), and
+                                                   ImageReward.score(prompt, PIL image) (F32; F64 via score_gard)
 
 How the package is used: `ImageReward.__init__` hard-codes ViT-L at 224 px and MLP(768); for the small
 cases `create_vit`, `init_tokenizer` (bert-base-uncased is not downloadable here) and the MLP's input
@@ -204,6 +207,47 @@ def run(model, ids, mask, pixels):
     return {k: v.detach().clone() for k, v in got.items()}
 
 
+def test_image(w, h, k):
+    """A procedural RGB image (u8, HWC): smooth gradients plus a hashed texture."""
+    y, x = np.mgrid[0:h, 0:w]
+    r = (x * 255 // max(w - 1, 1) + 7 * k) % 256
+    g = (y * 255 // max(h - 1, 1) + 31 * k) % 256
+    b = ((x * 131 + y * 71 + k * 17) * 2654435761 >> 7) % 256
+    return np.stack([r, g, b], axis=-1).astype(np.uint8)
+
+
+def score_images(model, sd, med, tok, d, s):
+    """The package's public path on decoded images: `ImageReward.score(prompt, PIL image)` with its own
+    preprocess `_transform(n_px)` at the case's size (v1.0: 224). Saved: the images (u8), the
+    preprocessed pixels, score() in float32 and the same pixels through score_gard in float64."""
+    from PIL import Image
+    from safetensors.torch import save_file
+    model.load_state_dict(sd)
+    model.float()
+    model.preprocess = irmod._transform(s)
+    sizes = [(45, 37), (37, 50)]
+    prompts = [PROMPTS[0], PROMPTS[1]]
+    out, scores32, scores64 = {}, [], []
+    for i, ((w, h), p) in enumerate(zip(sizes, prompts)):
+        arr = test_image(w, h, i)
+        pil = Image.fromarray(arr, "RGB")
+        with torch.no_grad():
+            scores32.append(model.score(p, pil))
+            px = model.preprocess(pil).unsqueeze(0)
+        out[f"image{i}"] = torch.from_numpy(arr.copy())
+        out[f"pixels{i}"] = px.contiguous()
+    m64 = model.double()
+    for i, p in enumerate(prompts):
+        t = tok([p], padding="max_length", truncation=True, max_length=MAX_LEN, return_tensors="pt")
+        with torch.no_grad():
+            scores64.append(float(m64.score_gard(t.input_ids, t.attention_mask, out[f"pixels{i}"].double())[0, 0]))
+    out["score"] = torch.tensor(scores32, dtype=torch.float32)
+    out["score_f64"] = torch.tensor(scores64, dtype=torch.float64)
+    save_file(out, os.path.join(d, "score_images.safetensors"))
+    model.float()
+    return {"sizes": sizes, "prompts": prompts, "score_f32": scores32, "score_f64": scores64}
+
+
 def drift(a, b):
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm()), float((a - b).abs().max())
@@ -284,6 +328,8 @@ def main():
                                 "std": float(r64[k].std()) if r64[k].numel() > 1 else abs(float(r64[k].flatten()[0]))}
             table.append((case["name"], k, list(r32[k].shape), rel, mx))
         meta["score_f32"] = r32["score"].tolist()
+        if case["name"] == "tiny":
+            meta["score_images"] = score_images(model, sd, med, tok, d, s)
         with open(os.path.join(d, "meta.json"), "w") as f:
             json.dump(meta, f, indent=1, ensure_ascii=False)
             f.write("\n")

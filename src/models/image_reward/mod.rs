@@ -118,7 +118,7 @@ impl ImageRewardConfig {
                 cfg.max_length, cfg.text.max_position_embeddings
             )));
         }
-        if !cfg.reward_mean.is_finite() || !(cfg.reward_std.is_finite() && cfg.reward_std > 0.0) {
+        if !(cfg.reward_mean.is_finite() && cfg.reward_std.is_finite() && cfg.reward_std > 0.0) {
             return Err(c.invalid("reward_mean must be finite and reward_std finite and > 0"));
         }
         Ok(cfg)
@@ -365,7 +365,9 @@ impl<B: Backend> ImageReward<B> {
 
     /// `ImageReward.score` for each image of `pixels` `[B, 3, S, S]` (normalised as the
     /// package's preprocess does) against its prompt: `prompts` has `B` entries, or one for
-    /// all images (as `inference_rank`).
+    /// all images (as `inference_rank`). A batch is one forward; on the CPU backend the last
+    /// bits of an image's score depend on the batch size (the GEMM's summation order depends on
+    /// the row count): `metrics::image_reward::ImageRewardScorer` runs one image at a time there.
     pub fn score(&self, be: &B, pixels: &Tensor<B>, prompts: &[&str]) -> MResult<Vec<f32>> {
         let sh = pixels.shape();
         let b = if sh.is_empty() { 0 } else { sh[0] };
