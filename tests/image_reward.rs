@@ -437,3 +437,77 @@ fn scorer_on_decoded_images_matches_the_package() {
     let one = boxed.score_batch(&refs[1..], &prompts[1..]).unwrap();
     assert_eq!(one[0].to_bits(), got[1].to_bits());
 }
+
+/// The same per-stage parity on the CUDA backend (f32, no TF32); SKIPPED without a CUDA driver.
+#[test]
+fn image_reward_on_gpu_matches_the_package() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::new();
+    for name in ["tiny", "grid224"] {
+        let c = case(&cpu, name);
+        let d = dir().join(name);
+        let m = ImageReward::open(&d, &gpu).unwrap();
+        let inp = read_inputs(&d.join("inputs.safetensors")).unwrap();
+        let px = &inp["pixels"];
+        let pixels = gpu.upload(px.data.clone(), &px.shape).unwrap();
+        let s = m.stages(&gpu, &pixels, &c.ids, &c.mask).unwrap();
+        for (stage, got) in [
+            ("image_embeds", gpu.to_host(&s.image_embeds).unwrap()),
+            ("text_cls", gpu.to_host(&s.text_cls).unwrap()),
+            ("raw", s.raw.clone()),
+            ("score", s.score.clone()),
+        ] {
+            let want = f64_tensor(&c.expected, &format!("{stage}_f64"));
+            let e = rel(&got, &want);
+            println!(
+                "{name} {stage} on GPU: rel L2 {e:.3e} (tol {:.3e})",
+                c.tol(stage)
+            );
+            assert!(e <= c.tol(stage), "{name} {stage} on GPU: {e:.3e}");
+        }
+    }
+}
+
+/// ImageReward v1.0 at its real size (seeded random weights) on the GPU: images/s at batch 16
+/// in f32 and bf16, printed for docs/PERFORMANCE.md (no threshold); SKIPPED without a driver.
+#[test]
+fn image_reward_throughput_on_gpu() {
+    use ecad_native::backend::cuda::DType;
+    use ecad_native::models::RandomSource;
+    for dt in [DType::F32, DType::Bf16] {
+        let Some(gpu) = gpu_dtype(dt) else { return };
+        let cfg = ImageRewardConfig::default();
+        let m = ImageReward::load(&gpu, cfg, &RandomSource { seed: 14 }).unwrap();
+        let b = 16;
+        let px: Vec<f32> = (0..b * 3 * 224 * 224)
+            .map(|i| ((i * 7919 % 2000) as f32) / 1000.0 - 1.0)
+            .collect();
+        let pixels = gpu.upload(px, &[b, 3, 224, 224]).unwrap();
+        let ids: Vec<u32> = (0..b * 35)
+            .map(|i| {
+                if i % 35 < 12 {
+                    (i % 35 * 97 + 101) as u32
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let mask: Vec<f32> = (0..b * 35)
+            .map(|i| if i % 35 < 12 { 1.0 } else { 0.0 })
+            .collect();
+        m.score_ids(&gpu, &pixels, &ids, &mask).unwrap(); // warm-up
+        gpu.synchronize().unwrap();
+        let reps = 10;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            m.score_ids(&gpu, &pixels, &ids, &mask).unwrap();
+        }
+        gpu.synchronize().unwrap();
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "ImageReward v1.0 {dt:?} batch {b}: {:.2} ms per batch, {:.1} images/s",
+            s * 1e3,
+            b as f64 / s
+        );
+    }
+}
