@@ -9,14 +9,15 @@
 # What runs: tests/cuda_parity.rs (every op against the CPU backend, PixArt forward against
 # the diffusers fixtures), and the `*on_gpu*` tests of denoise_parity (PixArt sampling, ECAD's
 # paper schedule), flux_parity (FLUX forward, f32 and bf16), flux_denoise_parity (FLUX
-# sampling, cached, bf16) and flux_generate (the whole FLUX pipeline); then the PixArt-α XL-2
+# sampling, cached, bf16), flux_generate (the whole FLUX pipeline) and image_reward (the
+# ImageReward scorer: parity, and its images/s at batch 16 in f32 and bf16); then the PixArt-α XL-2
 # forward benchmark (one CFG step) at 256 and 1024 px in bf16, f16 and f32, and the 20-step
 # bf16 denoise benchmark with the paper schedules at 256 and 1024 px (issue 5's targets), each
 # run one replayed CUDA graph, and at 256 px also eager (--no-graph) for comparison.
 # Every test binary skips (prints SKIPPED) when no CUDA driver is usable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-TESTS="cuda_parity denoise_parity flux_parity flux_denoise_parity flux_generate"
+TESTS="cuda_parity denoise_parity flux_parity flux_denoise_parity flux_generate image_reward"
 if [ "${1:-}" = "--prepare" ]; then
     # Embed nvcc-built kernel images (build.rs) so the GPU machine needs no NVRTC compile.
     wheels=${ECAD_CUDA_WHEELS:-$HOME/.cache/ecad-native/cuda-wheels-13.0}
@@ -71,7 +72,7 @@ B=$G/ecad-native
             ECAD_CUDA_NO_LT=1 timeout 240 "$t" --nocapture --test-threads 1 every_op
         fi
     done
-    for n in denoise_parity flux_parity flux_denoise_parity flux_generate; do
+    for n in denoise_parity flux_parity flux_denoise_parity flux_generate image_reward; do
         for t in $G/$n-*; do timeout 120 "$t" on_gpu --nocapture --test-threads 1; done
     done
     echo "== kernel micro-benchmark: the ops of one PixArt-α XL-2 block, CFG batch 2, bf16"

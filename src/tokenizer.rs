@@ -50,7 +50,7 @@ pub enum TokenizerError {
 
 pub type TResult<T> = Result<T, TokenizerError>;
 
-fn invalid(path: &Path, detail: impl Into<String>) -> TokenizerError {
+pub(crate) fn invalid(path: &Path, detail: impl Into<String>) -> TokenizerError {
     TokenizerError::Invalid {
         path: path.to_path_buf(),
         detail: detail.into(),
@@ -90,7 +90,7 @@ pub fn pixart_preprocess(text: &str) -> String {
 /// The tokenizer files are validated at load (see [`validate_charsmap`]), so `tokenizers` should
 /// not panic here; a panic that still comes out of it (a defect in that library on some other
 /// malformed file) is caught and returned as an error instead of unwinding into the caller.
-fn encode_ids(inner: &tokenizers::Tokenizer, text: &str) -> TResult<Vec<u32>> {
+pub(crate) fn encode_ids(inner: &tokenizers::Tokenizer, text: &str) -> TResult<Vec<u32>> {
     let encoded =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.encode(text, false)));
     let enc = match encoded {
@@ -108,7 +108,7 @@ fn encode_ids(inner: &tokenizers::Tokenizer, text: &str) -> TResult<Vec<u32>> {
 
 /// An [`TokenizerError::Encode`] that quotes at most the first 60 characters of the text, so
 /// that a long prompt is not echoed back whole.
-fn encode_error(text: &str, detail: impl Into<String>) -> TokenizerError {
+pub(crate) fn encode_error(text: &str, detail: impl Into<String>) -> TokenizerError {
     TokenizerError::Encode {
         text: crate::util::quote_start(text, 60),
         detail: detail.into(),

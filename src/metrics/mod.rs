@@ -12,6 +12,7 @@
 //! (which maximises a scorer's mean).
 
 pub mod clip_score;
+pub mod image_reward;
 pub mod preprocess;
 
 use crate::backend::Backend;
@@ -213,11 +214,10 @@ pub fn summarize(scores: &[f64]) -> Summary {
 pub fn open_scorer<'a, B: Backend>(spec: &MetricSpec, be: &'a B) -> MResult<Box<dyn Scorer + 'a>> {
     match spec.metric {
         Metric::ClipScore => open_clip_score(&spec.weights, be),
-        // B plugs in here: the ImageReward v1.0 model (models::image_reward) as a Scorer.
-        Metric::ImageReward => Err(MetricsError::Unsupported(format!(
-            "image-reward:{}: the ImageReward model is not built into this version yet",
-            spec.weights.display()
-        ))),
+        Metric::ImageReward => Ok(Box::new(image_reward::ImageRewardScorer::open(
+            &spec.weights,
+            be,
+        )?)),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod clip;
 pub mod clip_vision;
 pub mod embeddings;
 pub mod flux;
+pub mod image_reward;
 pub mod pixart;
 pub mod t5;
 pub mod vae;
