@@ -12,6 +12,7 @@
 //!   at m−1 the stored value is the mean of the uncond and cond halves; from m on the stored
 //!   mean is returned whatever the bit says.
 
+use super::policy::{taylor_predict, taylor_update, BlockEntry, BlockPolicy, Streams, Taylor};
 use super::schedule::{Component, CustomFunction, Schedule};
 use super::ComponentCache;
 use crate::backend::{BResult, Backend, BackendError, Tensor};
@@ -23,8 +24,14 @@ pub struct CacheStats {
     pub computed: usize,
     /// Component evaluations served from the cache.
     pub reused: usize,
-    /// Largest total size of the stored buffers during the run, in bytes (f32 elements × 4).
+    /// Largest total size of the stored buffers during the run, in bytes (f32 elements × 4),
+    /// forecast derivatives and a runtime policy's residuals included.
     pub peak_bytes: usize,
+    /// Of `reused`: the evaluations filled by a Taylor forecast rather than a copy.
+    pub forecast: usize,
+    /// Block evaluations a runtime policy skipped whole (their components are not in
+    /// `computed` or `reused`).
+    pub skipped_blocks: usize,
 }
 
 pub struct ScheduleCache<'s, B: Backend> {
@@ -34,6 +41,10 @@ pub struct ScheduleCache<'s, B: Backend> {
     batch: usize,
     slots: Vec<Option<Tensor<B>>>,
     stats: CacheStats,
+    /// Per slot, the Taylor derivative state (only with a forecast).
+    taylor: Vec<Option<Taylor<B>>>,
+    /// The runtime policy's state (only with a runtime policy).
+    policy: Option<Box<dyn BlockPolicy<B>>>,
 }
 
 /// What a [`ScheduleCache`] holds between steps, detached from its schedule: the slots and the
@@ -44,6 +55,8 @@ pub struct ScheduleCache<'s, B: Backend> {
 pub struct CacheState<B: Backend> {
     slots: Vec<Option<Tensor<B>>>,
     stats: CacheStats,
+    taylor: Vec<Option<Taylor<B>>>,
+    policy: Option<Box<dyn BlockPolicy<B>>>,
 }
 
 impl<B: Backend> Clone for CacheState<B> {
@@ -51,6 +64,8 @@ impl<B: Backend> Clone for CacheState<B> {
         CacheState {
             slots: self.slots.clone(),
             stats: self.stats.clone(),
+            taylor: self.taylor.clone(),
+            policy: self.policy.as_ref().map(|p| p.clone_box()),
         }
     }
 }
@@ -62,6 +77,8 @@ impl<B: Backend> CacheState<B> {
         CacheState {
             slots: vec![None; blocks * 3],
             stats: CacheStats::default(),
+            taylor: vec![None; blocks * 3],
+            policy: None,
         }
     }
 
@@ -110,6 +127,8 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
             batch: 0,
             slots: state.slots,
             stats: state.stats,
+            taylor: state.taylor,
+            policy: state.policy,
         }
     }
 
@@ -118,13 +137,26 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
         CacheState {
             slots: self.slots,
             stats: self.stats,
+            taylor: self.taylor,
+            policy: self.policy,
         }
     }
 
-    /// Sets the step about to run and the transformer batch it runs with.
-    pub fn begin_step(&mut self, step: usize, batch: usize) {
+    /// Sets the step about to run and the transformer batch it runs with. A schedule with a
+    /// runtime policy starts the policy's state at its first step (an error when the policy
+    /// does not fit the model, e.g. more always-run blocks than the model has).
+    pub fn begin_step(&mut self, step: usize, batch: usize) -> BResult<()> {
         self.step = step;
         self.batch = batch;
+        if let Some(rp) = &self.schedule.runtime {
+            if self.policy.is_none() {
+                self.policy = Some(rp.start(Self::total_blocks(self.schedule))?);
+            }
+        }
+        if let Some(p) = &mut self.policy {
+            p.begin_step(step, batch)?;
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> &CacheStats {
@@ -132,7 +164,15 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
     }
 
     fn stored_bytes(&self) -> usize {
-        self.slots.iter().flatten().map(|t| t.numel() * 4).sum()
+        let slots: usize = self.slots.iter().flatten().map(|t| t.numel() * 4).sum();
+        let taylor: usize = self
+            .taylor
+            .iter()
+            .flatten()
+            .flat_map(|t| &t.factors)
+            .map(|t| t.numel() * 4)
+            .sum();
+        slots + taylor + self.policy.as_ref().map_or(0, |p| p.held_bytes())
     }
 
     fn store(&mut self, slot: usize, t: Tensor<B>) {
@@ -180,15 +220,58 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
         if self.step == 0 || bit || self.slots[slot].is_none() {
             let t = compute()?;
             self.stats.computed += 1;
+            if let Some(f) = self.schedule.forecast {
+                let next = taylor_update(
+                    self.backend,
+                    f.order(),
+                    &t,
+                    self.step,
+                    self.slots[slot].as_ref(),
+                    self.taylor[slot].as_ref(),
+                )?;
+                self.taylor[slot] = Some(next);
+            }
             self.store(slot, t.clone());
             Ok(t)
         } else {
-            self.reuse(block, comp, slot)
+            let t = self.reuse(block, comp, slot)?;
+            match (self.schedule.forecast, &self.taylor[slot]) {
+                (Some(_), Some(state)) if !state.factors.is_empty() => {
+                    self.stats.forecast += 1;
+                    taylor_predict(self.backend, &t, state, self.step)
+                }
+                _ => Ok(t),
+            }
         }
     }
 }
 
 impl<B: Backend> ComponentCache<B> for ScheduleCache<'_, B> {
+    fn block_hooks(&self) -> bool {
+        self.policy.is_some()
+    }
+
+    fn enter_block(&mut self, block: usize, streams: &Streams<B>) -> BResult<BlockEntry<B>> {
+        let Some(p) = &mut self.policy else {
+            return Ok(BlockEntry::Run);
+        };
+        let e = p.enter_block(self.backend, block, streams)?;
+        if let BlockEntry::Skip { .. } = e {
+            self.stats.skipped_blocks += p.skipped_blocks();
+            self.stats.peak_bytes = self.stats.peak_bytes.max(self.stored_bytes());
+        }
+        Ok(e)
+    }
+
+    fn leave_block(&mut self, block: usize, streams: Streams<B>) -> BResult<Streams<B>> {
+        let Some(p) = &mut self.policy else {
+            return Ok(streams);
+        };
+        let out = p.leave_block(self.backend, block, streams)?;
+        self.stats.peak_bytes = self.stats.peak_bytes.max(self.stored_bytes());
+        Ok(out)
+    }
+
     fn component(
         &mut self,
         block: usize,

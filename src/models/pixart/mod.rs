@@ -8,7 +8,7 @@ pub use config::PixArtConfig;
 use super::embeddings::{sincos_pos_embed_2d, timestep_embeddings};
 use super::{Linear, MResult, ModelError, TensorSource, TimestepEmbedding, Vb};
 use crate::backend::{Activation, BResult, Backend, Tensor};
-use crate::cache::{ComponentCache, NoCache};
+use crate::cache::{BlockEntry, ComponentCache, NoCache};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -461,8 +461,31 @@ impl<B: Backend> PixArtTransformer<B> {
         }
         let (h, w) = (hl / p, wl / p);
         let mut x = self.embed_patches(be, latents)?;
-        for i in 0..self.transformer_blocks.len() {
-            x = self.block_forward(be, i, x, cond, text, cache)?;
+        let blocks = self.transformer_blocks.len();
+        if cache.block_hooks() {
+            // A runtime policy may skip block ranges (its streams: `[x]`).
+            let mut i = 0;
+            while i < blocks {
+                if let BlockEntry::Skip { to, mut streams } =
+                    cache.enter_block(i, &vec![x.clone()])?
+                {
+                    x = streams
+                        .pop()
+                        .ok_or_else(|| input_err("a cache policy gave no stream"))?;
+                    i = to;
+                    continue;
+                }
+                x = self.block_forward(be, i, x, cond, text, cache)?;
+                x = cache
+                    .leave_block(i, vec![x])?
+                    .pop()
+                    .ok_or_else(|| input_err("a cache policy gave no stream"))?;
+                i += 1;
+            }
+        } else {
+            for i in 0..blocks {
+                x = self.block_forward(be, i, x, cond, text, cache)?;
+            }
         }
         // Final layer: modulated by the embedded timestep (row 0 = shift, row 1 = scale).
         let d = c.inner_dim();
