@@ -70,6 +70,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/*
+ * Limits (docs/RELIABILITY.md, "Limits"). A count over its limit, whether an argument or read
+ * from a file (config.json, a schedule, a tokenizer), is refused before anything is allocated
+ * from it: ECAD_INVALID_ARGUMENT for an argument, ECAD_MODEL_ERROR or ECAD_SCHEDULE_ERROR for a
+ * file. Buffer lengths (products of sizes) are computed with overflow checks. A run whose
+ * working memory, estimated from its shapes, exceeds the memory free on its device is refused
+ * with ECAD_INVALID_ARGUMENT and both figures in ecad_last_error().
+ */
+#define ECAD_MAX_STEPS 1000          /* inference steps per run and per schedule */
+#define ECAD_MAX_LAYERS 512          /* transformer blocks / config layers */
+#define ECAD_MAX_HEADS 1024          /* attention heads in a config */
+#define ECAD_MAX_DIM 65536           /* any width in a config */
+#define ECAD_MAX_VOCAB 1048576       /* vocabulary size, token ids, extra_ids */
+#define ECAD_MAX_TEXT_TOKENS 4096    /* text tokens, max_sequence_length */
+#define ECAD_MAX_IMAGE_SIDE 8192     /* image height / width in pixels */
+#define ECAD_MAX_LATENT_SIDE 1024    /* latent height / width */
+#define ECAD_MAX_BATCH 1024          /* images per batch, prompts per call */
+
+
 // Status codes returned by every fallible call. Values 0-9 are those of ABI version 1; new
 // codes are added at the end.
 typedef enum EcadStatus {

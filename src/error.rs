@@ -249,6 +249,8 @@ fn search_kind(e: &crate::search::SearchError) -> ErrorKind {
         // The user's scorer command failed or printed something unusable.
         S::Scorer { .. } => ErrorKind::InvalidInput,
         S::Interrupted { .. } => ErrorKind::Cancelled,
+        S::Rank { msg, .. } if msg.starts_with("interrupted") => ErrorKind::Cancelled,
+        S::Rank { .. } | S::StoppedByRank0 => ErrorKind::Internal,
     }
 }
 

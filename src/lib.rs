@@ -15,6 +15,8 @@ pub mod engine;
 pub mod error;
 pub mod families;
 pub mod ffi;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod interrupt;
 pub mod models;
 pub mod pipeline;

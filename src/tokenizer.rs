@@ -86,14 +86,33 @@ pub fn pixart_preprocess(text: &str) -> String {
 }
 
 /// The ids of `text` with no special tokens and no truncation (both tokenizers' `encode_raw`).
+///
+/// The tokenizer files are validated at load (see [`validate_charsmap`]), so `tokenizers` should
+/// not panic here; a panic that still comes out of it (a defect in that library on some other
+/// malformed file) is caught and returned as an error instead of unwinding into the caller.
 fn encode_ids(inner: &tokenizers::Tokenizer, text: &str) -> TResult<Vec<u32>> {
-    let enc = inner
-        .encode(text, false)
-        .map_err(|e| TokenizerError::Encode {
-            text: text.to_string(),
-            detail: e.to_string(),
-        })?;
+    let encoded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.encode(text, false)));
+    let enc = match encoded {
+        Ok(Ok(enc)) => enc,
+        Ok(Err(e)) => return Err(encode_error(text, e.to_string())),
+        Err(_) => {
+            return Err(encode_error(
+                text,
+                "the tokenizer library failed on this text (malformed tokenizer files?)",
+            ))
+        }
+    };
     Ok(enc.get_ids().to_vec())
+}
+
+/// An [`TokenizerError::Encode`] that quotes at most the first 60 characters of the text, so
+/// that a long prompt is not echoed back whole.
+fn encode_error(text: &str, detail: impl Into<String>) -> TokenizerError {
+    TokenizerError::Encode {
+        text: crate::util::quote_start(text, 60),
+        detail: detail.into(),
+    }
 }
 
 impl T5Tokenizer {
@@ -125,9 +144,21 @@ impl T5Tokenizer {
         Self::from_json_bytes(path, &bytes)
     }
 
-    fn from_json_bytes(path: &Path, bytes: &[u8]) -> TResult<Self> {
-        let mut inner = Tokenizer::from_bytes(bytes)
-            .map_err(|e| invalid(path, format!("tokenizer.json: {e}")))?;
+    pub fn from_json_bytes(path: &Path, bytes: &[u8]) -> TResult<Self> {
+        // A first pass as plain JSON: `tokenizers` parses some parts (the decoder) through an
+        // intermediate value and panics (`expect`) where that fails, e.g. on invalid UTF-8 in a
+        // string (found by fuzzing, fuzz/artifacts/tokenizer/regression-decoder-utf8). Any other
+        // panic while it builds the tokenizer is caught and refused the same way.
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map_err(|e| invalid(path, format!("tokenizer.json: not valid JSON: {e}")))?;
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(bytes)).map_err(|_| {
+            invalid(
+                path,
+                "tokenizer.json: malformed (the tokenizer library failed on it)",
+            )
+        })?;
+        let mut inner = parsed.map_err(|e| invalid(path, format!("tokenizer.json: {e}")))?;
+        validate_normalizer(&inner).map_err(|e| invalid(path, format!("tokenizer.json: {e}")))?;
         inner
             .with_truncation(None)
             .map_err(|e| invalid(path, e.to_string()))?;
@@ -174,6 +205,23 @@ impl T5Tokenizer {
             ));
         }
         let n = sp.pieces.len();
+        limits::VOCAB
+            .check("the number of pieces", n as u128)
+            .map_err(|e| invalid(path, format!("spiece.model: {e}")))?;
+        if let Some((i, p)) = sp
+            .pieces
+            .iter()
+            .enumerate()
+            .find(|(_, p)| !p.score.is_finite())
+        {
+            return Err(invalid(
+                path,
+                format!(
+                    "spiece.model: piece {i} ({:?}) has score {}",
+                    p.piece, p.score
+                ),
+            ));
+        }
         if sp.unk_id >= n {
             return Err(invalid(
                 path,
@@ -189,6 +237,8 @@ impl T5Tokenizer {
             .map_err(|e| invalid(path, format!("spiece.model: {e}")))?;
         let mut inner = Tokenizer::new(model);
         if !sp.precompiled_charsmap.is_empty() {
+            validate_charsmap(&sp.precompiled_charsmap)
+                .map_err(|e| invalid(path, format!("spiece.model charsmap: {e}")))?;
             let pc = Precompiled::from(&sp.precompiled_charsmap)
                 .map_err(|e| invalid(path, format!("spiece.model charsmap: {e}")))?;
             inner.with_normalizer(Some(pc));
@@ -263,10 +313,7 @@ impl T5Tokenizer {
     /// preprocessed text.
     pub fn encode_padded(&self, text: &str, max_len: usize) -> TResult<TokenizedPrompt> {
         if let Err(e) = limits::TEXT_TOKENS.check("max_length", max_len as u128) {
-            return Err(TokenizerError::Encode {
-                text: text.to_string(),
-                detail: e.to_string(),
-            });
+            return Err(encode_error(text, e.to_string()));
         }
         let raw = self.encode_raw(text)?;
         let keep = raw.len().min(max_len.saturating_sub(1));
@@ -322,6 +369,117 @@ fn extra_ids_of(dir: &Path) -> TResult<usize> {
     limits::VOCAB
         .check("`extra_ids`", n)
         .map_err(|e| invalid(&p, e.to_string()))
+}
+
+// ---- validation of SentencePiece's precompiled charsmap ----------------------------------------
+
+/// Checks every precompiled charsmap in a loaded tokenizer's normalizer (a `tokenizer.json` may
+/// carry one, alone or inside a `Sequence`), as [`validate_charsmap`] does for `spiece.model`.
+fn validate_normalizer(t: &Tokenizer) -> Result<(), String> {
+    let Some(norm) = t.get_normalizer() else {
+        return Ok(());
+    };
+    let value = serde_json::to_value(norm).map_err(|e| e.to_string())?;
+    let mut stack = vec![&value];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(b64)) = map.get("precompiled_charsmap") {
+                    let bytes =
+                        base64::decode(b64).map_err(|e| format!("precompiled_charsmap: {e}"))?;
+                    validate_charsmap(&bytes).map_err(|e| format!("precompiled_charsmap: {e}"))?;
+                }
+                stack.extend(map.values());
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks that SentencePiece's precompiled charsmap can be used for any input without reading
+/// outside its own bytes.
+///
+/// The format (what `spm_precompiled`, inside `tokenizers`, reads): a little-endian `u32` trie
+/// size in bytes, the trie as `u32` units of a darts-clone double array, then the replacement
+/// strings, NUL-separated UTF-8. A lookup walks the trie from unit 0 byte by byte (bytes 1..=255)
+/// and reads a leaf's value as a byte offset into the strings. `spm_precompiled` indexes the
+/// array and the strings without bounds checks, so a corrupt charsmap is accepted at load and then
+/// panics on the first text that reaches a bad unit. This walks every path a lookup can take
+/// (every reachable node, each of its 255 possible next bytes) and refuses a charsmap where one of
+/// them would index outside the trie, or where a leaf points outside the strings or into the
+/// middle of a UTF-8 character. Each node is visited once, so the cost is 255 × the nodes: a
+/// median of 14.7 ms for T5's 240 kB charsmap (dev-2c, under load), paid once per conversion
+/// (the result is cached) or per tokenizer.json load.
+pub(crate) fn validate_charsmap(bytes: &[u8]) -> Result<(), String> {
+    let size = bytes
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or("shorter than its 4-byte header")?;
+    let units = size / 4;
+    let trie_end = units
+        .checked_mul(4)
+        .and_then(|n| n.checked_add(4))
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| {
+            format!(
+                "trie of {size} bytes is longer than the {}-byte charsmap",
+                bytes.len()
+            )
+        })?;
+    let unit = |i: usize| {
+        let b = &bytes[4 + 4 * i..8 + 4 * i];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
+    };
+    let strings = std::str::from_utf8(&bytes[trie_end..])
+        .map_err(|_| "replacement strings are not UTF-8".to_string())?;
+    if units == 0 {
+        return Err("empty trie".into());
+    }
+    // The unit decoding of darts-clone (and spm_precompiled).
+    let offset = |u: usize| (u >> 10) << ((u & (1 << 9)) >> 6);
+    let label = |u: usize| u & ((1 << 31) | 0xff);
+    let has_leaf = |u: usize| (u >> 8) & 1 == 1;
+    let value = |u: usize| u & ((1 << 31) - 1);
+
+    let root = offset(unit(0));
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec![root];
+    while let Some(base) = todo.pop() {
+        if !seen.insert(base) {
+            continue;
+        }
+        for c in 1..=255usize {
+            let pos = base ^ c;
+            if pos >= units {
+                return Err(format!(
+                    "a lookup reaches unit {pos}, past the trie's {units} units"
+                ));
+            }
+            let u = unit(pos);
+            if label(u) != c {
+                continue;
+            }
+            let next = pos ^ offset(u);
+            if has_leaf(u) {
+                if next >= units {
+                    return Err(format!(
+                        "a leaf at unit {next}, past the trie's {units} units"
+                    ));
+                }
+                let v = value(unit(next));
+                if !strings.is_char_boundary(v) {
+                    return Err(format!(
+                        "a replacement at byte {v}, outside the {}-byte strings or inside a character",
+                        strings.len()
+                    ));
+                }
+            }
+            todo.push(next);
+        }
+    }
+    Ok(())
 }
 
 // ---- a minimal reader of sentencepiece_model.proto ---------------------------------------------
@@ -502,6 +660,195 @@ mod tests {
         assert_eq!(pixart_preprocess("ΣΊΣΥΦΟΣ"), "σίσυφος");
         assert_eq!(pixart_preprocess("İ"), "i\u{307}");
         assert_eq!(pixart_preprocess("   "), "");
+    }
+
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    fn bytes_field(out: &mut Vec<u8>, num: u64, b: &[u8]) {
+        varint(out, num << 3 | 2);
+        varint(out, b.len() as u64);
+        out.extend_from_slice(b);
+    }
+
+    /// A `spiece.model` with T5's special pieces, a few normal pieces with `score`, and
+    /// optionally a precompiled charsmap.
+    fn spiece_model(score: f32, charsmap: Option<&[u8]>) -> Vec<u8> {
+        let pieces = [
+            ("<pad>", 0.0, 3),
+            ("</s>", 0.0, 3),
+            ("<unk>", 0.0, 2),
+            ("▁", -1.0, 1),
+            ("a", score, 1),
+            ("▁a", -1.5, 1),
+        ];
+        let mut m = Vec::new();
+        for (s, sc, kind) in pieces {
+            let mut p = Vec::new();
+            bytes_field(&mut p, 1, s.as_bytes());
+            varint(&mut p, 2 << 3 | 5);
+            p.extend_from_slice(&f32::to_bits(sc).to_le_bytes());
+            varint(&mut p, 3 << 3);
+            varint(&mut p, kind);
+            bytes_field(&mut m, 1, &p);
+        }
+        let mut trainer = Vec::new();
+        for (field, v) in [(3, 1), (40, 2)] {
+            varint(&mut trainer, field << 3);
+            varint(&mut trainer, v);
+        }
+        bytes_field(&mut m, 2, &trainer);
+        if let Some(c) = charsmap {
+            let mut n = Vec::new();
+            bytes_field(&mut n, 2, c);
+            bytes_field(&mut m, 3, &n);
+        }
+        m
+    }
+
+    /// A charsmap whose trie has `units` (after the size header) and then `strings`.
+    fn charsmap(units: &[u32], strings: &[u8]) -> Vec<u8> {
+        let mut c = ((units.len() * 4) as u32).to_le_bytes().to_vec();
+        units
+            .iter()
+            .for_each(|u| c.extend_from_slice(&u.to_le_bytes()));
+        c.extend_from_slice(strings);
+        c
+    }
+
+    fn real_t5_charsmap() -> Vec<u8> {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/spiece.model");
+        let sp = SpModel::parse(&std::fs::read(path).unwrap()).unwrap();
+        assert!(
+            sp.precompiled_charsmap.len() > 1000,
+            "the fixture has T5's charsmap"
+        );
+        sp.precompiled_charsmap
+    }
+
+    #[test]
+    fn valid_spiece_models_load_and_encode() {
+        let p = Path::new("spiece.model");
+        let t = T5Tokenizer::from_spiece_bytes(p, &spiece_model(-2.0, None), 2).unwrap();
+        assert_eq!(
+            t.encode_prompt("a a", 6).unwrap().ids,
+            vec![5, 5, 1, 0, 0, 0]
+        );
+        // T5's real charsmap passes the check, and normalizes as before (NFKC: "ｆ" → "f").
+        let real = real_t5_charsmap();
+        validate_charsmap(&real).unwrap();
+        let t = T5Tokenizer::from_spiece_bytes(p, &spiece_model(-2.0, Some(&real)), 2).unwrap();
+        assert_eq!(
+            t.encode_prompt("ａ", 4).unwrap().ids,
+            t.encode_prompt("a", 4).unwrap().ids
+        );
+    }
+
+    /// Each of these was accepted before the charsmap check, and then the first encode panicked
+    /// inside `spm_precompiled` (index out of bounds).
+    #[test]
+    fn corrupt_charsmaps_are_refused_at_load() {
+        let real = real_t5_charsmap();
+        let mut truncated_trie = real.clone();
+        // Keep the header's size but cut the trie to a quarter: still parses, indexes past it.
+        let size = u32::from_le_bytes(real[..4].try_into().unwrap()) as usize;
+        truncated_trie.truncate(4 + size / 4);
+        truncated_trie[..4].copy_from_slice(&((size / 4) as u32 & !3).to_le_bytes());
+        let mut bad_leaf = real.clone();
+        // Point every leaf value past the strings.
+        for i in 0..size / 4 {
+            let at = 4 + 4 * i;
+            let u = u32::from_le_bytes(bad_leaf[at..at + 4].try_into().unwrap());
+            if u & (1 << 31) != 0 {
+                bad_leaf[at..at + 4].copy_from_slice(&(u | 0x7fff_fff0).to_le_bytes());
+            }
+        }
+        let cases: [(&str, Vec<u8>); 5] = [
+            ("empty trie", charsmap(&[], b"a\0")),
+            (
+                "trie of 2 units",
+                charsmap(&[0x0000_0400, 0x0000_0061], b"a\0"),
+            ),
+            (
+                "header larger than the file",
+                vec![0xff, 0xff, 0, 0, 1, 2, 3, 4],
+            ),
+            ("truncated trie", truncated_trie),
+            ("leaves past the strings", bad_leaf),
+        ];
+        let p = Path::new("spiece.model");
+        for (name, cm) in cases {
+            assert!(validate_charsmap(&cm).is_err(), "{name}: check passed");
+            let Err(e) = T5Tokenizer::from_spiece_bytes(p, &spiece_model(-2.0, Some(&cm)), 2)
+            else {
+                panic!("{name}: a corrupt charsmap was accepted");
+            };
+            assert!(e.to_string().contains("charsmap"), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn non_finite_scores_are_refused() {
+        let p = Path::new("spiece.model");
+        for s in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let Err(e) = T5Tokenizer::from_spiece_bytes(p, &spiece_model(s, None), 2) else {
+                panic!("score {s} accepted");
+            };
+            assert!(e.to_string().contains("score"), "{e}");
+        }
+    }
+
+    /// The same check guards a `tokenizer.json` that carries a precompiled normalizer.
+    #[test]
+    fn tokenizer_json_with_corrupt_charsmap_is_refused() {
+        let p = Path::new("spiece.model");
+        let good =
+            T5Tokenizer::from_spiece_bytes(p, &spiece_model(-2.0, Some(&real_t5_charsmap())), 2)
+                .unwrap();
+        let text = good.inner.to_string(false).unwrap();
+        let json = Path::new("tokenizer.json");
+        T5Tokenizer::from_json_bytes(json, text.as_bytes()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let bad = base64::encode(charsmap(&[0x0000_0400, 0x0000_0061], b"a\0"));
+        v["normalizer"]["precompiled_charsmap"] = serde_json::Value::String(bad);
+        let Err(e) = T5Tokenizer::from_json_bytes(json, v.to_string().as_bytes()) else {
+            panic!("a tokenizer.json with a corrupt charsmap was accepted");
+        };
+        assert!(e.to_string().contains("precompiled_charsmap"), "{e}");
+    }
+
+    /// The last line of defence: a tokenizer built around an unchecked corrupt charsmap panics
+    /// inside `tokenizers`; the engine returns an error instead.
+    #[test]
+    fn a_panic_inside_tokenizers_is_an_error() {
+        let bad = charsmap(&[0x0000_0400, 0x0000_0061], b"a\0");
+        let vocab = vec![("<unk>".to_string(), 0.0), ("a".to_string(), -1.0)];
+        let mut inner = Tokenizer::new(Unigram::from(vocab, Some(0), false).unwrap());
+        inner.with_normalizer(Some(Precompiled::from(&bad).unwrap()));
+        let e = encode_ids(&inner, "a").unwrap_err();
+        assert!(e.to_string().contains("failed on this text"), "{e}");
+    }
+
+    #[test]
+    fn encode_errors_quote_only_the_start_of_the_text() {
+        let long = "ab".repeat(50_000);
+        let e = encode_error(&long, "x").to_string();
+        assert!(e.len() < 200, "{} bytes", e.len());
+        assert!(e.contains("abab") && e.contains('…'), "{e}");
+        assert_eq!(
+            encode_error("short", "x").to_string(),
+            "tokenizing \"short\": x"
+        );
     }
 
     #[test]
@@ -771,16 +1118,13 @@ impl ClipTokenizer {
     /// `L − 2` ids, `EOS`, then pad ids up to `L`. The mask covers BOS…EOS.
     pub fn encode_padded(&self, text: &str, max_len: usize) -> TResult<TokenizedPrompt> {
         if let Err(e) = limits::TEXT_TOKENS.check("max_length", max_len as u128) {
-            return Err(TokenizerError::Encode {
-                text: text.to_string(),
-                detail: e.to_string(),
-            });
+            return Err(encode_error(text, e.to_string()));
         }
         if max_len < 2 {
-            return Err(TokenizerError::Encode {
-                text: text.to_string(),
-                detail: format!("max_length {max_len} leaves no room for BOS and EOS"),
-            });
+            return Err(encode_error(
+                text,
+                format!("max_length {max_len} leaves no room for BOS and EOS"),
+            ));
         }
         let raw = self.encode_raw(text)?;
         let keep = raw.len().min(max_len - 2);

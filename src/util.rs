@@ -133,6 +133,43 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     sync_dir(dir).map_err(err)
 }
 
+/// Removes the temporary files that [`atomic_write`] calls killed mid-write left in `dir`
+/// (`.NAME.tmpPID-N-NANOS`), when their process is gone; returns how many. A killed writer
+/// cannot remove its own temporary file, so whoever owns the folder next (a resumed search)
+/// cleans up. The files of a live process are left alone, so a concurrent writer is safe.
+/// Where process ids cannot be checked (no `/proc`), nothing is removed.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    if !Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = temporary_writer_pid(&name) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The writer's process id, when `name` is an [`atomic_write`] temporary file.
+fn temporary_writer_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let at = rest.rfind(".tmp")?;
+    let mut parts = rest[at + 4..].split('-');
+    let pid = parts.next()?.parse().ok()?;
+    let counter_and_nanos = (parts.next()?, parts.next()?);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(counter_and_nanos.0) && digits(counter_and_nanos.1) && parts.next().is_none())
+        .then_some(pid)
+}
+
 /// Flushes a folder's entries (a rename in it) to disk. Folders cannot be opened as files on
 /// every platform; where they cannot, there is nothing to flush this way.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -144,6 +181,15 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     {
         let _ = dir;
         Ok(())
+    }
+}
+
+/// The first `max_chars` characters of `text`, with `…` when it was longer: what messages and
+/// warnings quote of user text (a prompt can be 100 kB).
+pub fn quote_start(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
     }
 }
 
@@ -294,6 +340,23 @@ pub mod limits {
         why: "ECAD's searches use populations of about 100",
     };
 
+    /// Timed repetitions and warm-up runs of `bench` (`--reps`, `--warmup`): a median is stable
+    /// after a few dozen runs; the limit stops a mistyped count from running for days and from
+    /// growing the timing list without bound.
+    pub const REPS: Limit = Limit {
+        name: "repetitions",
+        max: 10_000,
+        why: "a median is stable after a few dozen runs",
+    };
+
+    /// Generations of a search (`search --generations`): ECAD's searches run 200 to 500; every
+    /// generation adds a population of entries to the archive kept in memory and checkpoints.
+    pub const GENERATIONS: Limit = Limit {
+        name: "generations",
+        max: 100_000,
+        why: "ECAD's searches run a few hundred; each one grows the archive",
+    };
+
     /// Batch sizes (prompts per call, MAC-model batches, calibration prompts and seeds).
     pub const BATCH: Limit = Limit {
         name: "images per batch",
@@ -305,6 +368,42 @@ pub mod limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quote_start_keeps_short_text_and_cuts_long_text_at_a_character() {
+        assert_eq!(quote_start("abc", 3), "abc");
+        assert_eq!(quote_start("abcd", 3), "abc…");
+        assert_eq!(quote_start("ääää", 2), "ää…");
+        assert_eq!(quote_start(&"x".repeat(100_000), 60).chars().count(), 61);
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // A pid above Linux's maximum (2^22) is never alive.
+        let dead = d.join(".cand_00034.json.tmp4999999-79-194545715");
+        let mine = d.join(format!(".front.json.tmp{}-3-12", std::process::id()));
+        let others = [
+            d.join("cand_00034.json"),
+            d.join(".hidden"),
+            d.join(".x.tmp12-a-3"),
+        ];
+        for p in [&dead, &mine].into_iter().chain(&others) {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let removed = remove_stale_temporaries(d);
+        if !Path::new("/proc/self").exists() {
+            return;
+        }
+        assert_eq!(removed, 1);
+        assert!(!dead.exists() && mine.exists());
+        assert!(others.iter().all(|p| p.exists()));
+        // The names atomic_write makes are recognised.
+        atomic_write(&d.join("f"), b"y").unwrap();
+        assert_eq!(temporary_writer_pid(".f.tmp42-0-123"), Some(42));
+        assert_eq!(temporary_writer_pid("f.tmp42-0-123"), None);
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temporary_files() {

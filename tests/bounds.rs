@@ -353,3 +353,174 @@ fn cuda_upload_refuses_overflowing_shapes_on_gpu() {
     assert!(be.zeros(&[usize::MAX / 2, 3]).is_err());
     assert_eq!(be.zeros(&[2, 3]).unwrap().numel(), 6);
 }
+
+#[test]
+fn bench_repetitions_and_search_generations_over_the_limit_are_refused() {
+    refused(
+        &["bench", "--steps", "2", "--reps", "4000000000"],
+        &["--reps is 4000000000", "limit of 10000 repetitions"],
+    );
+    refused(
+        &["bench", "--steps", "2", "--warmup", "4000000000"],
+        &["--warmup is 4000000000"],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("s").display().to_string();
+    refused(
+        &[
+            "search",
+            "--generations",
+            "4000000000",
+            "--steps",
+            "2",
+            "--out",
+            &out,
+        ],
+        &["--generations is 4000000000", "limit of 100000 generations"],
+    );
+    assert!(!tmp.path().join("s").join("checkpoint.json").exists());
+}
+
+#[test]
+fn runs_that_cannot_fit_in_memory_are_refused_with_the_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let o = out.display().to_string();
+    refused(
+        &[
+            "generate", "--prompt", "a", "--width", "8192", "--height", "8192", "--batch", "1024",
+            "--steps", "2", "--out", &o,
+        ],
+        &[
+            "needs at least",
+            "GiB of working memory",
+            "GiB is available on cpu",
+        ],
+    );
+    assert!(!out.exists());
+    refused(
+        &[
+            "bench",
+            "--steps",
+            "2",
+            "--prompts",
+            "1024",
+            "--latent",
+            "1024",
+        ],
+        &["needs at least", "GiB is available"],
+    );
+    // A search: a prefix-cache budget far over the free memory.
+    let sout = tmp.path().join("search");
+    let so = sout.display().to_string();
+    refused(
+        &[
+            "search",
+            "--steps",
+            "4",
+            "--prompts",
+            "1",
+            "--cache-mb",
+            "100000000",
+            "--out",
+            &so,
+        ],
+        &[
+            "a search over",
+            "100000000 MiB prefix cache",
+            "GiB is available on cpu",
+        ],
+    );
+    assert!(!sout.join("front.json").exists());
+}
+
+/// `denoise` takes its shape from the input tensors: a 1024x1024 latent (16 MB of input) has
+/// 262144 image tokens, whose attention alone needs hundreds of GB.
+#[test]
+fn denoise_inputs_that_cannot_fit_are_refused_before_running() {
+    use ecad_native::engine::{DenoiseRequest, Engine, Load, ModelSource, NamedInputs, Progress};
+    let e = Engine::open(ModelSource::Demo, cpu_engine(Load::Transformer)).unwrap();
+    let mut inputs = demo_denoise_inputs();
+    inputs.insert("latents".into(), noise(&[1, 4, 1024, 1024], 1));
+    let named = NamedInputs {
+        tensors: &inputs,
+        origin: "inputs.safetensors",
+    };
+    let req = DenoiseRequest {
+        steps: 2,
+        ..DenoiseRequest::default()
+    };
+    let err = e
+        .denoise(&named, &req, &mut Progress::none())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("needs at least") && err.contains("[1, 4, 1024, 1024]"),
+        "{err}"
+    );
+    // The demo's own size still runs.
+    e.denoise(
+        &NamedInputs {
+            tensors: &demo_denoise_inputs(),
+            origin: "inputs",
+        },
+        &req,
+        &mut Progress::none(),
+    )
+    .unwrap();
+}
+
+/// The request's numbers are checked before the model is read: with a model folder that does
+/// not exist, the refusal names the number, not the folder (a checkpoint of many GB is not read
+/// only to refuse `--width 100000` after it).
+#[test]
+fn numbers_are_refused_before_the_model_is_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-model").display().to_string();
+    let png = tmp.path().join("x.png").display().to_string();
+    let st = tmp.path().join("x.safetensors").display().to_string();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "generate", "--model", &missing, "--prompt", "a", "--width", "100000", "--out",
+                &png,
+            ],
+            "--width",
+        ),
+        (
+            &["bench", "--model", &missing, "--reps", "100000000"],
+            "--reps",
+        ),
+        (
+            &[
+                "denoise",
+                "--model",
+                &missing,
+                "--inputs",
+                &st,
+                "--out",
+                &st,
+                "--steps",
+                "4000000000",
+            ],
+            "--steps",
+        ),
+        (
+            &[
+                "search",
+                "--model",
+                &missing,
+                "--steps",
+                "4",
+                "--population",
+                "100000000",
+                "--out",
+                &missing,
+            ],
+            "--population",
+        ),
+    ];
+    for (args, flag) in cases {
+        refused(args, &[flag]);
+    }
+}

@@ -282,3 +282,41 @@ fn c_abi_resolves_builtin_schedule_names() {
     }
     assert_eq!(unsafe { ecad_engine_destroy(e) }, EcadStatus::EcadOk);
 }
+
+/// The header's `ECAD_MAX_*` defines are the library's limits (util::limits), all of them that a
+/// C caller can hit.
+#[test]
+fn header_limits_equal_the_library_limits() {
+    use ecad_native::util::limits;
+    let header = std::fs::read_to_string(root().join("include/ecad.h")).unwrap();
+    let want = [
+        ("STEPS", limits::STEPS),
+        ("LAYERS", limits::LAYERS),
+        ("HEADS", limits::HEADS),
+        ("DIM", limits::DIM),
+        ("VOCAB", limits::VOCAB),
+        ("TEXT_TOKENS", limits::TEXT_TOKENS),
+        ("IMAGE_SIDE", limits::IMAGE_SIDE),
+        ("LATENT_SIDE", limits::LATENT_SIDE),
+        ("BATCH", limits::BATCH),
+    ];
+    let mut found = 0;
+    for line in header.lines() {
+        let Some(rest) = line.strip_prefix("#define ECAD_MAX_") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let (name, value) = (words.next().unwrap(), words.next().unwrap());
+        let limit = want
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("ECAD_MAX_{name} is not a library limit"));
+        assert_eq!(
+            value.parse::<u64>().unwrap(),
+            limit.1.max,
+            "ECAD_MAX_{name}"
+        );
+        found += 1;
+    }
+    assert_eq!(found, want.len(), "every limit has its define");
+}

@@ -221,6 +221,19 @@ fn sigkill_and_resume_gives_identical_results() {
     // resuming a finished search changes nothing
     run_ok(&resume);
     assert_same_outputs(a, &c);
+    // ... except that it removes what writes cut short by a kill left behind (temporary files
+    // of a dead process; a pid above Linux's maximum is never alive)
+    let leftovers = [
+        c.join(".checkpoint.json.tmp4999999-3-5"),
+        c.join("front")
+            .join(".cand_00034.json.tmp4999999-79-194545715"),
+    ];
+    for p in &leftovers {
+        std::fs::write(p, b"{").unwrap();
+    }
+    run_ok(&resume);
+    assert!(leftovers.iter().all(|p| !p.exists()), "leftovers kept");
+    assert_same_outputs(a, &c);
 }
 
 /// Starts `args` with stderr to `log`, waits until its checkpoint holds `at_least` generations

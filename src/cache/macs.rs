@@ -179,6 +179,18 @@ pub enum ModelDims {
 }
 
 impl ModelDims {
+    /// Image tokens of a latent `(height, width)` in latent pixels: PixArt's `patch_size`
+    /// patches, FLUX's 2×2 packing, rounded down. Unlike [`image_tokens`] (pixel sizes, for the
+    /// cost model) it does not require the sizes to be multiples: the memory estimate only
+    /// needs the count. `None` on overflow.
+    pub fn latent_tokens(&self, latent: (u64, u64)) -> Option<u64> {
+        let p = match self {
+            ModelDims::PixArt(d) => d.patch_size.max(1),
+            ModelDims::Flux(_) => 2,
+        };
+        (latent.0 / p).checked_mul(latent.1 / p)
+    }
+
     /// The family.
     pub fn family(&self) -> ModelFamily {
         match self {
@@ -539,10 +551,82 @@ pub fn true_macs(
     })
 }
 
+/// A rough estimate of a sampling run's peak working memory in bytes (f32 activations of one
+/// transformer evaluation, one head's attention scores per image, and a full component cache),
+/// used to refuse a run that cannot fit before it starts (docs/RELIABILITY.md, "Memory"). It
+/// leaves out the weights (already resident when it is asked) and the allocator's slack; it
+/// counts the cache even for an uncached run, so it is not a strict lower bound, and it is only
+/// meant to catch sizes that are far out of reach. `None` on overflow.
+pub fn activation_bytes(
+    dims: &ModelDims,
+    images: u64,
+    image_tokens: u64,
+    text_len: u64,
+    cfg: bool,
+) -> Option<u64> {
+    let b = images.checked_mul(if cfg { 2 } else { 1 })?;
+    // `context`: tokens of a separate text stream (PixArt's cross-attention context). FLUX has
+    // none: its text tokens are part of the joint sequence, counted in `tokens`.
+    let (tokens, hidden, blocks, context) = match dims {
+        ModelDims::PixArt(d) => (image_tokens, d.hidden(), d.num_layers, text_len),
+        ModelDims::Flux(d) => {
+            let n = image_tokens.checked_add(text_len)?;
+            (
+                n,
+                d.hidden(),
+                d.num_layers.checked_add(d.num_single_layers)?,
+                0,
+            )
+        }
+    };
+    let bnd = b.checked_mul(tokens)?.checked_mul(hidden)?;
+    // Live per block: the stream, its modulated copy, Q, K, V, the attention output and the
+    // 4× feed-forward intermediate: about 11 B·N·D values.
+    let block = bnd.checked_mul(11)?;
+    let scores = b.checked_mul(tokens)?.checked_mul(tokens)?;
+    // A cache holding every component's output of every block (3 per block).
+    let cache = bnd.checked_mul(blocks)?.checked_mul(3)?;
+    let text = b.checked_mul(context)?.checked_mul(hidden)?;
+    block
+        .checked_add(scores)?
+        .checked_add(cache)?
+        .checked_add(text)?
+        .checked_mul(4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cache::heuristics::default_schedule;
+
+    /// The estimate's terms, written out: the block's live values, the attention scores, a full
+    /// cache and (PixArt only) the cross-attention context, 4 bytes each. FLUX's text tokens
+    /// are in its joint sequence and must not be counted a second time.
+    #[test]
+    fn activation_bytes_counts_each_token_once() {
+        let px = PixArtDims::pixart_xl_2_256();
+        let (b, d, l) = (2 * 3, px.hidden(), px.num_layers);
+        let n = (32 / px.patch_size) * (32 / px.patch_size);
+        let want = 4 * (11 * b * n * d + b * n * n + 3 * b * n * d * l + b * 120 * d);
+        let dims = ModelDims::PixArt(px);
+        assert_eq!(dims.latent_tokens((32, 32)), Some(n));
+        let got = activation_bytes(&dims, 3, n, 120, true);
+        assert_eq!(got, Some(want));
+
+        let fx = FluxDims::flux1_dev();
+        let (b, d, l) = (1, fx.hidden(), fx.num_layers + fx.num_single_layers);
+        let n = (64 / 2) * (64 / 2) + 512;
+        let want = 4 * (11 * b * n * d + b * n * n + 3 * b * n * d * l);
+        let dims = ModelDims::Flux(fx);
+        assert_eq!(dims.latent_tokens((64, 64)), Some(32 * 32));
+        let got = activation_bytes(&dims, 1, 32 * 32, 512, false);
+        assert_eq!(got, Some(want));
+        // Sizes that overflow give None, not a wrapped figure.
+        assert_eq!(
+            activation_bytes(&ModelDims::Flux(fx), u64::MAX, 32 * 32, 512, true),
+            None
+        );
+    }
 
     #[test]
     fn pixart_terms_match_fitted_constants() {

@@ -1,4 +1,5 @@
 use super::DeviceOpts;
+use crate::cache::schedule::Schedule;
 use crate::engine::{BenchMode, BenchOutcome, BenchRequest, Load, ModelSource, Progress};
 use crate::pipeline::bench::median;
 use anyhow::bail;
@@ -79,6 +80,29 @@ pub struct BenchArgs {
     pub device: DeviceOpts,
 }
 
+/// The engine's request for these flags and schedules.
+fn bench_request<'a>(
+    a: &BenchArgs,
+    mode: BenchMode,
+    schedules: &'a [Schedule],
+) -> BenchRequest<'a> {
+    BenchRequest {
+        mode,
+        schedules,
+        steps: a.steps,
+        guidance: a.guidance,
+        prompts: a.prompts,
+        text_len: a.text_len,
+        latent: a.latent,
+        height: a.height,
+        width: a.width,
+        warmup: a.warmup,
+        reps: a.reps,
+        graphs: !a.no_graph,
+        seed: a.seed,
+    }
+}
+
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.reps == 0 {
         bail!("--reps must be at least 1");
@@ -102,12 +126,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     } else {
         Load::Transformer
     };
-    let engine = super::open_engine(source, a.device.engine_options(load))?;
     let mode = match (a.forward, a.ops) {
         (true, _) => BenchMode::Forward,
         (_, true) => BenchMode::Ops,
         _ => BenchMode::Runs,
     };
+    // Counts and sizes are refused before the model is read.
+    bench_request(&a, mode, &[]).precheck()?;
+    let engine = super::open_engine(source, a.device.engine_options(load))?;
     let schedules = a
         .schedules
         .iter()
@@ -116,21 +142,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut bars = super::Bars::new();
     let mut sink = |e: &crate::engine::Event<'_>| bars.on_event(e);
     let outcome = engine.bench(
-        &BenchRequest {
-            mode,
-            schedules: &schedules,
-            steps: a.steps,
-            guidance: a.guidance,
-            prompts: a.prompts,
-            text_len: a.text_len,
-            latent: a.latent,
-            height: a.height,
-            width: a.width,
-            warmup: a.warmup,
-            reps: a.reps,
-            graphs: !a.no_graph,
-            seed: a.seed,
-        },
+        &bench_request(&a, mode, &schedules),
         &mut Progress::new(&mut sink),
     )?;
     let name = &engine.info().name;

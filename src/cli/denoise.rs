@@ -54,6 +54,20 @@ pub struct DenoiseArgs {
     pub device: DeviceOpts,
 }
 
+/// The engine's request for these flags and schedule.
+fn denoise_request<'a>(
+    a: &DenoiseArgs,
+    schedule: Option<&'a crate::cache::schedule::Schedule>,
+) -> DenoiseRequest<'a> {
+    DenoiseRequest {
+        steps: a.steps,
+        guidance: a.guidance,
+        height: a.height,
+        width: a.width,
+        schedule,
+    }
+}
+
 pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.write_example_inputs {
         return write_example_inputs(path);
@@ -62,6 +76,9 @@ pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
         anyhow::bail!("give --inputs FILE and --out FILE (or --write-example-inputs FILE)");
     };
     crate::engine::check_output_file("--out", out)?;
+    // Counts, sizes and the inputs file are checked before the model is read.
+    denoise_request(&a, None).precheck()?;
+    let inputs = read_inputs(inputs_path)?;
     let engine = super::open_engine(
         super::model_source(a.model.as_deref(), None),
         a.device.engine_options(Load::Transformer),
@@ -75,7 +92,6 @@ pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
     if engine.info().is_demo {
         eprintln!("{}", super::DEMO_NOTE);
     }
-    let inputs = read_inputs(inputs_path)?;
     let origin = inputs_path.display().to_string();
     let mut bars = super::Bars::new();
     let mut sink = |e: &crate::engine::Event<'_>| bars.on_event(e);
@@ -84,13 +100,7 @@ pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
             tensors: &inputs,
             origin: &origin,
         },
-        &DenoiseRequest {
-            steps: a.steps,
-            guidance: a.guidance,
-            height: a.height,
-            width: a.width,
-            schedule: schedule.as_ref(),
-        },
+        &denoise_request(&a, schedule.as_ref()),
         &mut Progress::new(&mut sink),
     )?;
     write_outputs(out, &[("latents", &latents)])?;

@@ -136,6 +136,27 @@ fn check_out_dir(out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The engine's request for these flags, prompts and schedule.
+fn generate_request<'a>(
+    a: &'a GenerateArgs,
+    prompts: &'a [String],
+    schedule: Option<&'a crate::cache::schedule::Schedule>,
+) -> GenerateRequest<'a> {
+    GenerateRequest {
+        prompts,
+        negative_prompt: &a.negative_prompt,
+        steps: a.steps,
+        guidance: a.guidance,
+        seed: a.seed,
+        batch: a.batch,
+        height: a.height,
+        width: a.width,
+        binning: !a.no_binning,
+        schedule,
+        release_text_encoders: true,
+    }
+}
+
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let t_start = Instant::now();
     if a.batch == 0 {
@@ -146,6 +167,8 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     }
     let prompts = read_prompts(&a)?;
     check_out_dir(&a.out)?;
+    // Counts and sizes are refused before the model is read.
+    generate_request(&a, &prompts, None).precheck()?;
     let mut options = a.device.engine_options(Load::Pipeline);
     options.max_sequence_length = a.max_sequence_length;
     let mut engine = super::open_engine(super::model_source(a.model.as_deref(), None), options)?;
@@ -166,19 +189,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let mut bars = super::Bars::new();
     let mut sink = |e: &crate::engine::Event<'_>| bars.on_event(e);
     let out = engine.generate(
-        &GenerateRequest {
-            prompts: &prompts,
-            negative_prompt: &a.negative_prompt,
-            steps: a.steps,
-            guidance: a.guidance,
-            seed: a.seed,
-            batch: a.batch,
-            height: a.height,
-            width: a.width,
-            binning: !a.no_binning,
-            schedule: schedule.as_ref(),
-            release_text_encoders: true,
-        },
+        &generate_request(&a, &prompts, schedule.as_ref()),
         &mut Progress::new(&mut sink),
     )?;
     let n_images = out.images.len();

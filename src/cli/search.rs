@@ -4,6 +4,8 @@ use super::progress::Progress;
 use super::DeviceOpts;
 use crate::engine::{Load, SearchRequest};
 use crate::error::ErrorKind;
+#[cfg(feature = "mpi")]
+use crate::search::dist::Comm as _;
 use crate::search::driver::Event;
 use crate::search::evaluate::CostMetric;
 use std::path::PathBuf;
@@ -126,6 +128,7 @@ impl SearchArgs {
             keep_eval: self.keep_eval,
             bench_sharing: self.bench_sharing,
             stop: None,
+            cluster: Default::default(),
         }
     }
 }
@@ -149,12 +152,48 @@ fn show_events() -> impl FnMut(Event) + Send {
     }
 }
 
+/// Under `mpirun`/`srun` (feature `mpi`): the MPI ranks, with `--device cuda` moved to this
+/// rank's GPU and the default thread count shared among the node's ranks.
+#[cfg(feature = "mpi")]
+fn launch(
+    options: &mut crate::engine::EngineOptions,
+    threads: Option<usize>,
+) -> anyhow::Result<Option<std::sync::Arc<crate::search::mpi::MpiComm>>> {
+    let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if !launched {
+        return Ok(None);
+    }
+    let comm = crate::search::mpi::MpiComm::init().map_err(anyhow::Error::msg)?;
+    if let crate::engine::DeviceSpec::Cuda(0) = options.device {
+        // one GPU per rank: the node-local rank, modulo the GPUs this rank may see
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES")
+            .ok()
+            .map(|v| v.split(',').filter(|s| !s.trim().is_empty()).count())
+            .filter(|&n| n > 0);
+        let local = comm.local_rank();
+        options.device = crate::engine::DeviceSpec::Cuda(visible.map_or(local, |n| local % n));
+    }
+    if threads.is_none() && comm.local_size() > 1 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        options.threads = Some((cores / comm.local_size()).max(1));
+    }
+    Ok(Some(std::sync::Arc::new(comm)))
+}
+
 pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let req = a.request();
     // Bad flags are refused before any model is built.
     crate::engine::search::precheck(&req)?;
     let mut options = a.device.engine_options(Load::Transformer);
     options.threads = a.threads;
+    #[cfg(feature = "mpi")]
+    if let Some(comm) = launch(&mut options, a.threads)? {
+        if comm.size() > 1 {
+            return run_ranks(a, req, options, comm);
+        }
+    }
     if a.threads == Some(0) {
         anyhow::bail!("--threads must be at least 1");
     }
@@ -217,4 +256,67 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One rank of a search over several MPI ranks: rank 0 prints and writes; a failure outside the
+/// search's own protocol (which releases every rank together) ends the job with `MPI_Abort`.
+#[cfg(feature = "mpi")]
+fn run_ranks(
+    a: SearchArgs,
+    mut req: SearchRequest,
+    options: crate::engine::EngineOptions,
+    comm: std::sync::Arc<crate::search::mpi::MpiComm>,
+) -> anyhow::Result<()> {
+    use crate::search::dist::Comm;
+    let rank = comm.rank();
+    let cluster = crate::search::dist::Cluster::new(comm.clone());
+    req.cluster = cluster.clone();
+    if let Ok(i) = crate::interrupt::install() {
+        req.stop = Some(i.flag());
+    }
+    let result = super::open_engine(
+        super::model_source(a.model.as_deref(), a.arch.as_deref()),
+        options,
+    )
+    .and_then(|engine| {
+        let mut events = show_events();
+        engine
+            .search(&req, &mut events)
+            .map_err(anyhow::Error::from)
+    });
+    match result {
+        Ok(out) if rank == 0 => {
+            let st = &out.state;
+            println!(
+                "search done on {} ranks: {} generation(s), {} schedules evaluated, Pareto front of {} in {}",
+                comm.size(),
+                st.generation,
+                st.archive.iter().filter(|e| e.generation >= 1).count(),
+                out.front.len(),
+                a.out.display()
+            );
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let stopped = e.to_string().contains("stopped by rank 0");
+            if stopped {
+                return Ok(());
+            }
+            let code = crate::Error::kind_of(e.as_ref()).exit_code();
+            if rank == 0 {
+                eprintln!("error: {e:#}");
+            } else {
+                eprintln!("error (rank {rank}): {e:#}");
+            }
+            if rank != 0 || !cluster.released() {
+                comm.abort(code);
+            }
+            // MPI_Finalize (the last reference to the communicator) before exiting
+            drop(req);
+            drop(cluster);
+            drop(comm);
+            std::process::exit(code)
+        }
+    }
 }

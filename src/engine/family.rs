@@ -328,6 +328,7 @@ pub(crate) trait DynEngine: Send + Sync {
         &self,
         req: &SearchRequest,
         info: &ModelInfo,
+        memory: super::memory::MemoryCheck,
         events: &mut (dyn FnMut(crate::search::driver::Event) + Send),
     ) -> Result<SearchOutcome>;
 }
@@ -384,6 +385,7 @@ impl<B: Backend> DynEngine for Loaded<B> {
         &self,
         req: &SearchRequest,
         info: &ModelInfo,
+        memory: super::memory::MemoryCheck,
         events: &mut (dyn FnMut(crate::search::driver::Event) + Send),
     ) -> Result<SearchOutcome> {
         let target = self.model.search_target(req)?;
@@ -392,6 +394,8 @@ impl<B: Backend> DynEngine for Loaded<B> {
             fingerprint: &info.fingerprint,
             default_guidance: info.default_guidance,
             default_population: info.default_population,
+            cfg_guidance: info.cfg_guidance,
+            memory,
         };
         super::search::run(&self.be, target, req, facts, events)
     }

@@ -12,6 +12,7 @@
 
 pub mod device;
 pub mod family;
+mod memory;
 pub mod options;
 pub mod progress;
 pub mod registry;
@@ -160,6 +161,88 @@ impl Engine {
         self.inner.as_ref().and_then(|i| i.device_memory())
     }
 
+    /// Bytes free for a run: the device's free memory, or the host's `MemAvailable` for the
+    /// CPU backend (Linux); `None` where neither is known.
+    fn available_memory(&self) -> Option<u64> {
+        if let Some((used, total)) = self.device_memory() {
+            return Some(total.saturating_sub(used));
+        }
+        if self.device_name != "cpu" {
+            return None;
+        }
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kib.checked_mul(1024)
+    }
+
+    /// The working-memory check with the memory free now.
+    pub(crate) fn memory_check(&self) -> memory::MemoryCheck {
+        memory::MemoryCheck {
+            dims: self.info.dims,
+            device: self.device_name.clone(),
+            available: self.available_memory(),
+        }
+    }
+
+    /// Refuses a run of `images` at a pixel size whose working memory (estimated from the
+    /// shapes by [`crate::cache::macs::activation_bytes`]) exceeds what is free, before it
+    /// starts.
+    fn check_memory(&self, images: usize, height_px: usize, width_px: usize) -> Result<()> {
+        let f = self.info.vae_scale_factor.max(1) as u64;
+        let latent = (height_px as u64 / f, width_px as u64 / f);
+        let what = format!("{images} image(s) at {height_px}x{width_px} px");
+        let Some(image_tokens) = self.info.dims.latent_tokens(latent) else {
+            return Err(Error::invalid(format!("{what}: too many image tokens")));
+        };
+        self.memory_check().check(
+            &what,
+            memory::RunShape {
+                images: images as u64,
+                image_tokens,
+                text_len: self.info.default_text_len as u64,
+                cfg: self.info.cfg_guidance,
+                extra: 0,
+            },
+        )
+    }
+
+    /// The same check for `denoise`, from its input tensors: the latents' batch and size, the
+    /// prompt embeddings' length.
+    fn check_denoise_memory(&self, inputs: &NamedInputs<'_>, guidance: f32) -> Result<()> {
+        let latents = inputs.get("latents")?;
+        let shape = &latents.shape;
+        let (images, image_tokens) = match (self.info.packed, shape.as_slice()) {
+            // FLUX: [B, N_img, 64], already tokens.
+            (true, [b, n, _]) => (*b as u64, Some(*n as u64)),
+            (false, [b, _, h, w]) => (
+                *b as u64,
+                self.info.dims.latent_tokens((*h as u64, *w as u64)),
+            ),
+            // A wrong rank is the family's to report, with the contract's wording.
+            _ => return Ok(()),
+        };
+        let text_len = inputs
+            .get("prompt_embeds")
+            .ok()
+            .and_then(|t| t.shape.get(1).copied())
+            .unwrap_or(self.info.default_text_len) as u64;
+        let what = format!("denoising {images} latent(s) of shape {shape:?}");
+        let Some(image_tokens) = image_tokens else {
+            return Err(Error::invalid(format!("{what}: too many image tokens")));
+        };
+        self.memory_check().check(
+            &what,
+            memory::RunShape {
+                images,
+                image_tokens,
+                text_len,
+                cfg: self.info.cfg_guidance && guidance > 1.0,
+                extra: 0,
+            },
+        )
+    }
+
     fn loaded(&self) -> Result<&dyn DynEngine> {
         self.inner.as_deref().ok_or_else(|| {
             Error::unsupported("this engine was opened with its configs only (no weights)")
@@ -195,14 +278,13 @@ impl Engine {
         req: &DenoiseRequest<'_>,
         progress: &mut Progress<'_>,
     ) -> Result<HostTensor> {
-        limits::STEPS.check("--steps", req.steps as u128)?;
-        check_sides(req.height, req.width)?;
+        req.precheck()?;
         let inner = self.loaded()?;
-        finite("--guidance", req.guidance)?;
         check_inputs(inputs)?;
         if let Some(s) = req.schedule {
             self.validate_schedule(s, req.steps, req.guidance)?;
         }
+        self.check_denoise_memory(inputs, req.guidance.unwrap_or(self.info.default_guidance))?;
         let out = Self::in_pool(&self.pool, || inner.denoise(inputs, req, progress))?;
         // The CPU stops a run at the step its latents became non-finite; a CUDA run is not
         // checked per step (that would cost a copy and a stream sync each step), so its final
@@ -222,19 +304,9 @@ impl Engine {
         req: &GenerateRequest<'_>,
         progress: &mut Progress<'_>,
     ) -> Result<Generated> {
-        if req.batch == 0 {
-            return Err(Error::invalid("--batch must be at least 1"));
-        }
-        if req.prompts.is_empty() {
-            return Err(Error::invalid("no prompts to generate"));
-        }
-        finite("--guidance", req.guidance)?;
-        limits::BATCH.check("--batch", req.batch as u128)?;
-        limits::BATCH.check("the number of prompts", req.prompts.len() as u128)?;
-        if let Some(n) = req.steps {
-            limits::STEPS.check("--steps", n as u128)?;
-        }
-        check_sides(req.height, req.width)?;
+        req.precheck()?;
+        let (h, w) = self.plan_size(req.height, req.width, req.binning)?;
+        self.check_memory(req.batch.saturating_mul(req.prompts.len()), h, w)?;
         let pool = self.pool.take();
         let r = {
             let inner = self.loaded_mut()?;
@@ -351,25 +423,14 @@ impl Engine {
         req: &BenchRequest<'_>,
         progress: &mut Progress<'_>,
     ) -> Result<BenchOutcome> {
-        if req.reps == 0 {
-            return Err(Error::invalid("--reps must be at least 1"));
-        }
-        if req.prompts == 0 {
-            return Err(Error::invalid("--prompts must be at least 1"));
-        }
-        if req.text_len == Some(0) {
-            return Err(Error::invalid("--text-len must be at least 1"));
-        }
-        finite("--guidance", req.guidance)?;
-        limits::STEPS.check("--steps", req.steps as u128)?;
-        limits::BATCH.check("--prompts", req.prompts as u128)?;
-        if let Some(n) = req.text_len {
-            limits::TEXT_TOKENS.check("--text-len", n as u128)?;
-        }
-        if let Some(n) = req.latent {
-            limits::LATENT_SIDE.check("--latent", n as u128)?;
-        }
-        check_sides(req.height, req.width)?;
+        req.precheck()?;
+        let vsf = self.info.vae_scale_factor;
+        let native = self.info.sample_size.saturating_mul(vsf);
+        let (h, w) = match req.latent {
+            Some(l) => (l.saturating_mul(vsf), l.saturating_mul(vsf)),
+            None => (req.height.unwrap_or(native), req.width.unwrap_or(native)),
+        };
+        self.check_memory(req.prompts, h, w)?;
         let inner = self.loaded()?;
         Self::in_pool(&self.pool, || inner.bench(req, progress))
     }
@@ -381,7 +442,68 @@ impl Engine {
         events: &mut (dyn FnMut(crate::search::driver::Event) + Send),
     ) -> Result<SearchOutcome> {
         let inner = self.loaded()?;
-        Self::in_pool(&self.pool, || inner.search(req, &self.info, events))
+        let memory = self.memory_check();
+        Self::in_pool(&self.pool, || inner.search(req, &self.info, memory, events))
+    }
+}
+
+// The checks of a request that need no model: the engine makes them first, and the CLI makes
+// them before it opens the engine, so that a hostile number is refused before a checkpoint of
+// many GB is read.
+
+impl GenerateRequest<'_> {
+    /// Refuses counts and values that no model accepts (zero or over-limit counts, sizes,
+    /// non-finite guidance); [`Engine::generate`] repeats it.
+    pub fn precheck(&self) -> Result<()> {
+        if self.batch == 0 {
+            return Err(Error::invalid("--batch must be at least 1"));
+        }
+        if self.prompts.is_empty() {
+            return Err(Error::invalid("no prompts to generate"));
+        }
+        finite("--guidance", self.guidance)?;
+        limits::BATCH.check("--batch", self.batch as u128)?;
+        limits::BATCH.check("the number of prompts", self.prompts.len() as u128)?;
+        if let Some(n) = self.steps {
+            limits::STEPS.check("--steps", n as u128)?;
+        }
+        check_sides(self.height, self.width)
+    }
+}
+
+impl BenchRequest<'_> {
+    /// As [`GenerateRequest::precheck`], for [`Engine::bench`].
+    pub fn precheck(&self) -> Result<()> {
+        if self.reps == 0 {
+            return Err(Error::invalid("--reps must be at least 1"));
+        }
+        limits::REPS.check("--reps", self.reps as u128)?;
+        limits::REPS.check("--warmup", self.warmup as u128)?;
+        if self.prompts == 0 {
+            return Err(Error::invalid("--prompts must be at least 1"));
+        }
+        if self.text_len == Some(0) {
+            return Err(Error::invalid("--text-len must be at least 1"));
+        }
+        finite("--guidance", self.guidance)?;
+        limits::STEPS.check("--steps", self.steps as u128)?;
+        limits::BATCH.check("--prompts", self.prompts as u128)?;
+        if let Some(n) = self.text_len {
+            limits::TEXT_TOKENS.check("--text-len", n as u128)?;
+        }
+        if let Some(n) = self.latent {
+            limits::LATENT_SIDE.check("--latent", n as u128)?;
+        }
+        check_sides(self.height, self.width)
+    }
+}
+
+impl DenoiseRequest<'_> {
+    /// As [`GenerateRequest::precheck`], for [`Engine::denoise`].
+    pub fn precheck(&self) -> Result<()> {
+        limits::STEPS.check("--steps", self.steps as u128)?;
+        check_sides(self.height, self.width)?;
+        finite("--guidance", self.guidance)
     }
 }
 

@@ -54,6 +54,9 @@ pub struct SearchRequest {
     /// generation in progress and returns an error of kind [`crate::ErrorKind::Cancelled`]
     /// that says how many generations the checkpoint holds.
     pub stop: Option<Arc<AtomicBool>>,
+    /// The ranks of a distributed search (docs/SEARCH.md, "Many processes"); one process by
+    /// default. Every rank calls the search with the same request; rank 0 runs it.
+    pub cluster: crate::search::dist::Cluster,
 }
 
 /// What a family hands the search: the model to sample and its calibration samples.
@@ -82,6 +85,10 @@ pub(crate) struct ModelFacts<'a> {
     pub fingerprint: &'a str,
     pub default_guidance: f32,
     pub default_population: usize,
+    /// Whether guidance doubles the transformer batch (classifier-free guidance).
+    pub cfg_guidance: bool,
+    /// The working-memory check, with the memory free when the search was asked for.
+    pub memory: super::memory::MemoryCheck,
 }
 
 /// Checks the family-neutral settings.
@@ -98,6 +105,7 @@ fn check(req: &SearchRequest) -> Result<QualityMetric> {
     if req.generations == 0 {
         return Err(Error::invalid("--generations must be at least 1"));
     }
+    limits::GENERATIONS.check("--generations", req.generations as u128)?;
     if req.seeds_per_prompt == 0 {
         return Err(Error::invalid("--seeds-per-prompt must be at least 1"));
     }
@@ -167,6 +175,12 @@ pub(crate) fn run<B: Backend>(
     info: ModelFacts<'_>,
     events: &mut (dyn FnMut(Event) + Send),
 ) -> Result<SearchOutcome> {
+    let cluster = req.cluster.clone();
+    let comm = cluster.comm();
+    let root = comm.rank() == 0;
+    // Only rank 0 reports progress.
+    let mut quiet = |_: Event| {};
+    let events: &mut (dyn FnMut(Event) + Send) = if root { events } else { &mut quiet };
     let quality = check(req)?;
     let guidance = req.guidance.unwrap_or(info.default_guidance);
     let population = req.population.unwrap_or(info.default_population);
@@ -199,6 +213,27 @@ pub(crate) fn run<B: Backend>(
         return Err(Error::invalid("--batch-size must be at least 1"));
     }
     let latent = samples.latent;
+    // One transformer batch at a time, plus the prefix cache's budget.
+    let images = batch_size.min(n_samples);
+    let what = format!(
+        "a search over {n_samples} sample(s) in batches of {images} at latent {}x{} with a {} MiB prefix cache",
+        latent.1, latent.2, req.cache_mb
+    );
+    let image_tokens = info
+        .memory
+        .dims
+        .latent_tokens((latent.1 as u64, latent.2 as u64))
+        .ok_or_else(|| Error::invalid(format!("{what}: too many image tokens")))?;
+    info.memory.check(
+        &what,
+        super::memory::RunShape {
+            images: images as u64,
+            image_tokens,
+            text_len: samples.calibration.text_len as u64,
+            cfg: info.cfg_guidance && guidance > 1.0,
+            extra: (req.cache_mb as u64).saturating_mul(1 << 20),
+        },
+    )?;
     let settings = SearchSettings {
         model: info.kind.to_string(),
         model_fingerprint: info.fingerprint.to_string(),
@@ -226,7 +261,9 @@ pub(crate) fn run<B: Backend>(
     };
     // Refuse a foreign or corrupt checkpoint before the (possibly long) reference run.
     let ck = req.out.join("checkpoint.json");
-    if req.resume {
+    if !root {
+        // rank 0 alone reads and writes --out
+    } else if req.resume {
         if !ck.exists() {
             return Err(Error::invalid(format!(
                 "--resume: no checkpoint at {}",
@@ -258,6 +295,25 @@ pub(crate) fn run<B: Backend>(
         quality.name(),
         rayon::current_num_threads()
     )));
+    if comm.size() > 1 {
+        let text = serde_json::to_string(&settings).map_err(|e| Error::internal(e.to_string()))?;
+        let fp = crate::search::dist::fingerprint(&text, be.name());
+        agree(&cluster, "at start", Ok(fp))?;
+        let chunks = n_samples.div_ceil(batch_size);
+        if chunks < comm.size() {
+            events(Event::Log(&format!(
+                "warning: {chunks} calibration batch(es) for {} ranks: {} rank(s) idle; pass --batch-size {} or less so that every rank has samples",
+                comm.size(),
+                comm.size() - chunks,
+                n_samples / comm.size()
+            )));
+        } else {
+            events(Event::Log(&format!(
+                "{} ranks: {chunks} calibration batch(es) of up to {batch_size} sample(s), split in contiguous blocks",
+                comm.size()
+            )));
+        }
+    }
     let cfg = EvalConfig {
         steps: req.steps,
         guidance,
@@ -266,21 +322,83 @@ pub(crate) fn run<B: Backend>(
         quality,
         cost: req.cost,
         cache_budget: req.cache_mb.saturating_mul(1 << 20),
-        scratch: req.out.join("eval"),
+        // Several ranks (on one node, or on nodes sharing --out) must not write or delete each
+        // other's candidate folders: each scores its own slice in eval/rank_RRRR/.
+        scratch: if comm.size() > 1 {
+            req.out
+                .join("eval")
+                .join(format!("rank_{:04}", comm.rank()))
+        } else {
+            req.out.join("eval")
+        },
         keep_scratch: req.keep_eval,
         stop: req.stop.clone(),
     };
     events(Event::Start {
         label: "reference".into(),
-        total: n_samples.div_ceil(batch_size),
+        total: cluster.shard().chunks(n_samples.div_ceil(batch_size)).len(),
     });
-    let mut ev = {
+    let ev = {
         let mut tick = || events(Event::Tick);
-        Evaluator::new(be, search_model, cfg, &mut tick)?
+        Evaluator::new_shard(be, search_model, cfg, cluster.shard(), &mut tick)
     };
     events(Event::Finish);
+    let mut ev = if comm.size() > 1 {
+        let local = ev
+            .as_ref()
+            .map(|_| String::new())
+            .map_err(|e| e.to_string());
+        match (
+            agree(&cluster, "preparing its calibration samples", local),
+            ev,
+        ) {
+            (_, Err(e)) if root => return Err(e.into()),
+            (Err(e), _) => return Err(e),
+            (Ok(()), Ok(ev)) => ev,
+            (Ok(()), Err(e)) => return Err(e.into()),
+        }
+    } else {
+        ev?
+    };
+    if !root {
+        crate::search::dist::serve(comm, &mut ev)?;
+        return Ok(SearchOutcome {
+            state: SearchState::empty(settings),
+            front: Vec::new(),
+            work: WorkReport::default(),
+            sharing_bench: None,
+        });
+    }
+    let result = root_search(&cluster, &mut ev, settings, seeds, req, events);
+    crate::search::dist::stop(comm);
+    cluster.set_released();
+    result
+}
+
+/// [`agree`](crate::search::dist::agree), marking the other ranks released when it refuses.
+fn agree(
+    cluster: &crate::search::dist::Cluster,
+    what: &str,
+    local: std::result::Result<String, String>,
+) -> Result<()> {
+    crate::search::dist::agree(cluster.comm(), what, local).map_err(|e| {
+        cluster.set_released();
+        e.into()
+    })
+}
+
+/// Rank 0's part: the search itself and the sharing bench.
+fn root_search<B: Backend>(
+    cluster: &crate::search::dist::Cluster,
+    ev: &mut Evaluator<'_, B>,
+    settings: SearchSettings,
+    seeds: SeedSource,
+    req: &SearchRequest,
+    events: &mut (dyn FnMut(Event) + Send),
+) -> Result<SearchOutcome> {
     let mut search = Search {
-        ev: &mut ev,
+        ev: &mut *ev,
+        comm: cluster.comm(),
         settings,
         seeds,
         generations: req.generations,
@@ -294,7 +412,7 @@ pub(crate) fn run<B: Backend>(
         work.add(&r.work);
     }
     let sharing_bench = if req.bench_sharing {
-        let r = bench_sharing(&mut ev, &state, events)
+        let r = bench_sharing(cluster.comm(), ev, &state, events)
             .map_err(|e| crate::search::driver::interrupted_after(e, state.generation))?;
         crate::weights::atomic_write(
             &req.out.join("bench_sharing.json"),

@@ -464,7 +464,7 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
                     pi + 1,
                     pipe.max_sequence_length - 1,
                     t.truncated_tokens,
-                    t.truncated_text
+                    crate::util::quote_start(&t.truncated_text, 200)
                 ));
             }
         }

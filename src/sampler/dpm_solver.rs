@@ -50,7 +50,11 @@ impl Default for DpmSolverConfig {
 
 impl DpmSolverConfig {
     pub fn from_file(path: &Path) -> WResult<Self> {
-        let c = JsonConfig::read(path)?;
+        Self::from_json(&JsonConfig::read(path)?)
+    }
+
+    /// Reads a `DPMSolverMultistepScheduler` scheduler_config.json.
+    pub fn from_json(c: &JsonConfig) -> WResult<Self> {
         if let Some(class) = c.opt_str("_class_name")? {
             if class != "DPMSolverMultistepScheduler" {
                 return Err(c.invalid(format!(

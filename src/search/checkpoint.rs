@@ -122,7 +122,12 @@ pub fn save_checkpoint(path: &Path, st: &SearchState) -> SResult<()> {
         stats: st.stats.clone(),
         sharing: st.sharing.clone(),
     };
-    let state = serde_json::to_value(&ck).expect("serialisable");
+    write_raw_state(path, serde_json::to_value(&ck).expect("serialisable"))
+}
+
+/// Writes a checkpoint document around an already serialised `state` (its format, version and
+/// checksum); the fuzz target uses it to reach the state's reader.
+pub fn write_raw_state(path: &Path, state: Value) -> SResult<()> {
     let text = serde_json::to_string(&state).expect("json");
     let sum = format!("{:016x}", fnv1a(text.as_bytes()));
     let doc = serde_json::json!({
@@ -136,7 +141,31 @@ pub fn save_checkpoint(path: &Path, st: &SearchState) -> SResult<()> {
     Ok(crate::weights::atomic_write(path, s.as_bytes())?)
 }
 
-/// The first setting that differs, as `name: checkpoint X, now Y`.
+/// Where a setting comes from, as the user wrote it: the flag, or what stands behind it.
+fn setting_source(key: &str) -> String {
+    let flag = match key {
+        "model" => "--model / --arch",
+        "model_fingerprint" => "the model's weights (--model)",
+        "calibration" => "--calibration",
+        "calibration_fingerprint" => "the calibration file's contents (--calibration)",
+        "prompts" => "--prompts",
+        "seeds_per_prompt" => "--seeds-per-prompt",
+        "batch_size" => "--batch-size",
+        "latent" => "--height / --width",
+        "steps" => "--steps",
+        "guidance" => "--guidance",
+        "population" => "--population",
+        "cost" => "--objective",
+        "quality" => "--quality",
+        "seed" => "--seed",
+        "seed_from" => "--seed-from",
+        "seed_digest" => "the seed schedules (--seed-from)",
+        other => return format!("the setting `{other}` (a build default)"),
+    };
+    flag.to_string()
+}
+
+/// The first setting that differs, named by its flag, with both values.
 fn settings_diff(a: &SearchSettings, b: &SearchSettings) -> String {
     let (va, vb) = (
         serde_json::to_value(a).expect("json"),
@@ -146,7 +175,10 @@ fn settings_diff(a: &SearchSettings, b: &SearchSettings) -> String {
         for (k, x) in ma {
             let y = mb.get(k).unwrap_or(&Value::Null);
             if x != y {
-                return format!("{k}: checkpoint {x}, now {y}");
+                return format!(
+                    "{} differs from the checkpoint's: checkpoint {x}, now {y}",
+                    setting_source(k)
+                );
             }
         }
     }
@@ -359,7 +391,8 @@ mod tests {
         other.population = 8;
         let e = load_checkpoint(&p, &other, 12).unwrap_err().to_string();
         assert!(
-            e.contains("different search") && e.contains("population: checkpoint 4, now 8"),
+            e.contains("different search")
+                && e.contains("--population differs from the checkpoint's: checkpoint 4, now 8"),
             "{e}"
         );
         let text = std::fs::read_to_string(&p).unwrap();

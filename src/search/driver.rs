@@ -16,10 +16,10 @@ pub use super::checkpoint::{
 pub use super::seeds::{builtin_heuristics, read_seed_dir, seed_digest, SeedSource};
 pub use super::state::{ArchiveEntry, GenStats, SearchSettings, SearchState, SharingRow};
 
+use super::dist::Comm;
 use super::evaluate::{Evaluation, Evaluator, WorkReport};
 use super::nsga2::{constraint_violation, mating, repair, survive, GaParams, Genome, Individual};
 use super::output::{front_indices, hypervolume, normalise, write_outputs, HV_REFERENCE};
-use super::rng::SearchRng;
 use super::{SResult, SearchError};
 use crate::backend::Backend;
 use serde_json::Value;
@@ -42,6 +42,9 @@ pub enum Event<'a> {
 /// A search run.
 pub struct Search<'e, 'a, B: Backend> {
     pub ev: &'e mut Evaluator<'a, B>,
+    /// The ranks that evaluate ([`super::dist::Solo`]: this process alone). The search runs on
+    /// rank 0; the others serve its evaluations ([`super::dist::serve`]).
+    pub comm: &'e dyn Comm,
     pub settings: SearchSettings,
     pub seeds: SeedSource,
     pub generations: usize,
@@ -177,9 +180,18 @@ impl<B: Backend> Search<'_, '_, B> {
             },
             total: new.len() * self.ev.num_chunks(),
         });
-        let (evals, work) = self
-            .ev
-            .evaluate(&new, &ids, true, &mut || events(Event::Tick))?;
+        if self.comm.size() > 1 && !new.is_empty() {
+            // names the work in progress should a rank die (the MPI launcher names the rank)
+            events(Event::Log(&format!(
+                "generation {gen}: evaluating {} on {} ranks",
+                super::dist::cand_range(&ids),
+                self.comm.size()
+            )));
+        }
+        let (evals, work) =
+            super::dist::evaluate(self.comm, self.ev, &new, &ids, true, &mut || {
+                events(Event::Tick)
+            })?;
         events(Event::Finish);
         for ((g, id), e) in new.iter().zip(&ids).zip(evals) {
             known.index.insert(g.clone(), st.archive.len());
@@ -213,19 +225,7 @@ impl<B: Backend> Search<'_, '_, B> {
 
     fn initial(&mut self, events: &mut (dyn FnMut(Event) + Send)) -> SResult<SearchState> {
         let bps = self.ev.bits_per_step();
-        let mut st = SearchState {
-            settings: self.settings.clone(),
-            generation: 0,
-            rng: SearchRng::new(self.settings.seed),
-            next_id: 0,
-            population: Vec::new(),
-            archive: Vec::new(),
-            heuristics: Vec::new(),
-            stats: Vec::new(),
-            sharing: Vec::new(),
-            full_cost: 0.0,
-            default_quality: 0.0,
-        };
+        let mut st = SearchState::empty(self.settings.clone());
         let mut known = Known {
             index: HashMap::new(),
         };
@@ -339,6 +339,7 @@ impl<B: Backend> Search<'_, '_, B> {
 /// without prefix sharing (cold cache), checks that both give the archived objectives, and
 /// reports the throughputs.
 pub fn bench_sharing<B: Backend>(
+    comm: &dyn Comm,
     ev: &mut Evaluator<'_, B>,
     st: &SearchState,
     events: &mut (dyn FnMut(Event) + Send),
@@ -352,7 +353,7 @@ pub fn bench_sharing<B: Backend>(
     let mut tot_naive = WorkReport::default();
     let latency = ev.cost_metric() == super::evaluate::CostMetric::Latency;
     let mut mismatches = 0usize;
-    ev.clear_cache();
+    super::dist::clear_cache(comm, ev);
     for (gen, entries) in &by_gen {
         let genomes: Vec<Genome> = entries.iter().map(|e| e.genome.clone()).collect();
         let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
@@ -366,7 +367,9 @@ pub fn bench_sharing<B: Backend>(
                 ),
                 total: genomes.len() * ev.num_chunks(),
             });
-            let (r, w) = ev.evaluate(&genomes, &ids, sharing, &mut || events(Event::Tick))?;
+            let (r, w) = super::dist::evaluate(comm, ev, &genomes, &ids, sharing, &mut || {
+                events(Event::Tick)
+            })?;
             events(Event::Finish);
             res.push(r);
             works.push(w);

@@ -254,9 +254,23 @@ pub struct Evaluator<'a, B: Backend> {
     sample_shape: Vec<usize>,
     cfg: EvalConfig,
     chunks: Vec<Chunk<'a, B>>,
-    /// Final latents of the uncached run, per sample.
+    /// Final latents of the uncached run, per sample (this process's samples only; the others
+    /// are empty).
     reference: Vec<Vec<f32>>,
     cache: PrefixCache<B>,
+    /// This process's samples, `(first, len)`: the calibration chunks of its [`Shard`].
+    local: (usize, usize),
+}
+
+/// One process's part of an evaluation ([`Evaluator::evaluate_local`]): per candidate, the
+/// per-sample values of its samples `first..first + len` (quality terms, or an external
+/// scorer's scores) and the summed path seconds of its chunks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalEval {
+    pub first: usize,
+    pub per_sample: Vec<Vec<f64>>,
+    pub seconds: Vec<f64>,
+    pub work: WorkReport,
 }
 
 struct Walk<'w, 'a, B: Backend> {
@@ -386,6 +400,19 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         cfg: EvalConfig,
         tick: &mut (dyn FnMut() + Send),
     ) -> SResult<Self> {
+        Self::new_shard(be, model, cfg, Shard::single(), tick)
+    }
+
+    /// [`Evaluator::new`] for the calibration chunks of `shard` only (one rank of a
+    /// distributed search, see [`super::dist`]): each chunk is the same batch of samples as in
+    /// one process, so its results are bit for bit the same.
+    pub fn new_shard(
+        be: &'a B,
+        model: SearchModel<'a, B>,
+        cfg: EvalConfig,
+        shard: Shard,
+        tick: &mut (dyn FnMut() + Send),
+    ) -> SResult<Self> {
         let family = model.family();
         let (blocks, single_blocks) = model.blocks();
         let steps = cfg.steps;
@@ -450,9 +477,12 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         let default = Schedule::new_filled(family, steps, blocks, single_blocks, "default", true)?;
         let n = cfg.samples.len();
         let mut chunks = Vec::new();
-        let mut first = 0;
-        let single = cfg.batch_size >= n;
-        while first < n {
+        let mine = shard.chunks(n.div_ceil(cfg.batch_size));
+        let single = mine.len() == 1;
+        let local_first = (mine.start * cfg.batch_size).min(n);
+        let local_len = (mine.end * cfg.batch_size).min(n) - local_first;
+        for k in mine {
+            let first = k * cfg.batch_size;
             let len = cfg.batch_size.min(n - first);
             let prepared = prepare(be, &model, &cfg, &default, first, len)?;
             let state = prepared.start(&cfg.samples.batch(first, len).latents)?;
@@ -465,7 +495,6 @@ impl<'a, B: Backend> Evaluator<'a, B> {
                 first,
                 len,
             });
-            first += len;
         }
         let mut ev = Evaluator {
             be,
@@ -482,6 +511,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             cfg,
             chunks,
             reference: Vec::new(),
+            local: (local_first, local_len),
         };
         // The uncached reference: the all-recompute genome through the same machinery.
         let g = ev.default.to_genome();
@@ -709,6 +739,25 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         sharing: bool,
         tick: &mut (dyn FnMut() + Send),
     ) -> SResult<(Vec<Evaluation>, WorkReport)> {
+        let part = self.evaluate_local(genomes, ids, sharing, tick)?;
+        let work = part.work.clone();
+        Ok((self.combine(genomes, &[part])?, work))
+    }
+
+    /// This process's samples, `(first, len)`.
+    pub fn local_samples(&self) -> (usize, usize) {
+        self.local
+    }
+
+    /// The per-sample part of [`Evaluator::evaluate`] on this process's samples (an external
+    /// scorer, when used, is run here on them).
+    pub fn evaluate_local(
+        &mut self,
+        genomes: &[Genome],
+        ids: &[u64],
+        sharing: bool,
+        tick: &mut (dyn FnMut() + Send),
+    ) -> SResult<LocalEval> {
         assert_eq!(genomes.len(), ids.len());
         for g in genomes {
             if g.len() != self.genome_len() {
@@ -719,13 +768,13 @@ impl<'a, B: Backend> Evaluator<'a, B> {
                 )));
             }
         }
-        let n = self.cfg.samples.len();
-        let mut per_sample = vec![vec![0f64; n]; genomes.len()];
+        let (local_first, local_len) = self.local;
+        let mut per_sample = vec![vec![0f64; local_len]; genomes.len()];
         let mut seconds = vec![0f64; genomes.len()];
         let quality = self.cfg.quality.clone();
         let reference = std::mem::take(&mut self.reference);
         let scratch = self.cfg.scratch.clone();
-        if let QualityMetric::External(_) = quality {
+        if let (QualityMetric::External(_), true) = (&quality, local_len > 0) {
             for &id in ids {
                 let dir = cand_dir(&scratch, id);
                 if dir.exists() {
@@ -742,7 +791,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
                 seconds[cand] += secs;
                 for (k, x) in lat.into_iter().enumerate() {
                     let i = first + k;
-                    per_sample[cand][i] = match &quality {
+                    per_sample[cand][i - local_first] = match &quality {
                         QualityMetric::RelL2 => rel_l2(&x, &reference[i]),
                         QualityMetric::Psnr => psnr(&x, &reference[i]).min(PSNR_CAP_DB),
                         QualityMetric::External(_) => {
@@ -762,23 +811,64 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         );
         self.reference = reference;
         let report = result?;
+        if let (QualityMetric::External(cmd), true) = (&quality, local_len > 0) {
+            for (c, &id) in ids.iter().enumerate() {
+                per_sample[c] = self.run_scorer(cmd, id)?;
+                if !self.cfg.keep_scratch {
+                    let _ = std::fs::remove_dir_all(cand_dir(&scratch, id));
+                }
+            }
+        }
+        Ok(LocalEval {
+            first: local_first,
+            per_sample,
+            seconds,
+            work: report,
+        })
+    }
+
+    /// The evaluations of `genomes` from the [`LocalEval`]s of every process (in rank order,
+    /// together covering every sample once): per-sample values are put back in sample order and
+    /// averaged in that order, so the result does not depend on how the samples were split.
+    pub fn combine(&self, genomes: &[Genome], parts: &[LocalEval]) -> SResult<Vec<Evaluation>> {
+        let n = self.cfg.samples.len();
+        let quality = &self.cfg.quality;
+        let mut per_sample = vec![vec![f64::NAN; n]; genomes.len()];
+        let mut seconds = vec![0f64; genomes.len()];
+        let mut covered = 0usize;
+        for p in parts {
+            if p.per_sample.len() != genomes.len() || p.seconds.len() != genomes.len() {
+                return Err(SearchError::Settings(format!(
+                    "a part of the evaluation holds {} candidates, expected {}",
+                    p.per_sample.len(),
+                    genomes.len()
+                )));
+            }
+            for (c, vals) in p.per_sample.iter().enumerate() {
+                if p.first + vals.len() > n {
+                    return Err(SearchError::Settings(format!(
+                        "a part of the evaluation holds samples {}..{} of {n}",
+                        p.first,
+                        p.first + vals.len()
+                    )));
+                }
+                per_sample[c][p.first..p.first + vals.len()].copy_from_slice(vals);
+                seconds[c] += p.seconds[c];
+            }
+            covered += p.per_sample.first().map_or(0, |v| v.len());
+        }
+        if !genomes.is_empty() && covered != n {
+            return Err(SearchError::Settings(format!(
+                "the parts of the evaluation cover {covered} of {n} samples"
+            )));
+        }
         let mut out = Vec::with_capacity(genomes.len());
         for (c, g) in genomes.iter().enumerate() {
             let s = self.schedule(g, "candidate")?;
             let (macs, _) = self.macs(&s)?;
-            let vals = match &quality {
-                QualityMetric::External(cmd) => {
-                    let v = self.run_scorer(cmd, ids[c])?;
-                    if !self.cfg.keep_scratch {
-                        let dir = cand_dir(&scratch, ids[c]);
-                        let _ = std::fs::remove_dir_all(dir);
-                    }
-                    v
-                }
-                _ => per_sample[c].clone(),
-            };
+            let vals = &per_sample[c];
             let mean = vals.iter().sum::<f64>() / vals.len() as f64;
-            let q = match &quality {
+            let q = match quality {
                 QualityMetric::RelL2 => mean,
                 QualityMetric::Psnr | QualityMetric::External(_) => -mean,
             };
@@ -794,7 +884,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
                 quality: q,
             });
         }
-        Ok((out, report))
+        Ok(out)
     }
 
     fn run_scorer(&self, cmd: &str, id: u64) -> SResult<Vec<f64>> {
@@ -805,7 +895,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             "candidate_name": cand_name(id),
             "latent_shape": self.sample_shape,
             "tensor": "latents",
-            "samples": (0..samples.len()).map(|i| {
+            "samples": (self.local.0..self.local.0 + self.local.1).map(|i| {
                 let (p, s) = samples.sample(i);
                 serde_json::json!({"index": i, "prompt_index": p, "seed": s, "file": sample_file(i)})
             }).collect::<Vec<_>>(),
@@ -844,11 +934,11 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             .get("scores")
             .and_then(|s| s.as_array())
             .ok_or_else(|| fail(format!("`{cmd}` printed JSON without a `scores` array")))?;
-        if scores.len() != samples.len() {
+        if scores.len() != self.local.1 {
             return Err(fail(format!(
                 "`{cmd}` returned {} scores for {} samples",
                 scores.len(),
-                samples.len()
+                self.local.1
             )));
         }
         scores
@@ -945,4 +1035,31 @@ fn sample_file(i: usize) -> String {
 /// The genome's hex form (re-exported for outputs).
 pub fn genome_hex(g: &[bool]) -> String {
     to_hex(g)
+}
+
+// Defined here (re-exported by super::dist) so that evaluate does not import dist.
+/// Rank `rank` of `size`: which calibration chunks it evaluates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub size: usize,
+}
+
+impl Shard {
+    /// One process: every chunk. (A function, not an associated constant, which cbindgen
+    /// would export into include/ecad.h.)
+    pub const fn single() -> Shard {
+        Shard { rank: 0, size: 1 }
+    }
+
+    /// The chunks of `0..n_chunks` this rank holds: contiguous blocks, the first
+    /// `n_chunks % size` ranks one chunk more than the others (none when there are more ranks
+    /// than chunks).
+    pub fn chunks(&self, n_chunks: usize) -> std::ops::Range<usize> {
+        let size = self.size.max(1);
+        let (base, extra) = (n_chunks / size, n_chunks % size);
+        let start = self.rank * base + self.rank.min(extra);
+        let len = base + usize::from(self.rank < extra);
+        start.min(n_chunks)..(start + len).min(n_chunks)
+    }
 }

@@ -14,9 +14,12 @@
 
 pub mod calibration;
 pub mod checkpoint;
+pub mod dist;
 pub mod driver;
 pub mod evaluate;
 pub mod genome;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod nsga2;
 pub mod output;
 pub mod prefix;
@@ -69,6 +72,16 @@ pub enum SearchError {
     /// abandoned. `completed` generations are in the checkpoint (0: none was written).
     #[error("{}", interrupted_message(*.completed))]
     Interrupted { completed: usize },
+    /// Another rank of a distributed search ([`dist`]) failed or was refused.
+    #[error("rank {rank} failed ({candidates}): {msg}")]
+    Rank {
+        rank: usize,
+        candidates: String,
+        msg: String,
+    },
+    /// A rank other than 0 was stopped because rank 0 reported a failure (rank 0 says which).
+    #[error("stopped by rank 0 (see its message)")]
+    StoppedByRank0,
 }
 
 /// What a stopped search tells the user.

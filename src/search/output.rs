@@ -187,6 +187,9 @@ pub fn write_outputs<B: Backend>(
             }
         );
     }
+    // Temporary files of a killed earlier run (its last writes were cut short).
+    crate::util::remove_stale_temporaries(out);
+    crate::util::remove_stale_temporaries(&fdir);
     // stale front members of earlier generations
     if let Ok(rd) = std::fs::read_dir(&fdir) {
         let mut stale: Vec<_> = rd

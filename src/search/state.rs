@@ -98,3 +98,22 @@ pub struct SearchState {
     pub full_cost: f64,
     pub default_quality: f64,
 }
+
+impl SearchState {
+    /// A state with nothing evaluated yet (what a rank other than 0 returns).
+    pub fn empty(settings: SearchSettings) -> Self {
+        SearchState {
+            rng: SearchRng::new(settings.seed),
+            settings,
+            generation: 0,
+            next_id: 0,
+            population: Vec::new(),
+            archive: Vec::new(),
+            heuristics: Vec::new(),
+            stats: Vec::new(),
+            sharing: Vec::new(),
+            full_cost: 0.0,
+            default_quality: 0.0,
+        }
+    }
+}

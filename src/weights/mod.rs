@@ -67,10 +67,26 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WeightsError
     }
 }
 
-/// One mmapped safetensors file. The header is parsed once; tensor data stays in the mapping.
+/// The bytes of one safetensors file: a read-only mapping, or a buffer the caller handed over.
+enum ShardBytes {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for ShardBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ShardBytes::Map(m) => m,
+            ShardBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// One safetensors file. The header is parsed once; tensor data stays in the mapping.
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: ShardBytes,
 }
 
 /// Metadata of one tensor in a [`WeightStore`].
@@ -102,27 +118,10 @@ impl WeightStore {
         }
         if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| WeightsError::Json {
-                    path: index.clone(),
-                    detail: e.to_string(),
-                })?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| WeightsError::Config {
-                    path: index.clone(),
-                    detail: "no `weight_map` object".into(),
-                })?;
-            let mut files: Vec<String> = map
-                .values()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect();
-            files.sort();
-            files.dedup();
+            let (files, names) = parse_index(&index, &text)?;
             let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
             let store = Self::open_files(dir, &paths)?;
-            for name in map.keys() {
+            for name in &names {
                 if !store.tensors.contains_key(name) {
                     return Err(WeightsError::MissingTensor {
                         dir: dir.to_path_buf(),
@@ -143,48 +142,66 @@ impl WeightStore {
 
     /// Opens explicit safetensors files (used by tests and by `open_dir`).
     pub fn open_files(dir: &Path, paths: &[PathBuf]) -> WResult<Self> {
-        let mut shards = Vec::new();
-        let mut tensors = BTreeMap::new();
-        for (si, path) in paths.iter().enumerate() {
+        let mut store = WeightStore {
+            dir: dir.to_path_buf(),
+            shards: Vec::new(),
+            tensors: BTreeMap::new(),
+        };
+        for path in paths {
             let file = File::open(path).map_err(io_err(path))?;
             // SAFETY: the file is opened read-only; concurrent external truncation of a
             // checkpoint while it is in use is outside what this engine defends against.
             let mmap = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
-            let st = SafeTensors::deserialize(&mmap).map_err(|e| WeightsError::Corrupt {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
-            let base = mmap.as_ptr() as usize;
-            for (name, view) in st.tensors() {
-                let start = view.data().as_ptr() as usize - base;
-                if tensors.contains_key(&name) {
-                    return Err(WeightsError::Layout {
-                        path: path.clone(),
-                        detail: format!("tensor `{name}` appears in more than one shard"),
-                    });
-                }
-                tensors.insert(
-                    name,
-                    TensorInfo {
-                        shape: view.shape().to_vec(),
-                        dtype: view.dtype(),
-                        shard: si,
-                        start,
-                        end: start + view.data().len(),
-                    },
-                );
-            }
-            drop(st);
-            shards.push(Shard {
-                path: path.clone(),
-                mmap,
-            });
+            store.add_shard(path, ShardBytes::Map(mmap))?;
         }
-        Ok(WeightStore {
-            dir: dir.to_path_buf(),
-            shards,
-            tensors,
-        })
+        Ok(store)
+    }
+
+    /// A store over one safetensors file already in memory; `path` names it in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> WResult<Self> {
+        let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let mut store = WeightStore {
+            dir,
+            shards: Vec::new(),
+            tensors: BTreeMap::new(),
+        };
+        store.add_shard(path, ShardBytes::Owned(bytes))?;
+        Ok(store)
+    }
+
+    /// Parses one file's header and records its tensors (names unique across shards).
+    fn add_shard(&mut self, path: &Path, bytes: ShardBytes) -> WResult<()> {
+        let si = self.shards.len();
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| WeightsError::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let base = bytes.as_ptr() as usize;
+        for (name, view) in st.tensors() {
+            let start = view.data().as_ptr() as usize - base;
+            if self.tensors.contains_key(&name) {
+                return Err(WeightsError::Layout {
+                    path: path.to_path_buf(),
+                    detail: format!("tensor `{name}` appears in more than one shard"),
+                });
+            }
+            self.tensors.insert(
+                name,
+                TensorInfo {
+                    shape: view.shape().to_vec(),
+                    dtype: view.dtype(),
+                    shard: si,
+                    start,
+                    end: start + view.data().len(),
+                },
+            );
+        }
+        drop(st);
+        self.shards.push(Shard {
+            path: path.to_path_buf(),
+            mmap: bytes,
+        });
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -252,6 +269,48 @@ impl WeightStore {
             })?;
         Ok(WeightView::Stored { dtype, bytes })
     }
+}
+
+/// Reads a sharded checkpoint's `*.safetensors.index.json`: the shard file names (sorted, each
+/// once) and the tensor names of its `weight_map`. A shard name must be a plain file name in
+/// the index's folder: a path (`../x`, `/etc/x`, `a/b`) is refused, so an index cannot make the
+/// engine open files elsewhere.
+pub fn parse_index(index: &Path, text: &str) -> WResult<(Vec<String>, Vec<String>)> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| WeightsError::Json {
+        path: index.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| WeightsError::Config {
+            path: index.to_path_buf(),
+            detail: "no `weight_map` object".into(),
+        })?;
+    let mut files = Vec::new();
+    for (name, f) in map {
+        let f = f.as_str().ok_or_else(|| WeightsError::Config {
+            path: index.to_path_buf(),
+            detail: format!("`weight_map` entry `{name}` is not a file name"),
+        })?;
+        let plain = !f.is_empty()
+            && f != "."
+            && f != ".."
+            && !f.contains(['/', '\\', '\0'])
+            && Path::new(f).file_name().is_some_and(|n| n == f);
+        if !plain {
+            return Err(WeightsError::Config {
+                path: index.to_path_buf(),
+                detail: format!(
+                    "`weight_map` entry `{name}` names `{f}`: shards must be plain file names in the index's folder"
+                ),
+            });
+        }
+        files.push(f.to_string());
+    }
+    files.sort();
+    files.dedup();
+    Ok((files, map.keys().cloned().collect()))
 }
 
 /// The weight dtype of a safetensors float dtype (F32, BF16, F16); `None` for the others.

@@ -1,0 +1,3 @@
+#![no_main]
+// See ecad_native::fuzzing::tokenizer for what the input is.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ecad_native::fuzzing::tokenizer(data));
