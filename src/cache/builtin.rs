@@ -251,14 +251,14 @@ pub enum ResolveError {
 /// Turns a `--schedule` argument into a schedule, trying in order:
 ///
 /// 1. a built-in name ([`builtin_names`]), e.g. `pixart-alpha-256/fast`;
-/// 2. a schedule file: a path ending in `.json`, or any existing file (a missing `.json` file
-///    is an error naming the path);
+/// 2. an existing schedule file;
 /// 3. `SPEC+taylor1` / `SPEC+taylor2`: SPEC resolved by these rules, its reused components
 ///    forecast (see [`crate::cache::policy`]);
 /// 4. a runtime policy ([`policy_by_name`]: `fbcache:RDT`, `dbcache:FN:BN:RDT[...]`,
 ///    `teacache:THRESH[:COEFFS_FILE]`, `taylorseer:INTERVAL:ORDER[:WARMUP]`), built on the
 ///    no-cache schedule of `steps` steps;
-/// 5. a heuristic ([`heuristic_by_name`]: `default`, `fora:3`, `tgate:10`, ...), built for
+/// 5. a path ending in `.json` that does not exist: an error naming the path;
+/// 6. a heuristic ([`heuristic_by_name`]: `default`, `fora:3`, `tgate:10`, ...), built for
 ///    `family` with `steps` steps, `blocks` blocks and `single_blocks` single blocks (ignored
 ///    for PixArt).
 ///
@@ -278,7 +278,7 @@ pub fn resolve_spec(
         return Ok(s?);
     }
     let path = Path::new(spec);
-    if path.extension().is_some_and(|e| e == "json") || path.is_file() {
+    if path.is_file() {
         return Ok(Schedule::from_path(path)?);
     }
     if let Some((base, f)) = spec.rsplit_once('+') {
@@ -296,6 +296,10 @@ pub fn resolve_spec(
     }
     if let Some(p) = policy_by_name(spec)? {
         return policy_schedule(spec, p, family, steps, blocks, single_blocks);
+    }
+    if path.extension().is_some_and(|e| e == "json") {
+        // A missing schedule file: the read error names the path.
+        return Ok(Schedule::from_path(path)?);
     }
     match heuristic_by_name(spec, family, steps, blocks, single_blocks) {
         Ok(s) => Ok(s),
@@ -385,6 +389,7 @@ fn policy_schedule(
                 thresh,
                 coeffs,
                 source,
+                record: false,
             }));
         }
         PolicySpec::TaylorSeer {

@@ -50,6 +50,45 @@
 
 use crate::backend::{BResult, Backend, BackendError, Tensor};
 
+/// Deliberately broken variants of the policies, for the behaviour tests (tests/policies.rs)
+/// to show that each of their checks fails on a policy that gets that one thing wrong. Set per
+/// thread (the decisions are made on the thread that runs the sampling loop), off by default;
+/// not part of the interface.
+#[doc(hidden)]
+pub mod testing {
+    use std::cell::Cell;
+
+    /// One broken behaviour.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Broken {
+        /// Every row takes row 0's decision (state shared across the batch and CFG halves).
+        SharedRows,
+        /// DBCache's warm-up computes one step too many (`step <= WARMUP`).
+        WarmupOffByOne,
+        /// DBCache ignores its max-cached limit.
+        IgnoreMaxCached,
+        /// DBCache skips the back blocks too (the last BN blocks do not always run).
+        SkipBack,
+        /// TeaCache lets the last step skip.
+        LastStepSkips,
+    }
+
+    thread_local! {
+        static BROKEN: Cell<Option<Broken>> = const { Cell::new(None) };
+    }
+
+    /// Breaks the policies on this thread (`None`: the real behaviour).
+    pub fn set_broken(b: Option<Broken>) {
+        BROKEN.with(|c| c.set(b));
+    }
+
+    pub(crate) fn broken(b: Broken) -> bool {
+        BROKEN.with(|c| c.get()) == Some(b)
+    }
+}
+
+use testing::{broken, Broken};
+
 /// How a reused component is filled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forecast {
@@ -108,8 +147,12 @@ pub struct TeaCacheParams {
     pub thresh: f64,
     /// The rescaling polynomial, highest degree first (numpy `poly1d` order).
     pub coeffs: Vec<f64>,
-    /// Where the coefficients come from (`flux` for the shipped ones, else the file), for names.
+    /// Where the coefficients come from (`None`: the family's shipped ones; else the file),
+    /// for names.
     pub source: Option<String>,
+    /// Record, per row and step, the pair (input change, output change) for
+    /// `schedule fit-teacache` ([`super::store::CacheStats::calibration`]).
+    pub record: bool,
 }
 
 impl TeaCacheParams {
@@ -525,6 +568,10 @@ pub trait BlockPolicy<B: Backend>: Send + Sync {
     fn skipped_blocks(&self) -> usize;
     /// Per row of the last step, the block range it skipped (`None`: computed all).
     fn row_skips(&self) -> Vec<Option<(usize, usize)>>;
+    /// The calibration pairs recorded in the last step (TeaCache with `record`).
+    fn take_calibration(&mut self) -> Vec<(f64, f64)> {
+        Vec::new()
+    }
     /// Whether the model must hand over block 0's modulated input ([`Self::modulated_input`])
     /// before the block loop (TeaCache).
     fn wants_modulated_input(&self) -> bool {
@@ -653,6 +700,9 @@ impl<B: Backend> DualBlock<B> {
     }
 
     fn middle_end(&self) -> usize {
+        if broken(Broken::SkipBack) {
+            return self.blocks;
+        }
         self.blocks - self.p.back
     }
 }
@@ -736,7 +786,8 @@ impl<B: Backend> BlockPolicy<B> for DualBlock<B> {
                 let e = joint(be, entry)?;
                 be.lincomb(&[(1.0, cur), (-1.0, &e)])?
             };
-            let warm = self.step < self.p.warmup;
+            let warm = self.step < self.p.warmup
+                || (broken(Broken::WarmupOffByOne) && self.step == self.p.warmup);
             let diffs = match (&self.prev_front, &self.tail) {
                 (Some(prev), Some(_)) if !warm && prev.shape() == res.shape() => {
                     Some(relative_l1_rows(be, &res, prev)?)
@@ -744,10 +795,12 @@ impl<B: Backend> BlockPolicy<B> for DualBlock<B> {
                 _ => None,
             };
             for r in 0..self.batch {
-                let limit = self.p.max_cached.is_some_and(|m| self.cached_steps[r] >= m);
+                let limit = self.p.max_cached.is_some_and(|m| self.cached_steps[r] >= m)
+                    && !broken(Broken::IgnoreMaxCached);
+                let row = if broken(Broken::SharedRows) { 0 } else { r };
                 self.compute[r] = match &diffs {
                     // diffusers: compute when diff > threshold (NaN computes too).
-                    Some(d) => limit || d[r].is_nan() || d[r] > self.p.rdt,
+                    Some(d) => limit || d[row].is_nan() || d[row] > self.p.rdt,
                     None => true,
                 };
                 if !self.compute[r] {
@@ -820,6 +873,10 @@ struct TeaCache<B: Backend> {
     acc: Vec<f64>,
     prev_mod: Option<Tensor<B>>,
     residual: Option<Streams<B>>,
+    /// Recording: this step's input changes, the last output (image tokens), the pairs.
+    rel_in: Option<Vec<f64>>,
+    prev_out: Option<Tensor<B>>,
+    pairs: Vec<(f64, f64)>,
 }
 
 impl<B: Backend> TeaCache<B> {
@@ -837,6 +894,9 @@ impl<B: Backend> TeaCache<B> {
             acc: Vec::new(),
             prev_mod: None,
             residual: None,
+            rel_in: None,
+            prev_out: None,
+            pairs: Vec::new(),
         }
     }
 }
@@ -856,6 +916,9 @@ impl<B: Backend> Clone for TeaCache<B> {
             acc: self.acc.clone(),
             prev_mod: self.prev_mod.clone(),
             residual: self.residual.clone(),
+            rel_in: self.rel_in.clone(),
+            prev_out: self.prev_out.clone(),
+            pairs: self.pairs.clone(),
         }
     }
 }
@@ -889,7 +952,8 @@ impl<B: Backend> BlockPolicy<B> for TeaCache<B> {
     fn modulated_input(&mut self, be: &B, m: &Tensor<B>) -> BResult<()> {
         // TeaCache4FLUX: the first and the last step compute (and reset the accumulator);
         // otherwise acc += poly(mean|m − m'| / mean|m'|), compute (and reset) once acc ≥ thresh.
-        let edge = self.step == 0 || self.step + 1 >= self.steps;
+        let edge =
+            self.step == 0 || (self.step + 1 >= self.steps && !broken(Broken::LastStepSkips));
         let diffs = match (&self.prev_mod, &self.residual) {
             (Some(prev), Some(_)) if !edge && prev.shape() == m.shape() => {
                 Some(relative_l1_rows(be, m, prev)?)
@@ -897,9 +961,10 @@ impl<B: Backend> BlockPolicy<B> for TeaCache<B> {
             _ => None,
         };
         for r in 0..self.batch {
+            let row = if broken(Broken::SharedRows) { 0 } else { r };
             self.compute[r] = match &diffs {
                 Some(d) => {
-                    self.acc[r] += self.p.rescale(d[r]);
+                    self.acc[r] += self.p.rescale(d[row]);
                     // NaN compares false: it computes, as the reference does.
                     self.acc[r].partial_cmp(&self.p.thresh) != Some(std::cmp::Ordering::Less)
                 }
@@ -908,6 +973,12 @@ impl<B: Backend> BlockPolicy<B> for TeaCache<B> {
             if self.compute[r] {
                 self.acc[r] = 0.0;
             }
+        }
+        if self.p.record {
+            self.rel_in = match &self.prev_mod {
+                Some(prev) if prev.shape() == m.shape() => Some(relative_l1_rows(be, m, prev)?),
+                _ => None,
+            };
         }
         self.prev_mod = Some(m.clone());
         self.decided = true;
@@ -949,6 +1020,17 @@ impl<B: Backend> BlockPolicy<B> for TeaCache<B> {
             return Ok(streams);
         }
         let entry = self.entry.as_ref().expect("block 0 was entered");
+        if self.p.record {
+            // The stack's output on the image tokens (FLUX: the joint sequence's tail).
+            let out = streams.last().expect("a stream");
+            let ni = entry.last().expect("a stream").dim(1);
+            let img = be.narrow(out, 1, out.dim(1) - ni, ni)?;
+            if let (Some(prev), Some(rin)) = (&self.prev_out, &self.rel_in) {
+                let rout = relative_l1_rows(be, &img, prev)?;
+                self.pairs.extend(rin.iter().copied().zip(rout));
+            }
+            self.prev_out = Some(img);
+        }
         let fresh = combine(be, &streams, entry, -1.0)?;
         match &self.residual {
             Some(old) if self.compute.iter().any(|&c| !c) => {
@@ -973,6 +1055,10 @@ impl<B: Backend> BlockPolicy<B> for TeaCache<B> {
             .iter()
             .map(|&c| (!c).then_some((0, self.blocks)))
             .collect()
+    }
+
+    fn take_calibration(&mut self) -> Vec<(f64, f64)> {
+        std::mem::take(&mut self.pairs)
     }
 
     fn held_bytes(&self) -> usize {

@@ -20,7 +20,7 @@ use super::ComponentCache;
 use crate::backend::{BResult, Backend, BackendError, Tensor};
 
 /// Per-run counters of what the cache did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CacheStats {
     /// Component evaluations actually computed.
     pub computed: usize,
@@ -37,6 +37,9 @@ pub struct CacheStats {
     /// Per step taken, per transformer-batch row, the block range a runtime policy skipped
     /// (all `None` for a static schedule): `denoise --policy-trace` writes it.
     pub trace: Vec<StepTrace>,
+    /// TeaCache calibration (`schedule fit-teacache`): per row and step after the first, the
+    /// relative L1 change of block 0's modulated input and of the block stack's output.
+    pub calibration: Vec<(f64, f64)>,
 }
 
 pub struct ScheduleCache<'s, B: Backend> {
@@ -144,8 +147,12 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
     /// the trace when a step was begun).
     pub fn into_state(mut self) -> CacheState<B> {
         if self.stepped {
-            let rows = match &self.policy {
-                Some(p) => p.row_skips(),
+            let rows = match &mut self.policy {
+                Some(p) => {
+                    let pairs = p.take_calibration();
+                    self.stats.calibration.extend(pairs);
+                    p.row_skips()
+                }
                 None => vec![None; self.batch],
             };
             self.stats.trace.push(StepTrace {
