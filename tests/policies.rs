@@ -6,10 +6,11 @@
 //! Every property is checked on the real policy and, where a policy could get it wrong, on a
 //! deliberately broken variant (`cache::policy::testing::Broken`, per thread), which must fail
 //! the same check: shared state across rows, an off-by-one warm-up, an ignored max-cached
-//! limit, back blocks skipped, TeaCache's last step skipped. Comparisons are of exact bytes:
-//! the CPU backend's row results do not depend on the batch they are computed in (checked
-//! first, as a precondition), and a policy that never skips runs the same ops as the uncached
-//! run.
+//! limit, back blocks skipped, TeaCache's last step skipped. A policy that never skips must
+//! give the uncached run's exact bytes (it runs the same ops). A sample in a batch must make
+//! exactly the decisions it makes alone, and its result must match within 10× the uncached
+//! batch-vs-alone drift (the CPU GEMMs' blocking depends on the row count, so a row's bytes
+//! differ slightly between batch sizes even without caching; the tests print the drift).
 
 mod common;
 
@@ -70,7 +71,7 @@ fn pixart(spec: Option<&str>, first: usize, n: usize) -> (Vec<f32>, DenoiseRepor
     .into_iter()
     .map(|k| (k, rows(&all[k], first, n)))
     .collect();
-    let schedule = spec.map(|s| pixart_schedule(s));
+    let schedule = spec.map(pixart_schedule);
     let inp = DenoiseInputs {
         latents: &t["latents"],
         prompt_embeds: &t["prompt_embeds"],
@@ -279,28 +280,37 @@ fn dbcache_always_runs_its_front_and_back_blocks() {
 // ---------------------------------------------------------------------------------------------
 // Per-sample decisions
 
-#[test]
-fn the_cpu_backend_is_batch_invariant() {
-    // The precondition of the byte comparisons below.
-    let (both, _) = pixart(None, 0, 2);
-    let (a, _) = pixart(None, 0, 1);
-    let (b, _) = pixart(None, 1, 1);
-    assert!(both == [a, b].concat());
-    let (both, _) = flux(None, 0, 2);
-    let (a, _) = flux(None, 0, 1);
-    let (b, _) = flux(None, 1, 1);
-    assert!(both == [a, b].concat());
+type Runner = dyn Fn(Option<&str>, usize, usize) -> (Vec<f32>, DenoiseReport);
+
+/// How far a batch-of-2 run's rows are from the same samples run alone, uncached: the CPU
+/// backend's GEMM blocking depends on the row count, so the bytes differ slightly (measured
+/// here: the printed drift). The policy checks below allow 10× this.
+fn batch_drift(run: &Runner) -> f64 {
+    let (both, _) = run(None, 0, 2);
+    let (a, _) = run(None, 0, 1);
+    let (b, _) = run(None, 1, 1);
+    let d = rel_l2(&both, &[a, b].concat());
+    println!("uncached batch-vs-alone drift {d:.3e}");
+    d
 }
 
-/// Whether a batch run gives every sample the bytes it gets alone, and its trace has a step
-/// where the rows decided differently (so that the batch really mixed decisions).
-fn independent(
-    run: &dyn Fn(Option<&str>, usize, usize) -> (Vec<f32>, DenoiseReport),
-    spec: &str,
-) -> Result<(), String> {
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    ecad_native::models::rel_l2(a, b)
+}
+
+/// The rows of a batch-of-2 trace that belong to sample `i` (CFG: rows `[u0, u1, c0, c1]`,
+/// sample i owns `u_i` and `c_i`).
+fn sample_rows(step: &StepTrace, i: usize) -> Vec<Option<(usize, usize)>> {
+    let n = step.rows.len();
+    (0..n / 2).map(|h| step.rows[h * 2 + i]).collect()
+}
+
+/// Whether a batch run makes for every sample the decisions it makes alone and gives it
+/// the result it gets alone (within `tol`), and some step mixes decisions across the batch
+/// (so that the batch really had rows that skipped beside rows that computed).
+fn independent(run: &Runner, spec: &str, tol: f64) -> Result<(), String> {
     let (both, rep) = run(Some(spec), 0, 2);
-    let (a, ra) = run(Some(spec), 0, 1);
-    let (b, rb) = run(Some(spec), 1, 1);
+    let alone = [run(Some(spec), 0, 1), run(Some(spec), 1, 1)];
     let mixed = rep
         .cache
         .trace
@@ -312,48 +322,95 @@ fn independent(
             skips(&rep.cache.trace)
         ));
     }
-    if both != [a, b].concat() {
+    for (i, (_, ra)) in alone.iter().enumerate() {
+        for (s, sa) in rep.cache.trace.iter().zip(&ra.cache.trace) {
+            if sample_rows(s, i) != sa.rows {
+                return Err(format!(
+                    "{spec} step {}: sample {i} decides {:?} in the batch, {:?} alone",
+                    s.step,
+                    sample_rows(s, i),
+                    sa.rows
+                ));
+            }
+        }
+    }
+    let d = rel_l2(&both, &[alone[0].0.clone(), alone[1].0.clone()].concat());
+    if d > tol {
         return Err(format!(
-            "{spec}: a batch row differs from the sample run alone (batch {:?}, alone {:?} / {:?})",
-            skips(&rep.cache.trace),
-            skips(&ra.cache.trace),
-            skips(&rb.cache.trace)
+            "{spec}: batch rows {d:.3e} from the samples alone (tolerance {tol:.3e})"
         ));
     }
     Ok(())
 }
 
+/// The first of `specs` whose batch run mixes decisions across rows.
+fn mixing(run: &Runner, specs: &[String]) -> String {
+    for spec in specs {
+        let (_, rep) = run(Some(spec), 0, 2);
+        if rep
+            .cache
+            .trace
+            .iter()
+            .any(|s| s.rows.iter().any(|r| *r != s.rows[0]))
+        {
+            return spec.clone();
+        }
+    }
+    panic!("none of {specs:?} mixes decisions across the batch");
+}
+
+fn thresholds(prefix: &str, suffix: &str) -> Vec<String> {
+    [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0]
+        .iter()
+        .map(|t| format!("{prefix}{t}{suffix}"))
+        .collect()
+}
+
 #[test]
 fn pixart_rows_and_cfg_halves_decide_alone() {
-    let tea = format!("teacache:0.3:{}", identity_coeffs().display());
-    for spec in ["fbcache:0.3", "dbcache:2:1:0.3", tea.as_str()] {
-        independent(&pixart, spec).unwrap();
-        // CFG: the unconditional rows (0, 1) and the conditional ones (2, 3) have their own
-        // state: with one prompt, some step decides differently for the two halves.
-        let (_, rep) = pixart(Some(spec), 0, 1);
+    let tol = 10.0 * batch_drift(&pixart).max(1e-7);
+    let tea = format!(":{}", identity_coeffs().display());
+    for (prefix, suffix) in [
+        ("fbcache:", ""),
+        ("dbcache:2:1:", ""),
+        ("teacache:", tea.as_str()),
+    ] {
+        let spec = mixing(&pixart, &thresholds(prefix, suffix));
+        independent(&pixart, &spec, tol).unwrap();
+        // CFG: the unconditional and the conditional row of one prompt have their own state:
+        // some step decides differently for the two halves.
+        let halves_differ = || {
+            let (_, rep) = pixart(Some(&spec), 0, 1);
+            rep.cache.trace.iter().any(|s| s.rows[0] != s.rows[1])
+        };
+        if prefix == "teacache:" {
+            // TeaCache's test reads block 0's modulated input, which is the same for both CFG
+            // halves (same latents and timestep): they always decide alike, by design.
+            assert!(broken(Broken::SharedRows, || independent(&pixart, &spec, tol)).is_err());
+            continue;
+        }
+        let (_, rep) = pixart(Some(&spec), 0, 1);
         assert!(
-            rep.cache.trace.iter().any(|s| s.rows[0] != s.rows[1]),
+            halves_differ(),
             "{spec}: the CFG halves never differ: {:?}",
             skips(&rep.cache.trace)
         );
-        let e = broken(Broken::SharedRows, || {
-            let (_, rep) = pixart(Some(spec), 0, 1);
-            rep.cache.trace.iter().any(|s| s.rows[0] != s.rows[1])
-        });
         assert!(
-            !e,
+            !broken(Broken::SharedRows, halves_differ),
             "{spec}: shared state still gives the halves their own decisions"
         );
-        assert!(broken(Broken::SharedRows, || independent(&pixart, spec)).is_err());
+        assert!(broken(Broken::SharedRows, || independent(&pixart, &spec, tol)).is_err());
     }
 }
 
 #[test]
 fn flux_samples_decide_alone() {
-    for spec in ["fbcache:0.15", "teacache:0.3"] {
-        independent(&flux, spec).unwrap();
+    let tol = 10.0 * batch_drift(&flux).max(1e-7);
+    for prefix in ["fbcache:", "teacache:"] {
+        let spec = mixing(&flux, &thresholds(prefix, ""));
+        independent(&flux, &spec, tol).unwrap();
         assert!(
-            broken(Broken::SharedRows, || independent(&flux, spec)).is_err(),
+            broken(Broken::SharedRows, || independent(&flux, &spec, tol)).is_err(),
             "{spec}"
         );
     }

@@ -188,7 +188,13 @@ impl Engine {
     /// Refuses a run of `images` at a pixel size whose working memory (estimated from the
     /// shapes by [`crate::cache::macs::activation_bytes`]) exceeds what is free, before it
     /// starts.
-    fn check_memory(&self, images: usize, height_px: usize, width_px: usize) -> Result<()> {
+    fn check_memory(
+        &self,
+        images: usize,
+        height_px: usize,
+        width_px: usize,
+        schedules: &[&Schedule],
+    ) -> Result<()> {
         let f = self.info.vae_scale_factor.max(1) as u64;
         let latent = (height_px as u64 / f, width_px as u64 / f);
         let what = format!("{images} image(s) at {height_px}x{width_px} px");
@@ -203,13 +209,19 @@ impl Engine {
                 text_len: self.info.default_text_len as u64,
                 cfg: self.info.cfg_guidance,
                 extra: 0,
+                cache: memory::CacheShape::of(schedules),
             },
         )
     }
 
     /// The same check for `denoise`, from its input tensors: the latents' batch and size, the
     /// prompt embeddings' length.
-    fn check_denoise_memory(&self, inputs: &NamedInputs<'_>, guidance: f32) -> Result<()> {
+    fn check_denoise_memory(
+        &self,
+        inputs: &NamedInputs<'_>,
+        guidance: f32,
+        schedule: Option<&Schedule>,
+    ) -> Result<()> {
         let latents = inputs.get("latents")?;
         let shape = &latents.shape;
         let (images, image_tokens) = match (self.info.packed, shape.as_slice()) {
@@ -239,6 +251,7 @@ impl Engine {
                 text_len,
                 cfg: self.info.cfg_guidance && guidance > 1.0,
                 extra: 0,
+                cache: memory::CacheShape::of(&schedule.into_iter().collect::<Vec<_>>()),
             },
         )
     }
@@ -296,7 +309,11 @@ impl Engine {
         if let Some(s) = req.schedule {
             self.validate_schedule(s, req.steps, req.guidance)?;
         }
-        self.check_denoise_memory(inputs, req.guidance.unwrap_or(self.info.default_guidance))?;
+        self.check_denoise_memory(
+            inputs,
+            req.guidance.unwrap_or(self.info.default_guidance),
+            req.schedule,
+        )?;
         let out = Self::in_pool(&self.pool, || inner.denoise(inputs, req, progress))?;
         // The CPU stops a run at the step its latents became non-finite; a CUDA run is not
         // checked per step (that would cost a copy and a stream sync each step), so its final
@@ -318,7 +335,12 @@ impl Engine {
     ) -> Result<Generated> {
         req.precheck()?;
         let (h, w) = self.plan_size(req.height, req.width, req.binning)?;
-        self.check_memory(req.batch.saturating_mul(req.prompts.len()), h, w)?;
+        self.check_memory(
+            req.batch.saturating_mul(req.prompts.len()),
+            h,
+            w,
+            &req.schedule.into_iter().collect::<Vec<_>>(),
+        )?;
         let pool = self.pool.take();
         let r = {
             let inner = self.loaded_mut()?;
@@ -442,7 +464,7 @@ impl Engine {
             Some(l) => (l.saturating_mul(vsf), l.saturating_mul(vsf)),
             None => (req.height.unwrap_or(native), req.width.unwrap_or(native)),
         };
-        self.check_memory(req.prompts, h, w)?;
+        self.check_memory(req.prompts, h, w, &req.schedules.iter().collect::<Vec<_>>())?;
         let inner = self.loaded()?;
         Self::in_pool(&self.pool, || inner.bench(req, progress))
     }

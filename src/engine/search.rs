@@ -248,6 +248,10 @@ pub(crate) fn run<B: Backend>(
             text_len: samples.calibration.text_len as u64,
             cfg: info.cfg_guidance && guidance > 1.0,
             extra: (req.cache_mb as u64).saturating_mul(1 << 20),
+            cache: crate::cache::macs::CacheExtra {
+                forecast_order: req.forecast.map_or(0, |f| f.order() as u64),
+                runtime_policy: false,
+            },
         },
     )?;
     let settings = SearchSettings {
