@@ -564,6 +564,38 @@ pub fn activation_bytes(
     text_len: u64,
     cfg: bool,
 ) -> Option<u64> {
+    activation_bytes_with(
+        dims,
+        images,
+        image_tokens,
+        text_len,
+        cfg,
+        CacheExtra::default(),
+    )
+}
+
+/// What a component cache holds besides the components' outputs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheExtra {
+    /// A forecast of order k keeps k derivative tensors per component beside its value (the
+    /// store's slot): k more copies of every component output (0: no forecast).
+    pub forecast_order: u64,
+    /// A runtime policy keeps, per row, a previous residual and a cached tail (DBCache) or the
+    /// previous modulated input and the stack residual (TeaCache): counted as 3 more copies
+    /// of the hidden states.
+    pub runtime_policy: bool,
+}
+
+/// [`activation_bytes`] with the cache's extra state: `forecast_order` more copies of the
+/// component cache, and 3 copies of the hidden states for a runtime policy.
+pub fn activation_bytes_with(
+    dims: &ModelDims,
+    images: u64,
+    image_tokens: u64,
+    text_len: u64,
+    cfg: bool,
+    extra: CacheExtra,
+) -> Option<u64> {
     let b = images.checked_mul(if cfg { 2 } else { 1 })?;
     // `context`: tokens of a separate text stream (PixArt's cross-attention context). FLUX has
     // none: its text tokens are part of the joint sequence, counted in `tokens`.
@@ -584,12 +616,22 @@ pub fn activation_bytes(
     // 4× feed-forward intermediate: about 11 B·N·D values.
     let block = bnd.checked_mul(11)?;
     let scores = b.checked_mul(tokens)?.checked_mul(tokens)?;
-    // A cache holding every component's output of every block (3 per block).
-    let cache = bnd.checked_mul(blocks)?.checked_mul(3)?;
+    // A cache holding every component's output of every block (3 per block), and a
+    // forecast's derivatives (order k: k more per component).
+    let cache = bnd
+        .checked_mul(blocks)?
+        .checked_mul(3)?
+        .checked_mul(extra.forecast_order.checked_add(1)?)?;
+    let policy = if extra.runtime_policy {
+        bnd.checked_mul(3)?
+    } else {
+        0
+    };
     let text = b.checked_mul(context)?.checked_mul(hidden)?;
     block
         .checked_add(scores)?
         .checked_add(cache)?
+        .checked_add(policy)?
         .checked_add(text)?
         .checked_mul(4)
 }

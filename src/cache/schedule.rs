@@ -77,6 +77,12 @@ pub struct Schedule {
     pub config: Option<Value>,
     /// The top-level `metrics` section, untouched.
     pub metrics: Option<Value>,
+    /// A runtime policy driving the run on top of these bits (`fbcache:…`, `dbcache:…`; see
+    /// [`crate::cache::policy`]); not part of the JSON file.
+    pub runtime: Option<crate::cache::policy::RuntimePolicy>,
+    /// How reused components are filled: `None` copies (ECAD), `Some` forecasts them with a
+    /// Taylor expansion (`SPEC+taylor1`, `--forecast`); not part of the JSON file.
+    pub forecast: Option<crate::cache::policy::Forecast>,
     top_extra: Map<String, Value>,
     cache_extra: Map<String, Value>,
     top_order: Vec<String>,
@@ -113,6 +119,8 @@ impl Schedule {
             attributes: Map::new(),
             config: None,
             metrics: None,
+            runtime: None,
+            forecast: None,
             top_extra: Map::new(),
             cache_extra: Map::new(),
             top_order: Vec::new(),
@@ -354,6 +362,10 @@ impl Schedule {
                 schedule: self.num_single_blocks,
                 expected: single_blocks,
             });
+        }
+        if let Some(rp) = &self.runtime {
+            rp.check_fits(blocks + single_blocks)
+                .map_err(|msg| ScheduleError::invalid("runtime policy", msg))?;
         }
         Ok(())
     }

@@ -12,19 +12,34 @@
 //!   at m−1 the stored value is the mean of the uncond and cond halves; from m on the stored
 //!   mean is returned whatever the bit says.
 
+use super::policy::{
+    taylor_predict, taylor_update, BlockEntry, BlockPolicy, StepTrace, Streams, Taylor,
+};
 use super::schedule::{Component, CustomFunction, Schedule};
 use super::ComponentCache;
 use crate::backend::{BResult, Backend, BackendError, Tensor};
 
 /// Per-run counters of what the cache did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CacheStats {
     /// Component evaluations actually computed.
     pub computed: usize,
     /// Component evaluations served from the cache.
     pub reused: usize,
-    /// Largest total size of the stored buffers during the run, in bytes (f32 elements × 4).
+    /// Largest total size of the stored buffers during the run, in bytes (f32 elements × 4),
+    /// forecast derivatives and a runtime policy's residuals included.
     pub peak_bytes: usize,
+    /// Of `reused`: the evaluations filled by a Taylor forecast rather than a copy.
+    pub forecast: usize,
+    /// Block evaluations a runtime policy skipped whole (their components are not in
+    /// `computed` or `reused`).
+    pub skipped_blocks: usize,
+    /// Per step taken, per transformer-batch row, the block range a runtime policy skipped
+    /// (all `None` for a static schedule): `denoise --policy-trace` writes it.
+    pub trace: Vec<StepTrace>,
+    /// TeaCache calibration (`schedule fit-teacache`): per row and step after the first, the
+    /// relative L1 change of block 0's modulated input and of the block stack's output.
+    pub calibration: Vec<(f64, f64)>,
 }
 
 pub struct ScheduleCache<'s, B: Backend> {
@@ -34,6 +49,12 @@ pub struct ScheduleCache<'s, B: Backend> {
     batch: usize,
     slots: Vec<Option<Tensor<B>>>,
     stats: CacheStats,
+    /// Per slot, the Taylor derivative state (only with a forecast).
+    taylor: Vec<Option<Taylor<B>>>,
+    /// The runtime policy's state (only with a runtime policy).
+    policy: Option<Box<dyn BlockPolicy<B>>>,
+    /// Whether `begin_step` was called (the step is traced when the state is detached).
+    stepped: bool,
 }
 
 /// What a [`ScheduleCache`] holds between steps, detached from its schedule: the slots and the
@@ -44,6 +65,8 @@ pub struct ScheduleCache<'s, B: Backend> {
 pub struct CacheState<B: Backend> {
     slots: Vec<Option<Tensor<B>>>,
     stats: CacheStats,
+    taylor: Vec<Option<Taylor<B>>>,
+    policy: Option<Box<dyn BlockPolicy<B>>>,
 }
 
 impl<B: Backend> Clone for CacheState<B> {
@@ -51,6 +74,8 @@ impl<B: Backend> Clone for CacheState<B> {
         CacheState {
             slots: self.slots.clone(),
             stats: self.stats.clone(),
+            taylor: self.taylor.clone(),
+            policy: self.policy.as_ref().map(|p| p.clone_box()),
         }
     }
 }
@@ -62,6 +87,8 @@ impl<B: Backend> CacheState<B> {
         CacheState {
             slots: vec![None; blocks * 3],
             stats: CacheStats::default(),
+            taylor: vec![None; blocks * 3],
+            policy: None,
         }
     }
 
@@ -110,21 +137,56 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
             batch: 0,
             slots: state.slots,
             stats: state.stats,
+            taylor: state.taylor,
+            policy: state.policy,
+            stepped: false,
         }
     }
 
-    /// Detaches the slots and counters from the schedule.
-    pub fn into_state(self) -> CacheState<B> {
+    /// Detaches the slots and counters from the schedule (recording the step's decisions in
+    /// the trace when a step was begun).
+    pub fn into_state(mut self) -> CacheState<B> {
+        if self.stepped {
+            let rows = match &mut self.policy {
+                Some(p) => {
+                    let pairs = p.take_calibration();
+                    self.stats.calibration.extend(pairs);
+                    p.row_skips()
+                }
+                None => vec![None; self.batch],
+            };
+            self.stats.trace.push(StepTrace {
+                step: self.step,
+                rows,
+            });
+        }
         CacheState {
             slots: self.slots,
             stats: self.stats,
+            taylor: self.taylor,
+            policy: self.policy,
         }
     }
 
-    /// Sets the step about to run and the transformer batch it runs with.
-    pub fn begin_step(&mut self, step: usize, batch: usize) {
+    /// Sets the step about to run and the transformer batch it runs with. A schedule with a
+    /// runtime policy starts the policy's state at its first step (an error when the policy
+    /// does not fit the model, e.g. more always-run blocks than the model has).
+    pub fn begin_step(&mut self, step: usize, batch: usize) -> BResult<()> {
         self.step = step;
         self.batch = batch;
+        self.stepped = true;
+        if let Some(rp) = &self.schedule.runtime {
+            if self.policy.is_none() {
+                self.policy = Some(rp.start(
+                    Self::total_blocks(self.schedule),
+                    self.schedule.num_inference_steps(),
+                )?);
+            }
+        }
+        if let Some(p) = &mut self.policy {
+            p.begin_step(step, batch)?;
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> &CacheStats {
@@ -132,7 +194,15 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
     }
 
     fn stored_bytes(&self) -> usize {
-        self.slots.iter().flatten().map(|t| t.numel() * 4).sum()
+        let slots: usize = self.slots.iter().flatten().map(|t| t.numel() * 4).sum();
+        let taylor: usize = self
+            .taylor
+            .iter()
+            .flatten()
+            .flat_map(|t| &t.factors)
+            .map(|t| t.numel() * 4)
+            .sum();
+        slots + taylor + self.policy.as_ref().map_or(0, |p| p.held_bytes())
     }
 
     fn store(&mut self, slot: usize, t: Tensor<B>) {
@@ -180,15 +250,71 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
         if self.step == 0 || bit || self.slots[slot].is_none() {
             let t = compute()?;
             self.stats.computed += 1;
+            if let Some(f) = self.schedule.forecast {
+                let next = taylor_update(
+                    self.backend,
+                    f.order(),
+                    &t,
+                    self.step,
+                    self.slots[slot].as_ref(),
+                    self.taylor[slot].as_ref(),
+                )?;
+                self.taylor[slot] = Some(next);
+            }
             self.store(slot, t.clone());
             Ok(t)
         } else {
-            self.reuse(block, comp, slot)
+            let t = self.reuse(block, comp, slot)?;
+            match (self.schedule.forecast, &self.taylor[slot]) {
+                (Some(_), Some(state)) if !state.factors.is_empty() => {
+                    self.stats.forecast += 1;
+                    taylor_predict(self.backend, &t, state, self.step)
+                }
+                _ => Ok(t),
+            }
         }
     }
 }
 
 impl<B: Backend> ComponentCache<B> for ScheduleCache<'_, B> {
+    fn block_hooks(&self) -> bool {
+        self.policy.is_some()
+    }
+
+    fn wants_modulated_input(&self) -> bool {
+        self.policy
+            .as_ref()
+            .is_some_and(|p| p.wants_modulated_input())
+    }
+
+    fn modulated_input(&mut self, m: &Tensor<B>) -> BResult<()> {
+        match &mut self.policy {
+            Some(p) => p.modulated_input(self.backend, m),
+            None => Ok(()),
+        }
+    }
+
+    fn enter_block(&mut self, block: usize, streams: &Streams<B>) -> BResult<BlockEntry<B>> {
+        let Some(p) = &mut self.policy else {
+            return Ok(BlockEntry::Run);
+        };
+        let e = p.enter_block(self.backend, block, streams)?;
+        if let BlockEntry::Skip { .. } = e {
+            self.stats.skipped_blocks += p.skipped_blocks();
+            self.stats.peak_bytes = self.stats.peak_bytes.max(self.stored_bytes());
+        }
+        Ok(e)
+    }
+
+    fn leave_block(&mut self, block: usize, streams: Streams<B>) -> BResult<Streams<B>> {
+        let Some(p) = &mut self.policy else {
+            return Ok(streams);
+        };
+        let out = p.leave_block(self.backend, block, streams)?;
+        self.stats.peak_bytes = self.stats.peak_bytes.max(self.stored_bytes());
+        Ok(out)
+    }
+
     fn component(
         &mut self,
         block: usize,

@@ -25,10 +25,16 @@ pub struct BenchArgs {
     /// A built-in architecture with seeded random weights [default: demo].
     #[arg(long, value_parser = super::arch_parser())]
     pub arch: Option<String>,
-    /// Schedules to compare with the uncached run: JSON files, or heuristics by name
-    /// (fora:N, ca_sa:N, tgate:M, default). Repeatable.
+    /// Schedules to compare with the uncached run: JSON files, built-in names, heuristics
+    /// (fora:N, ca_sa:N, tgate:M, default) or runtime policies (fbcache:RDT, dbcache:…,
+    /// teacache:THRESH, taylorseer:INTERVAL:ORDER; docs/CACHING.md), optionally
+    /// `+taylor1`/`+taylor2`. Repeatable.
     #[arg(long = "schedule")]
     pub schedules: Vec<String>,
+    /// Forecast the components every --schedule reuses (TaylorSeer's expansion, order 1 or 2)
+    /// instead of copying them: the same as appending `+taylor1`/`+taylor2` to each name.
+    #[arg(long, value_parser = super::parse_forecast)]
+    pub forecast: Option<crate::cache::policy::Forecast>,
     /// Denoising steps per run.
     #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 20)]
     pub steps: usize,
@@ -158,7 +164,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let schedules = a
         .schedules
         .iter()
-        .map(|s| engine.resolve_schedule(s, a.steps))
+        .map(|s| engine.resolve_schedule(&super::forecast_spec(s, a.forecast), a.steps))
         .collect::<Result<Vec<_>, _>>()?;
     let mut bars = super::Bars::new();
     let mut sink = |e: &crate::engine::Event<'_>| bars.on_event(e);

@@ -44,6 +44,46 @@ pub enum ScheduleCommand {
         #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<u64>, default_value_t = 2)]
         batch: u64,
     },
+    /// Fits TeaCache's rescaling polynomial for a model from uncached calibration runs and
+    /// writes it as a coefficients file for `--schedule teacache:THRESH:FILE`.
+    ///
+    /// Each --inputs file (as `denoise --inputs` reads it; every batch row is one calibration
+    /// sample) is denoised without caching; at every step after the first, per row, the relative
+    /// L1 change of block 0's modulated input and of the block stack's output are recorded, and
+    /// a degree-4 polynomial output-change ≈ poly(input-change) is fitted by least squares
+    /// (docs/CACHING.md, "TeaCache").
+    #[command(after_help = "Example:
+  ecad-native denoise --write-example-inputs calib.safetensors
+  ecad-native schedule fit-teacache --inputs calib.safetensors --steps 20 --out teacache-demo.json
+  ecad-native denoise --inputs calib.safetensors --out o.safetensors --schedule teacache:0.4:teacache-demo.json")]
+    FitTeacache {
+        /// Pipeline root [default: the embedded demo model].
+        #[arg(long, conflicts_with = "arch")]
+        model: Option<PathBuf>,
+        /// A built-in architecture with seeded random weights instead of --model.
+        #[arg(long, value_parser = super::arch_parser())]
+        arch: Option<String>,
+        /// Calibration inputs (denoise inputs files); repeatable.
+        #[arg(long = "inputs", required = true)]
+        inputs: Vec<PathBuf>,
+        /// Denoising steps of each calibration run.
+        #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 20)]
+        steps: usize,
+        /// Guidance (as `denoise --guidance`).
+        #[arg(long, allow_negative_numbers = true)]
+        guidance: Option<f32>,
+        /// FLUX: image height in pixels.
+        #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
+        height: Option<usize>,
+        /// FLUX: image width in pixels.
+        #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
+        width: Option<usize>,
+        /// The coefficients file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        device: super::DeviceOpts,
+    },
     /// The compiled-in paper schedules (`--schedule NAME`): model, resolution, steps and ECAD
     /// MAC speedup.
     List {
@@ -89,7 +129,89 @@ pub fn run(cmd: ScheduleCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ScheduleCommand::List { json } => schedule_list::run(json),
+        ScheduleCommand::FitTeacache {
+            model,
+            arch,
+            inputs,
+            steps,
+            guidance,
+            height,
+            width,
+            out,
+            device,
+        } => fit_teacache(
+            super::model_source(model.as_deref(), arch.as_deref()),
+            &inputs,
+            crate::engine::DenoiseRequest {
+                steps,
+                guidance,
+                height,
+                width,
+                schedule: None,
+            },
+            &out,
+            device,
+        ),
     }
+}
+
+/// `schedule fit-teacache`: uncached runs recording TeaCache's (input change, output change)
+/// pairs, then the degree-4 least-squares fit.
+fn fit_teacache(
+    source: ModelSource,
+    inputs: &[PathBuf],
+    req: crate::engine::DenoiseRequest<'_>,
+    out: &std::path::Path,
+    device: super::DeviceOpts,
+) -> anyhow::Result<()> {
+    use crate::cache::policy::{RuntimePolicy, TeaCacheParams};
+    use crate::cache::teacache::{coefficients_json, fit_polynomial, DEGREE};
+    crate::engine::check_output_file("--out", out)?;
+    req.precheck()?;
+    let engine = super::open_engine(source, device.engine_options(Load::Transformer))?;
+    let mut schedule = engine.resolve_schedule("default", req.steps)?;
+    schedule.name = "teacache-calibration".into();
+    // Threshold 0: every step computes; the policy only records.
+    schedule.runtime = Some(RuntimePolicy::TeaCache(TeaCacheParams {
+        thresh: 0.0,
+        coeffs: vec![1.0, 0.0],
+        source: None,
+        record: true,
+    }));
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for path in inputs {
+        let tensors = crate::weights::read_inputs(path)?;
+        let origin = path.display().to_string();
+        let run = engine.denoise_report(
+            &crate::engine::NamedInputs {
+                tensors: &tensors,
+                origin: &origin,
+            },
+            &crate::engine::DenoiseRequest {
+                schedule: Some(&schedule),
+                ..req
+            },
+            &mut crate::engine::Progress::new(&mut |_: &crate::engine::Event<'_>| true),
+        )?;
+        for (x, y) in &run.report.cache.calibration {
+            xs.push(*x);
+            ys.push(*y);
+        }
+    }
+    let fit = fit_polynomial(&xs, &ys, DEGREE)?;
+    let doc = coefficients_json(engine.info().layout, &fit);
+    let mut text = serde_json::to_string_pretty(&doc)?;
+    text.push('\n');
+    crate::util::atomic_write(out, text.as_bytes())?;
+    eprintln!(
+        "fit-teacache: {} pairs, input change {:.3e} to {:.3e}, rmse {:.3e}; wrote {}",
+        fit.samples,
+        fit.x_range.0,
+        fit.x_range.1,
+        fit.rmse,
+        out.display()
+    );
+    Ok(())
 }
 
 #[path = "schedule_list.rs"]

@@ -2,7 +2,10 @@
 //! [`crate::cache::macs::activation_bytes`] (from the shapes) against the memory that is free on
 //! the run's device, refused with both figures when it cannot fit.
 
-use crate::cache::macs::{activation_bytes, ModelDims};
+#[cfg(test)]
+use crate::cache::macs::activation_bytes;
+use crate::cache::macs::{activation_bytes_with, CacheExtra, ModelDims};
+use crate::cache::schedule::Schedule;
 use crate::error::{Error, Result};
 
 /// What the check knows of the model and the device (a copy, so the search can take it along).
@@ -27,6 +30,25 @@ pub(crate) struct RunShape {
     pub cfg: bool,
     /// Bytes the run holds besides the transformer's working set (a search's prefix cache).
     pub extra: u64,
+    /// What the component cache holds besides the components' outputs.
+    pub cache: CacheExtra,
+}
+
+/// The cache state of the schedules a run may use.
+pub(crate) struct CacheShape;
+
+impl CacheShape {
+    /// The largest forecast order and whether any runtime policy is among `schedules`.
+    pub fn of(schedules: &[&Schedule]) -> CacheExtra {
+        CacheExtra {
+            forecast_order: schedules
+                .iter()
+                .filter_map(|s| s.forecast.map(|f| f.order() as u64))
+                .max()
+                .unwrap_or(0),
+            runtime_policy: schedules.iter().any(|s| s.runtime.is_some()),
+        }
+    }
 }
 
 fn gib(b: u64) -> f64 {
@@ -37,12 +59,13 @@ impl MemoryCheck {
     /// Refuses `shape` when its estimate exceeds the free memory; `what` names the run in the
     /// message ("4 image(s) at 1024x1024 px").
     pub fn check(&self, what: &str, shape: RunShape) -> Result<()> {
-        let need = activation_bytes(
+        let need = activation_bytes_with(
             &self.dims,
             shape.images,
             shape.image_tokens,
             shape.text_len,
             shape.cfg,
+            shape.cache,
         )
         .and_then(|n| n.checked_add(shape.extra));
         let Some(need) = need else {
@@ -76,6 +99,7 @@ mod tests {
             text_len: 120,
             cfg: true,
             extra,
+            cache: CacheExtra::default(),
         }
     }
 

@@ -20,8 +20,8 @@ pub mod search;
 
 pub use device::{AnyBackend, DeviceSpec, Dtype};
 pub use family::{
-    ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, EncodedPrompt, ForwardBench,
-    GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs, OpsBench,
+    ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, Denoised, EncodedPrompt,
+    ForwardBench, GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs, OpsBench,
 };
 pub use options::{check_output_file, check_output_folder, EngineOptions, Load, ModelSource};
 pub use progress::{Event, Progress};
@@ -188,7 +188,13 @@ impl Engine {
     /// Refuses a run of `images` at a pixel size whose working memory (estimated from the
     /// shapes by [`crate::cache::macs::activation_bytes`]) exceeds what is free, before it
     /// starts.
-    fn check_memory(&self, images: usize, height_px: usize, width_px: usize) -> Result<()> {
+    fn check_memory(
+        &self,
+        images: usize,
+        height_px: usize,
+        width_px: usize,
+        schedules: &[&Schedule],
+    ) -> Result<()> {
         let f = self.info.vae_scale_factor.max(1) as u64;
         let latent = (height_px as u64 / f, width_px as u64 / f);
         let what = format!("{images} image(s) at {height_px}x{width_px} px");
@@ -203,13 +209,19 @@ impl Engine {
                 text_len: self.info.default_text_len as u64,
                 cfg: self.info.cfg_guidance,
                 extra: 0,
+                cache: memory::CacheShape::of(schedules),
             },
         )
     }
 
     /// The same check for `denoise`, from its input tensors: the latents' batch and size, the
     /// prompt embeddings' length.
-    fn check_denoise_memory(&self, inputs: &NamedInputs<'_>, guidance: f32) -> Result<()> {
+    fn check_denoise_memory(
+        &self,
+        inputs: &NamedInputs<'_>,
+        guidance: f32,
+        schedule: Option<&Schedule>,
+    ) -> Result<()> {
         let latents = inputs.get("latents")?;
         let shape = &latents.shape;
         let (images, image_tokens) = match (self.info.packed, shape.as_slice()) {
@@ -239,6 +251,7 @@ impl Engine {
                 text_len,
                 cfg: self.info.cfg_guidance && guidance > 1.0,
                 extra: 0,
+                cache: memory::CacheShape::of(&schedule.into_iter().collect::<Vec<_>>()),
             },
         )
     }
@@ -278,18 +291,34 @@ impl Engine {
         req: &DenoiseRequest<'_>,
         progress: &mut Progress<'_>,
     ) -> Result<HostTensor> {
+        Ok(self.denoise_report(inputs, req, progress)?.latents)
+    }
+
+    /// [`Engine::denoise`], with the run's report: the cache counters and, for a runtime
+    /// policy, its decision per step and row (`report.cache.trace`; see
+    /// [`crate::cache::policy::trace_json`], what `denoise --policy-trace` writes).
+    pub fn denoise_report(
+        &self,
+        inputs: &NamedInputs<'_>,
+        req: &DenoiseRequest<'_>,
+        progress: &mut Progress<'_>,
+    ) -> Result<Denoised> {
         req.precheck()?;
         let inner = self.loaded()?;
         check_inputs(inputs)?;
         if let Some(s) = req.schedule {
             self.validate_schedule(s, req.steps, req.guidance)?;
         }
-        self.check_denoise_memory(inputs, req.guidance.unwrap_or(self.info.default_guidance))?;
+        self.check_denoise_memory(
+            inputs,
+            req.guidance.unwrap_or(self.info.default_guidance),
+            req.schedule,
+        )?;
         let out = Self::in_pool(&self.pool, || inner.denoise(inputs, req, progress))?;
         // The CPU stops a run at the step its latents became non-finite; a CUDA run is not
         // checked per step (that would cost a copy and a stream sync each step), so its final
         // latents, on the host by now, are checked here.
-        if out.data.iter().any(|v| !v.is_finite()) {
+        if out.latents.data.iter().any(|v| !v.is_finite()) {
             return Err(Error::invalid(format!(
                 "the final latents are non-finite (NaN or inf) after {} steps on {}; the inputs or the guidance are too large for the model",
                 req.steps, self.device_name
@@ -306,7 +335,12 @@ impl Engine {
     ) -> Result<Generated> {
         req.precheck()?;
         let (h, w) = self.plan_size(req.height, req.width, req.binning)?;
-        self.check_memory(req.batch.saturating_mul(req.prompts.len()), h, w)?;
+        self.check_memory(
+            req.batch.saturating_mul(req.prompts.len()),
+            h,
+            w,
+            &req.schedule.into_iter().collect::<Vec<_>>(),
+        )?;
         let pool = self.pool.take();
         let r = {
             let inner = self.loaded_mut()?;
@@ -430,7 +464,7 @@ impl Engine {
             Some(l) => (l.saturating_mul(vsf), l.saturating_mul(vsf)),
             None => (req.height.unwrap_or(native), req.width.unwrap_or(native)),
         };
-        self.check_memory(req.prompts, h, w)?;
+        self.check_memory(req.prompts, h, w, &req.schedules.iter().collect::<Vec<_>>())?;
         let inner = self.loaded()?;
         Self::in_pool(&self.pool, || inner.bench(req, progress))
     }

@@ -233,7 +233,10 @@ impl<B: Backend> BenchGraphs<B> {
         latents: &HostTensor,
         sched: Option<&Schedule>,
     ) -> MResult<(crate::backend::Tensor<B>, DenoiseReport)> {
-        if !self.enabled || self.unsupported {
+        // A runtime policy decides on the host from the features (it reads them back every
+        // step), so its run cannot be recorded as one graph: it runs eagerly.
+        let runtime = sched.is_some_and(|s| s.runtime.is_some());
+        if !self.enabled || self.unsupported || runtime {
             return prepared.run_to_end(latents, sched, &mut |_, _| true);
         }
         let key = sched.map(|s| s.name.clone()).unwrap_or_default();

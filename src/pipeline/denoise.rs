@@ -407,7 +407,7 @@ impl<'a, B: Backend> PreparedDenoise<'a, B> {
                     )));
                 }
                 let mut store = ScheduleCache::resume(be, s, slots);
-                store.begin_step(i, n);
+                store.begin_step(i, n)?;
                 let res = model.forward_prepared(be, &x_in, &cond, text, &mut store);
                 let cache = store.into_state();
                 state.report.cache = cache.stats().clone();

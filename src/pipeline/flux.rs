@@ -319,7 +319,7 @@ impl<'a, B: Backend> PreparedFluxDenoise<'a, B> {
                     schedule.ok_or_else(|| input("a cached run needs a schedule at every step"))?;
                 validate_flux_schedule(s, self.steps(), cfg.num_layers, cfg.num_single_layers)?;
                 let mut store = ScheduleCache::resume(be, s, slots);
-                store.begin_step(i, self.batch);
+                store.begin_step(i, self.batch)?;
                 let res = model.forward_prepared(
                     be,
                     &state.latents,

@@ -18,7 +18,7 @@ pub use config::FluxConfig;
 use super::embeddings::timestep_embeddings;
 use super::{Linear, MResult, ModelError, TensorSource, TimestepEmbedding, Vb};
 use crate::backend::{Activation, BResult, Backend, Tensor};
-use crate::cache::{ComponentCache, NoCache};
+use crate::cache::{BlockEntry, ComponentCache, NoCache};
 
 /// Double block: joint attention (image `to_out.0` and text `to_add_out`).
 pub const FULL_ATTN: usize = 0;
@@ -492,6 +492,65 @@ impl<B: Backend> FluxTransformer<B> {
         be.gate_residual(&s, Some(&chunk(be, &e, 2, d)?), &p)
     }
 
+    /// The block loop when a runtime policy may skip block ranges: the boundaries' streams are
+    /// `[context, x]` around double-stream blocks and `[joint]` around single-stream blocks
+    /// (cache coordinates: doubles `0..nb`, singles `nb..nb + ns`). Returns the joint sequence.
+    #[allow(clippy::too_many_arguments)]
+    fn hooked_blocks(
+        &self,
+        be: &B,
+        x: Tensor<B>,
+        ctx: Tensor<B>,
+        cond: &FluxConditioning<B>,
+        rope: &RopeTables<B>,
+        cache: &mut dyn ComponentCache<B>,
+    ) -> MResult<Tensor<B>> {
+        let nb = self.transformer_blocks.len();
+        let total = nb + self.single_transformer_blocks.len();
+        let bad = || input_err("a cache policy gave streams of the wrong structure");
+        if cache.wants_modulated_input() && nb > 0 {
+            // TeaCache: block 0's AdaLayerNormZero output on the image stream.
+            let d = self.config.inner_dim();
+            let e = self.transformer_blocks[0]
+                .norm1
+                .linear
+                .forward(be, &cond.temb_silu)?;
+            let m =
+                be.layer_norm_modulate(&x, &chunk(be, &e, 0, d)?, &chunk(be, &e, 1, d)?, EPS)?;
+            cache.modulated_input(&m)?;
+        }
+        let mut st = vec![ctx, x];
+        let mut i = 0;
+        while i < total {
+            if i >= nb && st.len() == 2 {
+                st = vec![be.concat(&[&st[0], &st[1]], 1)?];
+            }
+            if let BlockEntry::Skip { to, streams } = cache.enter_block(i, &st)? {
+                st = streams;
+                i = to;
+                continue;
+            }
+            st = match (i < nb, st.as_slice()) {
+                (true, [c, x]) => {
+                    let (c, x) =
+                        self.double_block(be, i, x.clone(), c.clone(), cond, rope, cache)?;
+                    vec![c, x]
+                }
+                (false, [s]) => {
+                    vec![self.single_block(be, i - nb, s.clone(), cond, rope, cache)?]
+                }
+                _ => return Err(bad()),
+            };
+            st = cache.leave_block(i, st)?;
+            i += 1;
+        }
+        match st.as_slice() {
+            [c, x] => Ok(be.concat(&[c, x], 1)?),
+            [s] => Ok(s.clone()),
+            _ => Err(bad()),
+        }
+    }
+
     /// The transformer on prepared conditioning and RoPE tables:
     /// `x: [B, N_img, in_channels]`, `context: [B, N_txt, joint_attention_dim]` →
     /// `[B, N_img, patch² · out_channels]`.
@@ -536,13 +595,18 @@ impl<B: Backend> FluxTransformer<B> {
         }
         let mut x = self.x_embedder.forward(be, x_in)?;
         let mut ctx = self.context_embedder.forward(be, y_in)?;
-        for i in 0..self.transformer_blocks.len() {
-            (ctx, x) = self.double_block(be, i, x, ctx, cond, rope, cache)?;
-        }
-        let mut s = be.concat(&[&ctx, &x], 1)?;
-        for i in 0..self.single_transformer_blocks.len() {
-            s = self.single_block(be, i, s, cond, rope, cache)?;
-        }
+        let s = if cache.block_hooks() {
+            self.hooked_blocks(be, x, ctx, cond, rope, cache)?
+        } else {
+            for i in 0..self.transformer_blocks.len() {
+                (ctx, x) = self.double_block(be, i, x, ctx, cond, rope, cache)?;
+            }
+            let mut s = be.concat(&[&ctx, &x], 1)?;
+            for i in 0..self.single_transformer_blocks.len() {
+                s = self.single_block(be, i, s, cond, rope, cache)?;
+            }
+            s
+        };
         let x = be.narrow(&s, 1, nt, ni)?;
         // AdaLayerNormContinuous: scale first, then shift.
         let d = c.inner_dim();

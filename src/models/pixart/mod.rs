@@ -8,7 +8,7 @@ pub use config::PixArtConfig;
 use super::embeddings::{sincos_pos_embed_2d, timestep_embeddings};
 use super::{Linear, MResult, ModelError, TensorSource, TimestepEmbedding, Vb};
 use crate::backend::{Activation, BResult, Backend, Tensor};
-use crate::cache::{ComponentCache, NoCache};
+use crate::cache::{BlockEntry, ComponentCache, NoCache};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -358,6 +358,21 @@ impl<B: Backend> PixArtTransformer<B> {
     }
 
     /// One block; `cache` decides for each component whether to compute or reuse.
+    /// Block 0's modulated self-attention input `norm1(x)·(1 + scale_msa) + shift_msa` (what
+    /// TeaCache's test reads).
+    fn block0_modulated(
+        &self,
+        be: &B,
+        x: &Tensor<B>,
+        cond: &StepConditioning<B>,
+    ) -> BResult<Tensor<B>> {
+        let blk = &self.transformer_blocks[0];
+        let (n, d) = (x.dim(0), x.dim(2));
+        let m = be.add(&cond.t6.reshape(&[n, 6, d])?, &blk.scale_shift_table)?;
+        let chunk = |j: usize| -> BResult<Tensor<B>> { be.narrow(&m, 1, j, 1)?.reshape(&[n, d]) };
+        be.layer_norm_modulate(x, &chunk(0)?, &chunk(1)?, self.eps())
+    }
+
     fn block_forward(
         &self,
         be: &B,
@@ -461,8 +476,34 @@ impl<B: Backend> PixArtTransformer<B> {
         }
         let (h, w) = (hl / p, wl / p);
         let mut x = self.embed_patches(be, latents)?;
-        for i in 0..self.transformer_blocks.len() {
-            x = self.block_forward(be, i, x, cond, text, cache)?;
+        let blocks = self.transformer_blocks.len();
+        if cache.block_hooks() {
+            // A runtime policy may skip block ranges (its streams: `[x]`).
+            if cache.wants_modulated_input() && blocks > 0 {
+                cache.modulated_input(&self.block0_modulated(be, &x, cond)?)?;
+            }
+            let mut i = 0;
+            while i < blocks {
+                if let BlockEntry::Skip { to, mut streams } =
+                    cache.enter_block(i, &vec![x.clone()])?
+                {
+                    x = streams
+                        .pop()
+                        .ok_or_else(|| input_err("a cache policy gave no stream"))?;
+                    i = to;
+                    continue;
+                }
+                x = self.block_forward(be, i, x, cond, text, cache)?;
+                x = cache
+                    .leave_block(i, vec![x])?
+                    .pop()
+                    .ok_or_else(|| input_err("a cache policy gave no stream"))?;
+                i += 1;
+            }
+        } else {
+            for i in 0..blocks {
+                x = self.block_forward(be, i, x, cond, text, cache)?;
+            }
         }
         // Final layer: modulated by the embedded timestep (row 0 = shift, row 1 = scale).
         let d = c.inner_dim();
