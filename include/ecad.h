@@ -566,7 +566,11 @@ enum EcadStatus ecad_schedule_heuristic(const struct EcadEngine *e,
 // A schedule from a spec, resolved as the CLI's `--schedule` is, in this order: a built-in
 // name (ECAD's paper schedules, e.g. "pixart-alpha-256/fast", "flux-256/faster"; see
 // `ecad-native schedule list`), a JSON file (a path ending in ".json", or any existing file),
-// a heuristic name (see ecad_schedule_heuristic). `steps` is for heuristics only: a built-in
+// a heuristic name (see ecad_schedule_heuristic), or a runtime cache policy ("fbcache:RDT",
+// "dbcache:FN:BN:RDT[:WARMUP[:MAXCACHED]]", "teacache:THRESH[:COEFFS_FILE]",
+// "taylorseer:INTERVAL:ORDER[:WARMUP]"; docs/CACHING.md); any of these but a runtime policy
+// may end in "+taylor1" or "+taylor2" (its reused components forecast instead of copied).
+// `steps` is for heuristics and policies only: a built-in
 // or a file keeps its own (ecad_schedule_steps). An unknown spec is ECAD_SCHEDULE_ERROR (the
 // message lists the built-in names); a missing ".json" file is ECAD_IO_ERROR. Whether the
 // schedule fits the model is checked by the run that uses it.

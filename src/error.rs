@@ -169,7 +169,7 @@ fn known_kind(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
         use crate::cache::builtin::ResolveError as R;
         return Some(match e {
             R::Schedule(s) => schedule_kind(s),
-            R::Heuristic(_) | R::Unknown { .. } => ErrorKind::Schedule,
+            R::Heuristic(_) | R::Unknown { .. } | R::Policy(_) => ErrorKind::Schedule,
             R::Macs(_) => ErrorKind::InvalidInput,
         });
     }

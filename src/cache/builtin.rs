@@ -27,6 +27,10 @@ use std::path::Path;
 
 use crate::cache::heuristics::{default_schedule, heuristic_by_name, HeuristicError};
 use crate::cache::macs::{ecad_macs, FluxDims, MacsError, ModelDims, PixArtDims};
+use crate::cache::policy::{
+    policy_by_name, Forecast, PolicyError, PolicySpec, RuntimePolicy, TeaCacheParams, POLICY_FORMS,
+    TEACACHE_FLUX_COEFFS,
+};
 use crate::cache::schedule::{ModelFamily, Schedule, ScheduleError};
 
 /// One compiled-in schedule.
@@ -223,18 +227,24 @@ pub enum ResolveError {
     /// The cost model refused a schedule.
     #[error(transparent)]
     Macs(#[from] MacsError),
+    /// A runtime policy or forecast spec with bad parameters.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     /// Neither a built-in name, nor a file, nor a heuristic.
     #[error(
         "unknown schedule `{spec}`: not a built-in name, a schedule file or a heuristic. Built-in \
          names: {builtins}. Heuristics: default, fora:N, ca_sa:N (PixArt), tgate:M[:SP[:FI[:WARMUP]]] \
          (PixArt), tgate_without_ca_avg:M[...] (PixArt), or an ECAD heuristic schedule name such as \
-         recompute_all_every_003. Files: a path to an ECAD schedule JSON file"
+         recompute_all_every_003. Runtime policies: {policies}. Files: a path to an ECAD \
+         schedule JSON file"
     )]
     Unknown {
         /// The argument given.
         spec: String,
         /// The built-in names, comma-separated.
         builtins: String,
+        /// The runtime-policy forms.
+        policies: &'static str,
     },
 }
 
@@ -243,13 +253,19 @@ pub enum ResolveError {
 /// 1. a built-in name ([`builtin_names`]), e.g. `pixart-alpha-256/fast`;
 /// 2. a schedule file: a path ending in `.json`, or any existing file (a missing `.json` file
 ///    is an error naming the path);
-/// 3. a heuristic ([`heuristic_by_name`]: `default`, `fora:3`, `tgate:10`, ...), built for
+/// 3. `SPEC+taylor1` / `SPEC+taylor2`: SPEC resolved by these rules, its reused components
+///    forecast (see [`crate::cache::policy`]);
+/// 4. a runtime policy ([`policy_by_name`]: `fbcache:RDT`, `dbcache:FN:BN:RDT[...]`,
+///    `teacache:THRESH[:COEFFS_FILE]`, `taylorseer:INTERVAL:ORDER[:WARMUP]`), built on the
+///    no-cache schedule of `steps` steps;
+/// 5. a heuristic ([`heuristic_by_name`]: `default`, `fora:3`, `tgate:10`, ...), built for
 ///    `family` with `steps` steps, `blocks` blocks and `single_blocks` single blocks (ignored
 ///    for PixArt).
 ///
 /// Anything else is refused with one error that lists the options. Built-ins and files are
 /// returned as they are: the caller checks that they fit its model and step count
-/// ([`Schedule::validate_for`]), as it does for any file.
+/// ([`Schedule::validate_for`]), as it does for any file. A schedule built from a name is
+/// named by the spec as given (trimmed), so that two specs never share a name.
 pub fn resolve_spec(
     spec: &str,
     family: ModelFamily,
@@ -257,21 +273,144 @@ pub fn resolve_spec(
     blocks: usize,
     single_blocks: usize,
 ) -> Result<Schedule, ResolveError> {
-    if let Some(s) = builtin(spec.trim()) {
+    let spec = spec.trim();
+    if let Some(s) = builtin(spec) {
         return Ok(s?);
     }
     let path = Path::new(spec);
     if path.extension().is_some_and(|e| e == "json") || path.is_file() {
         return Ok(Schedule::from_path(path)?);
     }
+    if let Some((base, f)) = spec.rsplit_once('+') {
+        if f.trim().starts_with("taylor") {
+            let forecast = Forecast::parse(f).ok_or_else(|| PolicyError {
+                spec: spec.to_string(),
+                msg: format!("unknown forecast `{f}` after `+` (expected taylor1 or taylor2)"),
+            })?;
+            let s = resolve_spec(base, family, steps, blocks, single_blocks)?;
+            let name = format!("{}+{}", s.name, forecast.name());
+            let mut s = with_forecast(s, forecast, spec)?;
+            s.name = name;
+            return Ok(s);
+        }
+    }
+    if let Some(p) = policy_by_name(spec)? {
+        return policy_schedule(spec, p, family, steps, blocks, single_blocks);
+    }
     match heuristic_by_name(spec, family, steps, blocks, single_blocks) {
         Ok(s) => Ok(s),
         Err(HeuristicError::UnknownSpec(_)) => Err(ResolveError::Unknown {
             spec: spec.to_string(),
             builtins: builtin_names().join(", "),
+            policies: POLICY_FORMS,
         }),
         Err(e) => Err(ResolveError::Heuristic(e)),
     }
+}
+
+/// `s` with its reused components forecast (`--forecast`, `SPEC+taylorN`). A runtime policy
+/// skips whole blocks and computes every component it runs, so it has nothing to forecast,
+/// and a schedule that forecasts already cannot take a second forecast: both are refused.
+pub fn with_forecast(
+    mut s: Schedule,
+    forecast: Forecast,
+    spec: &str,
+) -> Result<Schedule, ResolveError> {
+    let refuse = |msg: String| {
+        ResolveError::Policy(PolicyError {
+            spec: spec.to_string(),
+            msg,
+        })
+    };
+    if let Some(rp) = &s.runtime {
+        return Err(refuse(format!(
+            "{} is a runtime policy: it skips whole blocks and reuses their residual, it has no \
+             reused components to forecast (forecasts apply to static schedules: built-ins, files, \
+             heuristics)",
+            rp.spec()
+        )));
+    }
+    if let Some(f) = s.forecast {
+        return Err(refuse(format!(
+            "the schedule already forecasts with {} (one forecast per schedule)",
+            f.name()
+        )));
+    }
+    s.forecast = Some(forecast);
+    Ok(s)
+}
+
+/// The schedule of a runtime-policy spec: the no-cache bits with the policy, or TaylorSeer's
+/// compute pattern with its forecast.
+fn policy_schedule(
+    spec: &str,
+    p: PolicySpec,
+    family: ModelFamily,
+    steps: usize,
+    blocks: usize,
+    single_blocks: usize,
+) -> Result<Schedule, ResolveError> {
+    let mut s =
+        default_schedule(family, steps, blocks, single_blocks).map_err(ResolveError::Heuristic)?;
+    s.name = spec.to_string();
+    match p {
+        PolicySpec::Runtime(rp) => s.runtime = Some(rp),
+        PolicySpec::TeaCache {
+            thresh,
+            coeffs_file,
+        } => {
+            let (coeffs, source) = match coeffs_file {
+                Some(f) => (
+                    crate::cache::teacache::read_coefficients(Path::new(&f), family).map_err(
+                        |e| PolicyError {
+                            spec: spec.to_string(),
+                            msg: e.to_string(),
+                        },
+                    )?,
+                    Some(f),
+                ),
+                None if family == ModelFamily::Flux => (TEACACHE_FLUX_COEFFS.to_vec(), None),
+                None => {
+                    return Err(ResolveError::Policy(PolicyError {
+                        spec: spec.to_string(),
+                        msg: format!(
+                            "TeaCache ships coefficients for FLUX only; for {family} fit them with \
+                             `ecad-native schedule fit-teacache --out COEFFS.json` and give \
+                             teacache:{thresh}:COEFFS.json"
+                        ),
+                    }))
+                }
+            };
+            s.runtime = Some(RuntimePolicy::TeaCache(TeaCacheParams {
+                thresh,
+                coeffs,
+                source,
+            }));
+        }
+        PolicySpec::TaylorSeer {
+            interval,
+            forecast,
+            warmup,
+        } => {
+            let nb = s.num_blocks();
+            let ns = s.num_single_blocks();
+            for step in 0..steps {
+                let on = PolicySpec::taylorseer_computes(step, interval, warmup);
+                for b in 0..nb {
+                    for &c in family.block_components() {
+                        s.set(step, b, c, on);
+                    }
+                }
+                for b in 0..ns {
+                    for &c in family.single_block_components() {
+                        s.set(step, b, c, on);
+                    }
+                }
+            }
+            s.forecast = Some(forecast);
+        }
+    }
+    Ok(s)
 }
 
 #[cfg(test)]

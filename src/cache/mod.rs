@@ -11,6 +11,7 @@ pub mod macs;
 pub mod policy;
 pub mod schedule;
 pub mod store;
+pub mod teacache;
 
 use crate::backend::{BResult, Backend, Tensor};
 pub use policy::{BlockEntry, Streams};
@@ -31,6 +32,19 @@ pub trait ComponentCache<B: Backend> {
     /// loop does not call them (and does no work for them).
     fn block_hooks(&self) -> bool {
         false
+    }
+
+    /// Whether the block loop must hand over block 0's modulated image input
+    /// ([`Self::modulated_input`]) before the first block (TeaCache's test reads it).
+    fn wants_modulated_input(&self) -> bool {
+        false
+    }
+
+    /// Block 0's modulated image input of this step: PixArt `norm1(x)·(1 + scale_msa) +
+    /// shift_msa` of block 0, FLUX block 0's `norm1` (AdaLayerNormZero) output on the image
+    /// stream.
+    fn modulated_input(&mut self, _m: &Tensor<B>) -> BResult<()> {
+        Ok(())
     }
 
     /// Block `block` (cache coordinates) is about to run on `streams`; the answer may skip a

@@ -101,11 +101,41 @@ pub struct DualBlockParams {
     pub max_cached: Option<usize>,
 }
 
+/// TeaCache's parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TeaCacheParams {
+    /// `rel_l1_thresh`: compute when the accumulated rescaled change reaches it.
+    pub thresh: f64,
+    /// The rescaling polynomial, highest degree first (numpy `poly1d` order).
+    pub coeffs: Vec<f64>,
+    /// Where the coefficients come from (`flux` for the shipped ones, else the file), for names.
+    pub source: Option<String>,
+}
+
+impl TeaCacheParams {
+    /// `poly(x)` (Horner, highest degree first).
+    pub fn rescale(&self, x: f64) -> f64 {
+        self.coeffs.iter().fold(0.0, |acc, c| acc * x + c)
+    }
+}
+
+/// TeaCache4FLUX's coefficients (ali-vilab/TeaCache, `TeaCache4FLUX/teacache_flux.py`,
+/// commit 7c10efc), highest degree first.
+pub const TEACACHE_FLUX_COEFFS: [f64; 5] = [
+    4.98651651e+02,
+    -2.83781631e+02,
+    5.58554382e+01,
+    -3.82021401e+00,
+    2.64230861e-01,
+];
+
 /// A runtime policy's parameters: plain data, carried by the schedule it runs on.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RuntimePolicy {
     /// DBCache / First-Block-Cache.
     DualBlock(DualBlockParams),
+    /// TeaCache: the whole block stack skipped on an accumulated, rescaled input change.
+    TeaCache(TeaCacheParams),
 }
 
 impl RuntimePolicy {
@@ -126,26 +156,46 @@ impl RuntimePolicy {
                 }
                 s
             }
+            RuntimePolicy::TeaCache(p) => match &p.source {
+                Some(f) => format!("teacache:{}:{f}", p.thresh),
+                None => format!("teacache:{}", p.thresh),
+            },
         }
     }
 
-    /// The state a run of `blocks` cacheable blocks keeps for this policy.
-    pub fn start<B: Backend>(&self, blocks: usize) -> BResult<Box<dyn BlockPolicy<B>>> {
+    /// The state a run of `blocks` cacheable blocks and `steps` steps keeps for this policy.
+    pub fn start<B: Backend>(
+        &self,
+        blocks: usize,
+        steps: usize,
+    ) -> BResult<Box<dyn BlockPolicy<B>>> {
+        self.check_fits(blocks)
+            .map_err(|detail| BackendError::Shape {
+                op: "cache policy",
+                detail,
+            })?;
         match self {
-            RuntimePolicy::DualBlock(p) => {
-                if p.front == 0 || p.front + p.back >= blocks {
-                    return Err(BackendError::Shape {
-                        op: "cache policy",
-                        detail: format!(
-                            "{}: {} front + {} back blocks leave nothing to skip in a {blocks}-block model",
-                            self.spec(),
-                            p.front,
-                            p.back
-                        ),
-                    });
-                }
-                Ok(Box::new(DualBlock::new(p.clone(), blocks)))
+            RuntimePolicy::TeaCache(p) => Ok(Box::new(TeaCache::new(p.clone(), blocks, steps))),
+            RuntimePolicy::DualBlock(p) => Ok(Box::new(DualBlock::new(p.clone(), blocks))),
+        }
+    }
+
+    /// Whether the policy fits a model of `blocks` cacheable blocks (DBCache: Fn + Bn must
+    /// leave a middle to skip).
+    pub fn check_fits(&self, blocks: usize) -> Result<(), String> {
+        match self {
+            RuntimePolicy::DualBlock(p) if p.front == 0 || p.front + p.back >= blocks => {
+                Err(format!(
+                    "{}: {} front + {} back blocks leave nothing to skip in a {blocks}-block model",
+                    self.spec(),
+                    p.front,
+                    p.back
+                ))
             }
+            RuntimePolicy::TeaCache(_) if blocks == 0 => {
+                Err("teacache: the model has no blocks".into())
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -155,6 +205,14 @@ impl RuntimePolicy {
 pub enum PolicySpec {
     /// Every bit true, driven by the runtime policy.
     Runtime(RuntimePolicy),
+    /// TeaCache; the coefficients are the family's (FLUX) or read from a file (see
+    /// [`crate::cache::teacache`]).
+    TeaCache {
+        /// `rel_l1_thresh`.
+        thresh: f64,
+        /// A coefficients file (`schedule fit-teacache` writes one).
+        coeffs_file: Option<String>,
+    },
     /// TaylorSeer: a static pattern (compute steps) plus a forecast.
     TaylorSeer {
         /// Steps between full computations.
@@ -215,7 +273,12 @@ fn threshold(spec: &str, s: &str) -> Result<f64, PolicyError> {
     Ok(v)
 }
 
-/// Parses `fbcache:…`, `dbcache:…` and `taylorseer:…`; `Ok(None)` for any other spec.
+/// The forms [`policy_by_name`] reads, for error messages.
+pub const POLICY_FORMS: &str = "fbcache:RDT, dbcache:FN:BN:RDT[:WARMUP[:MAXCACHED]], \
+     teacache:THRESH[:COEFFS_FILE], taylorseer:INTERVAL:ORDER[:WARMUP], SPEC+taylor1, SPEC+taylor2";
+
+/// Parses `fbcache:…`, `dbcache:…`, `teacache:…` and `taylorseer:…`; `Ok(None)` for any
+/// other spec.
 pub fn policy_by_name(spec: &str) -> Result<Option<PolicySpec>, PolicyError> {
     let spec = spec.trim();
     let Some((name, rest)) = spec.split_once(':') else {
@@ -265,6 +328,18 @@ pub fn policy_by_name(spec: &str) -> Result<Option<PolicySpec>, PolicyError> {
                     max_cached,
                 },
             ))))
+        }
+        "teacache" => {
+            if !(1..=2).contains(&args.len()) {
+                return Err(perr(
+                    spec,
+                    "expected teacache:THRESH[:COEFFS_FILE], e.g. teacache:0.6",
+                ));
+            }
+            Ok(Some(PolicySpec::TeaCache {
+                thresh: threshold(spec, args[0])?,
+                coeffs_file: args.get(1).map(|f| f.trim().to_string()),
+            }))
         }
         "taylorseer" => {
             if !(2..=3).contains(&args.len()) {
@@ -390,6 +465,38 @@ pub fn taylor_predict<B: Backend>(
 /// a double-stream block, `[joint]` (text first) before and after a single-stream block.
 pub type Streams<B> = Vec<Tensor<B>>;
 
+/// One step of a policy's decision trace: per transformer-batch row, the half-open range of
+/// blocks it skipped (cache coordinates, execution order), or `None` when it computed every
+/// block.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepTrace {
+    /// The step index.
+    pub step: usize,
+    /// Per row (CFG: the unconditional rows first), the skipped range.
+    pub rows: Vec<Option<(usize, usize)>>,
+}
+
+/// The decision trace as `denoise --policy-trace` writes it:
+/// `{"policy": NAME, "steps": [{"step": s, "rows": [null | [from, to], ...]}, ...]}`.
+pub fn trace_json(policy: &str, steps: &[StepTrace]) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let steps: Vec<Value> = steps
+        .iter()
+        .map(|s| {
+            let rows: Vec<Value> = s
+                .rows
+                .iter()
+                .map(|r| match r {
+                    Some((a, b)) => json!([a, b]),
+                    None => Value::Null,
+                })
+                .collect();
+            json!({"step": s.step, "rows": rows})
+        })
+        .collect();
+    json!({"policy": policy, "steps": steps})
+}
+
 /// What the block loop does at a block's entry.
 pub enum BlockEntry<B: Backend> {
     /// Run the block.
@@ -416,6 +523,17 @@ pub trait BlockPolicy<B: Backend>: Send + Sync {
     fn leave_block(&mut self, be: &B, block: usize, streams: Streams<B>) -> BResult<Streams<B>>;
     /// How many blocks were skipped in the last step (for the counters).
     fn skipped_blocks(&self) -> usize;
+    /// Per row of the last step, the block range it skipped (`None`: computed all).
+    fn row_skips(&self) -> Vec<Option<(usize, usize)>>;
+    /// Whether the model must hand over block 0's modulated input ([`Self::modulated_input`])
+    /// before the block loop (TeaCache).
+    fn wants_modulated_input(&self) -> bool {
+        false
+    }
+    /// Block 0's modulated image input of this step.
+    fn modulated_input(&mut self, _be: &B, _m: &Tensor<B>) -> BResult<()> {
+        Ok(())
+    }
     /// Bytes of tensors held.
     fn held_bytes(&self) -> usize;
     /// A copy of the state.
@@ -669,8 +787,197 @@ impl<B: Backend> BlockPolicy<B> for DualBlock<B> {
         self.skipped
     }
 
+    fn row_skips(&self) -> Vec<Option<(usize, usize)>> {
+        self.compute
+            .iter()
+            .map(|&c| (!c).then_some((self.p.front, self.middle_end())))
+            .collect()
+    }
+
     fn held_bytes(&self) -> usize {
         self.prev_front.as_ref().map_or(0, |t| t.numel() * 4) + self.tail.as_ref().map_or(0, bytes)
+    }
+
+    fn clone_box(&self) -> Box<dyn BlockPolicy<B>> {
+        Box::new(self.clone())
+    }
+}
+
+/// TeaCache run state: per row, the accumulated rescaled change, the last modulated input and
+/// the residual of the whole block stack (output − input) of its last computing step.
+struct TeaCache<B: Backend> {
+    p: TeaCacheParams,
+    blocks: usize,
+    steps: usize,
+    step: usize,
+    batch: usize,
+    /// This step: the streams entering block 0, and per row whether it computes.
+    entry: Option<Streams<B>>,
+    compute: Vec<bool>,
+    decided: bool,
+    skipped: usize,
+    /// Kept between steps.
+    acc: Vec<f64>,
+    prev_mod: Option<Tensor<B>>,
+    residual: Option<Streams<B>>,
+}
+
+impl<B: Backend> TeaCache<B> {
+    fn new(p: TeaCacheParams, blocks: usize, steps: usize) -> Self {
+        TeaCache {
+            p,
+            blocks,
+            steps,
+            step: 0,
+            batch: 0,
+            entry: None,
+            compute: Vec::new(),
+            decided: false,
+            skipped: 0,
+            acc: Vec::new(),
+            prev_mod: None,
+            residual: None,
+        }
+    }
+}
+
+impl<B: Backend> Clone for TeaCache<B> {
+    fn clone(&self) -> Self {
+        TeaCache {
+            p: self.p.clone(),
+            blocks: self.blocks,
+            steps: self.steps,
+            step: self.step,
+            batch: self.batch,
+            entry: self.entry.clone(),
+            compute: self.compute.clone(),
+            decided: self.decided,
+            skipped: self.skipped,
+            acc: self.acc.clone(),
+            prev_mod: self.prev_mod.clone(),
+            residual: self.residual.clone(),
+        }
+    }
+}
+
+impl<B: Backend> BlockPolicy<B> for TeaCache<B> {
+    fn begin_step(&mut self, step: usize, batch: usize) -> BResult<()> {
+        if !self.acc.is_empty() && self.acc.len() != batch {
+            return Err(BackendError::Shape {
+                op: "cache policy",
+                detail: format!(
+                    "step {step:03}: the batch changed from {} to {batch} (TeaCache keeps \
+                     per-sample state)",
+                    self.acc.len()
+                ),
+            });
+        }
+        self.acc.resize(batch, 0.0);
+        self.step = step;
+        self.batch = batch;
+        self.entry = None;
+        self.compute = vec![true; batch];
+        self.decided = false;
+        self.skipped = 0;
+        Ok(())
+    }
+
+    fn wants_modulated_input(&self) -> bool {
+        true
+    }
+
+    fn modulated_input(&mut self, be: &B, m: &Tensor<B>) -> BResult<()> {
+        // TeaCache4FLUX: the first and the last step compute (and reset the accumulator);
+        // otherwise acc += poly(mean|m − m'| / mean|m'|), compute (and reset) once acc ≥ thresh.
+        let edge = self.step == 0 || self.step + 1 >= self.steps;
+        let diffs = match (&self.prev_mod, &self.residual) {
+            (Some(prev), Some(_)) if !edge && prev.shape() == m.shape() => {
+                Some(relative_l1_rows(be, m, prev)?)
+            }
+            _ => None,
+        };
+        for r in 0..self.batch {
+            self.compute[r] = match &diffs {
+                Some(d) => {
+                    self.acc[r] += self.p.rescale(d[r]);
+                    // NaN compares false: it computes, as the reference does.
+                    self.acc[r].partial_cmp(&self.p.thresh) != Some(std::cmp::Ordering::Less)
+                }
+                None => true,
+            };
+            if self.compute[r] {
+                self.acc[r] = 0.0;
+            }
+        }
+        self.prev_mod = Some(m.clone());
+        self.decided = true;
+        Ok(())
+    }
+
+    fn enter_block(
+        &mut self,
+        be: &B,
+        block: usize,
+        streams: &Streams<B>,
+    ) -> BResult<BlockEntry<B>> {
+        if block != 0 {
+            return Ok(BlockEntry::Run);
+        }
+        if !self.decided {
+            return Err(BackendError::Shape {
+                op: "cache policy",
+                detail: "TeaCache: the model gave no modulated input before block 0".into(),
+            });
+        }
+        self.entry = Some(streams.clone());
+        if self.compute.iter().all(|&c| !c) {
+            let res = self
+                .residual
+                .as_ref()
+                .expect("a skipping row has a residual");
+            self.skipped = self.blocks;
+            return Ok(BlockEntry::Skip {
+                to: self.blocks,
+                streams: combine(be, streams, res, 1.0)?,
+            });
+        }
+        Ok(BlockEntry::Run)
+    }
+
+    fn leave_block(&mut self, be: &B, block: usize, streams: Streams<B>) -> BResult<Streams<B>> {
+        if block + 1 != self.blocks {
+            return Ok(streams);
+        }
+        let entry = self.entry.as_ref().expect("block 0 was entered");
+        let fresh = combine(be, &streams, entry, -1.0)?;
+        match &self.residual {
+            Some(old) if self.compute.iter().any(|&c| !c) => {
+                let filled = combine(be, entry, old, 1.0)?;
+                let out = select_streams(be, &self.compute, &streams, &filled)?;
+                self.residual = Some(select_streams(be, &self.compute, &fresh, old)?);
+                Ok(out)
+            }
+            _ => {
+                self.residual = Some(fresh);
+                Ok(streams)
+            }
+        }
+    }
+
+    fn skipped_blocks(&self) -> usize {
+        self.skipped
+    }
+
+    fn row_skips(&self) -> Vec<Option<(usize, usize)>> {
+        self.compute
+            .iter()
+            .map(|&c| (!c).then_some((0, self.blocks)))
+            .collect()
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.prev_mod.as_ref().map_or(0, |t| t.numel() * 4)
+            + self.residual.as_ref().map_or(0, bytes)
     }
 
     fn clone_box(&self) -> Box<dyn BlockPolicy<B>> {

@@ -363,6 +363,10 @@ impl Schedule {
                 expected: single_blocks,
             });
         }
+        if let Some(rp) = &self.runtime {
+            rp.check_fits(blocks + single_blocks)
+                .map_err(|msg| ScheduleError::invalid("runtime policy", msg))?;
+        }
         Ok(())
     }
 }

@@ -12,7 +12,9 @@
 //!   at m−1 the stored value is the mean of the uncond and cond halves; from m on the stored
 //!   mean is returned whatever the bit says.
 
-use super::policy::{taylor_predict, taylor_update, BlockEntry, BlockPolicy, Streams, Taylor};
+use super::policy::{
+    taylor_predict, taylor_update, BlockEntry, BlockPolicy, StepTrace, Streams, Taylor,
+};
 use super::schedule::{Component, CustomFunction, Schedule};
 use super::ComponentCache;
 use crate::backend::{BResult, Backend, BackendError, Tensor};
@@ -32,6 +34,9 @@ pub struct CacheStats {
     /// Block evaluations a runtime policy skipped whole (their components are not in
     /// `computed` or `reused`).
     pub skipped_blocks: usize,
+    /// Per step taken, per transformer-batch row, the block range a runtime policy skipped
+    /// (all `None` for a static schedule): `denoise --policy-trace` writes it.
+    pub trace: Vec<StepTrace>,
 }
 
 pub struct ScheduleCache<'s, B: Backend> {
@@ -45,6 +50,8 @@ pub struct ScheduleCache<'s, B: Backend> {
     taylor: Vec<Option<Taylor<B>>>,
     /// The runtime policy's state (only with a runtime policy).
     policy: Option<Box<dyn BlockPolicy<B>>>,
+    /// Whether `begin_step` was called (the step is traced when the state is detached).
+    stepped: bool,
 }
 
 /// What a [`ScheduleCache`] holds between steps, detached from its schedule: the slots and the
@@ -129,11 +136,23 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
             stats: state.stats,
             taylor: state.taylor,
             policy: state.policy,
+            stepped: false,
         }
     }
 
-    /// Detaches the slots and counters from the schedule.
-    pub fn into_state(self) -> CacheState<B> {
+    /// Detaches the slots and counters from the schedule (recording the step's decisions in
+    /// the trace when a step was begun).
+    pub fn into_state(mut self) -> CacheState<B> {
+        if self.stepped {
+            let rows = match &self.policy {
+                Some(p) => p.row_skips(),
+                None => vec![None; self.batch],
+            };
+            self.stats.trace.push(StepTrace {
+                step: self.step,
+                rows,
+            });
+        }
         CacheState {
             slots: self.slots,
             stats: self.stats,
@@ -148,9 +167,13 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
     pub fn begin_step(&mut self, step: usize, batch: usize) -> BResult<()> {
         self.step = step;
         self.batch = batch;
+        self.stepped = true;
         if let Some(rp) = &self.schedule.runtime {
             if self.policy.is_none() {
-                self.policy = Some(rp.start(Self::total_blocks(self.schedule))?);
+                self.policy = Some(rp.start(
+                    Self::total_blocks(self.schedule),
+                    self.schedule.num_inference_steps(),
+                )?);
             }
         }
         if let Some(p) = &mut self.policy {
@@ -249,6 +272,19 @@ impl<'s, B: Backend> ScheduleCache<'s, B> {
 impl<B: Backend> ComponentCache<B> for ScheduleCache<'_, B> {
     fn block_hooks(&self) -> bool {
         self.policy.is_some()
+    }
+
+    fn wants_modulated_input(&self) -> bool {
+        self.policy
+            .as_ref()
+            .is_some_and(|p| p.wants_modulated_input())
+    }
+
+    fn modulated_input(&mut self, m: &Tensor<B>) -> BResult<()> {
+        match &mut self.policy {
+            Some(p) => p.modulated_input(self.backend, m),
+            None => Ok(()),
+        }
     }
 
     fn enter_block(&mut self, block: usize, streams: &Streams<B>) -> BResult<BlockEntry<B>> {

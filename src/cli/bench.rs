@@ -34,10 +34,16 @@ pub struct BenchArgs {
     /// A built-in architecture with seeded random weights [default: demo].
     #[arg(long, value_parser = super::arch_parser())]
     pub arch: Option<String>,
-    /// Schedules to compare with the uncached run: JSON files, or heuristics by name
-    /// (fora:N, ca_sa:N, tgate:M, default). Repeatable.
+    /// Schedules to compare with the uncached run: JSON files, built-in names, heuristics
+    /// (fora:N, ca_sa:N, tgate:M, default) or runtime policies (fbcache:RDT, dbcache:…,
+    /// teacache:THRESH, taylorseer:INTERVAL:ORDER; docs/CACHING.md), optionally
+    /// `+taylor1`/`+taylor2`. Repeatable.
     #[arg(long = "schedule")]
     pub schedules: Vec<String>,
+    /// Forecast the components every --schedule reuses (TaylorSeer's expansion, order 1 or 2)
+    /// instead of copying them: the same as appending `+taylor1`/`+taylor2` to each name.
+    #[arg(long, value_parser = super::parse_forecast)]
+    pub forecast: Option<crate::cache::policy::Forecast>,
     /// Denoising steps per run.
     #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 20)]
     pub steps: usize,
@@ -83,6 +89,11 @@ pub struct BenchArgs {
     /// FORA and T-GATE in one run (the list: docs/PERFORMANCE.md); `--schedule` adds rows.
     #[arg(long, conflicts_with_all = ["forward", "ops"])]
     pub policy_sweep: bool,
+    /// With --policy-sweep: TeaCache's rescaling coefficients for a family that has none
+    /// shipped (PixArt; `schedule fit-teacache` writes them). Without, a PixArt sweep has no
+    /// TeaCache rows.
+    #[arg(long, requires = "policy_sweep")]
+    pub teacache_coeffs: Option<PathBuf>,
     /// Write the table as markdown here (whole denoising runs only).
     #[arg(long)]
     pub markdown: Option<PathBuf>,
@@ -163,13 +174,35 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let engine = super::open_engine(source, a.device.engine_options(load))?;
     let info = engine.info();
     let mut entries = if a.policy_sweep {
-        sweep_specs(info.layout, info.blocks, info.single_blocks, a.steps)
+        let coeffs = a
+            .teacache_coeffs
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        let e = sweep_specs(
+            info.layout,
+            info.blocks,
+            info.single_blocks,
+            a.steps,
+            coeffs.as_deref(),
+        );
+        if coeffs.is_none() && !e.iter().any(|e| e.spec.starts_with("teacache")) {
+            eprintln!(
+                "policy sweep: no TeaCache rows ({} has no shipped coefficients; give \
+                 --teacache-coeffs FILE from `schedule fit-teacache`)",
+                info.family_name
+            );
+        }
+        e
     } else {
         Vec::new()
     };
-    entries.extend(a.schedules.iter().map(|s| SweepEntry {
-        spec: s.clone(),
-        group: classify(s),
+    // --forecast applies to the --schedule arguments (the sweep's own rows name theirs).
+    entries.extend(a.schedules.iter().map(|s| {
+        let spec = super::forecast_spec(s, a.forecast);
+        SweepEntry {
+            group: classify(&spec),
+            spec,
+        }
     }));
     let mut schedules = entries
         .iter()

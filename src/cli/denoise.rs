@@ -45,11 +45,24 @@ pub struct DenoiseArgs {
     /// Image width in pixels (FLUX only, required there).
     #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub width: Option<usize>,
-    /// An ECAD cache schedule: a JSON file, a built-in name (`ecad-native schedule list`) or a
-    /// heuristic (fora:N, ca_sa:N, tgate:M); its step count must equal --steps [default: none,
-    /// every component computed].
+    /// An ECAD cache schedule: a JSON file, a built-in name (`ecad-native schedule list`), a
+    /// heuristic (fora:N, ca_sa:N, tgate:M) or a runtime policy (fbcache:RDT,
+    /// dbcache:FN:BN:RDT[:WARMUP[:MAXCACHED]], teacache:THRESH[:COEFFS_FILE],
+    /// taylorseer:INTERVAL:ORDER[:WARMUP]; docs/CACHING.md), optionally `+taylor1`/`+taylor2`;
+    /// its step count must equal --steps [default: none, every component computed].
     #[arg(long)]
     pub schedule: Option<String>,
+    /// Forecast the components the --schedule reuses with TaylorSeer's first- or second-order
+    /// expansion instead of copying them (the same as appending `+taylor1`/`+taylor2` to the
+    /// schedule's name).
+    #[arg(long, value_parser = super::parse_forecast)]
+    pub forecast: Option<crate::cache::policy::Forecast>,
+    /// Write the schedule's decisions here as JSON: `{"policy": NAME, "steps": [{"step": s,
+    /// "rows": [SKIP, ...]}]}`, SKIP `null` (every block computed) or `[from, to]`, the
+    /// half-open range of blocks the row skipped (FLUX: double blocks 0..D, then single blocks
+    /// D..D+S); one row per transformer-batch row (with CFG, the unconditional rows first).
+    #[arg(long)]
+    pub policy_trace: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceOpts,
 }
@@ -76,6 +89,12 @@ pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
         anyhow::bail!("give --inputs FILE and --out FILE (or --write-example-inputs FILE)");
     };
     crate::engine::check_output_file("--out", out)?;
+    if let Some(t) = &a.policy_trace {
+        if a.schedule.is_none() {
+            anyhow::bail!("--policy-trace needs --schedule (an uncached run makes no decisions)");
+        }
+        crate::engine::check_output_file("--policy-trace", t)?;
+    }
     // Counts, sizes and the inputs file are checked before the model is read.
     denoise_request(&a, None).precheck()?;
     let inputs = read_inputs(inputs_path)?;
@@ -83,7 +102,7 @@ pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
         super::model_source(a.model.as_deref(), None),
         a.device.engine_options(Load::Transformer),
     )?;
-    let schedule = super::resolve_schedule(&engine, a.schedule.as_deref(), a.steps)?;
+    let schedule = super::resolve_schedule(&engine, a.schedule.as_deref(), a.steps, a.forecast)?;
     if let (Some(s), Some(spec)) = (&schedule, &a.schedule) {
         engine
             .validate_schedule(s, a.steps, a.guidance)
@@ -95,7 +114,7 @@ pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
     let origin = inputs_path.display().to_string();
     let mut bars = super::Bars::new();
     let mut sink = |e: &crate::engine::Event<'_>| bars.on_event(e);
-    let latents = engine.denoise(
+    let run = engine.denoise_report(
         &NamedInputs {
             tensors: &inputs,
             origin: &origin,
@@ -103,7 +122,14 @@ pub fn run(a: DenoiseArgs) -> anyhow::Result<()> {
         &denoise_request(&a, schedule.as_ref()),
         &mut Progress::new(&mut sink),
     )?;
-    write_outputs(out, &[("latents", &latents)])?;
+    write_outputs(out, &[("latents", &run.latents)])?;
+    if let (Some(path), Some(s)) = (&a.policy_trace, &schedule) {
+        let doc = crate::cache::policy::trace_json(&s.name, &run.report.cache.trace);
+        let mut text = serde_json::to_string(&doc)?;
+        text.push('\n');
+        crate::util::atomic_write(path, text.as_bytes())
+            .with_context(|| format!("--policy-trace {}", path.display()))?;
+    }
     Ok(())
 }
 

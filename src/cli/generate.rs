@@ -62,11 +62,17 @@ pub struct GenerateArgs {
     /// must be a multiple of 16).
     #[arg(long)]
     pub no_binning: bool,
-    /// An ECAD cache schedule: a JSON file, a built-in name (`ecad-native schedule list`) or a
-    /// heuristic (fora:N, ca_sa:N, tgate:M); its step count must equal --steps when given
-    /// [default: none, every component computed].
+    /// An ECAD cache schedule: a JSON file, a built-in name (`ecad-native schedule list`), a
+    /// heuristic (fora:N, ca_sa:N, tgate:M) or a runtime policy (fbcache:RDT,
+    /// dbcache:FN:BN:RDT[:WARMUP[:MAXCACHED]], teacache:THRESH[:COEFFS_FILE],
+    /// taylorseer:INTERVAL:ORDER[:WARMUP]; docs/CACHING.md), optionally `+taylor1`/`+taylor2`;
+    /// its step count must equal --steps when given [default: none, every component computed].
     #[arg(long)]
     pub schedule: Option<String>,
+    /// Forecast the components the --schedule reuses (TaylorSeer's expansion, order 1 or 2)
+    /// instead of copying them: the same as appending `+taylor1`/`+taylor2` to its name.
+    #[arg(long, value_parser = super::parse_forecast)]
+    pub forecast: Option<crate::cache::policy::Forecast>,
     /// Images per prompt (run as one batch).
     #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>, default_value_t = 1)]
     pub batch: usize,
@@ -176,7 +182,8 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         eprintln!("note: no --model given: running the embedded demo pipeline (random weights); its images are noise");
     }
     let steps_for_names = a.steps.unwrap_or(engine.info().default_steps);
-    let schedule = super::resolve_schedule(&engine, a.schedule.as_deref(), steps_for_names)?;
+    let schedule =
+        super::resolve_schedule(&engine, a.schedule.as_deref(), steps_for_names, a.forecast)?;
     if let (Some(s), Some(spec)) = (&schedule, &a.schedule) {
         let steps = a.steps.unwrap_or(s.num_inference_steps());
         if steps >= 2 {

@@ -9,6 +9,7 @@ mod schedule_cmd;
 mod search;
 mod weights_cmd;
 
+use crate::cache::policy::Forecast;
 use crate::engine::{DeviceSpec, Dtype, Engine, EngineOptions, Event, Load, ModelSource};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -180,15 +181,38 @@ impl Bars {
     }
 }
 
-/// Resolves `--schedule SPEC` (a file, or a name) for a run of `steps` steps.
+/// Resolves `--schedule SPEC` (a file, or a name) for a run of `steps` steps, with
+/// `--forecast` applied (`SPEC+taylorN`).
 pub(crate) fn resolve_schedule(
     engine: &Engine,
     spec: Option<&str>,
     steps: usize,
+    forecast: Option<Forecast>,
 ) -> anyhow::Result<Option<crate::cache::schedule::Schedule>> {
+    if spec.is_none() {
+        if let Some(f) = forecast {
+            anyhow::bail!(
+                "--forecast {} needs --schedule: it forecasts the components a schedule reuses",
+                f.name()
+            );
+        }
+    }
     Ok(spec
-        .map(|s| engine.resolve_schedule(s, steps))
+        .map(|s| engine.resolve_schedule(&forecast_spec(s, forecast), steps))
         .transpose()?)
+}
+
+/// `SPEC+taylorN` for `--forecast taylorN` (SPEC itself without it).
+pub(crate) fn forecast_spec(spec: &str, forecast: Option<Forecast>) -> String {
+    match forecast {
+        Some(f) => format!("{}+{}", spec.trim(), f.name()),
+        None => spec.to_string(),
+    }
+}
+
+/// The value parser of `--forecast`.
+pub(crate) fn parse_forecast(s: &str) -> Result<Forecast, String> {
+    Forecast::parse(s).ok_or_else(|| format!("expected taylor1 or taylor2, got `{s}`"))
 }
 
 /// Runs a parsed command line.

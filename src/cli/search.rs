@@ -67,6 +67,12 @@ pub struct SearchArgs {
     /// (the built-in ones) or `random`.
     #[arg(long, default_value = "heuristics")]
     pub seed_from: String,
+    /// Forecast every candidate's reused components (TaylorSeer's expansion, order 1 or 2)
+    /// instead of copying them: a fixed setting of the search (recorded in its checkpoint;
+    /// the MAC objective counts the forecast's cost). Runtime policies cannot seed a search
+    /// (they have no bit genome; docs/CACHING.md).
+    #[arg(long, value_parser = super::parse_forecast)]
+    pub forecast: Option<crate::cache::policy::Forecast>,
     /// Worker threads (default: all cores). Results do not depend on it.
     #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<usize>)]
     pub threads: Option<usize>,
@@ -119,6 +125,7 @@ impl SearchArgs {
             resume: self.resume,
             seed: self.seed,
             seed_from: self.seed_from.clone(),
+            forecast: self.forecast,
             steps: self.steps,
             guidance: self.guidance,
             height: self.height,

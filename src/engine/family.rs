@@ -241,6 +241,16 @@ pub struct OpsBench {
     pub text_len: usize,
 }
 
+/// What [`super::Engine::denoise_report`] returns: the final latents and what the run did
+/// (the cache counters, and a runtime policy's per-step decisions in `report.cache.trace`).
+#[derive(Clone, Debug)]
+pub struct Denoised {
+    /// The final latents.
+    pub latents: HostTensor,
+    /// The run's report.
+    pub report: crate::pipeline::denoise::DenoiseReport,
+}
+
 /// A loaded model of one family on backend `B`: the operations every door needs. Written once
 /// per family, in its folder.
 pub trait FamilyModel<B: Backend>: Send + Sync {
@@ -253,7 +263,7 @@ pub trait FamilyModel<B: Backend>: Send + Sync {
         inputs: &NamedInputs<'_>,
         req: &DenoiseRequest<'_>,
         progress: &mut Progress<'_>,
-    ) -> Result<HostTensor>;
+    ) -> Result<Denoised>;
     fn generate(
         &mut self,
         be: &B,
@@ -309,7 +319,7 @@ pub(crate) trait DynEngine: Send + Sync {
         inputs: &NamedInputs<'_>,
         req: &DenoiseRequest<'_>,
         progress: &mut Progress<'_>,
-    ) -> Result<HostTensor>;
+    ) -> Result<Denoised>;
     fn generate(
         &mut self,
         req: &GenerateRequest<'_>,
@@ -354,7 +364,7 @@ impl<B: Backend> DynEngine for Loaded<B> {
         inputs: &NamedInputs<'_>,
         req: &DenoiseRequest<'_>,
         progress: &mut Progress<'_>,
-    ) -> Result<HostTensor> {
+    ) -> Result<Denoised> {
         self.model.denoise(&self.be, inputs, req, progress)
     }
     fn generate(

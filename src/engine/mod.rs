@@ -20,8 +20,8 @@ pub mod search;
 
 pub use device::{AnyBackend, DeviceSpec, Dtype};
 pub use family::{
-    ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, EncodedPrompt, ForwardBench,
-    GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs, OpsBench,
+    ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, Denoised, EncodedPrompt,
+    ForwardBench, GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs, OpsBench,
 };
 pub use options::{check_output_file, check_output_folder, EngineOptions, Load, ModelSource};
 pub use progress::{Event, Progress};
@@ -278,6 +278,18 @@ impl Engine {
         req: &DenoiseRequest<'_>,
         progress: &mut Progress<'_>,
     ) -> Result<HostTensor> {
+        Ok(self.denoise_report(inputs, req, progress)?.latents)
+    }
+
+    /// [`Engine::denoise`], with the run's report: the cache counters and, for a runtime
+    /// policy, its decision per step and row (`report.cache.trace`; see
+    /// [`crate::cache::policy::trace_json`], what `denoise --policy-trace` writes).
+    pub fn denoise_report(
+        &self,
+        inputs: &NamedInputs<'_>,
+        req: &DenoiseRequest<'_>,
+        progress: &mut Progress<'_>,
+    ) -> Result<Denoised> {
         req.precheck()?;
         let inner = self.loaded()?;
         check_inputs(inputs)?;
@@ -289,7 +301,7 @@ impl Engine {
         // The CPU stops a run at the step its latents became non-finite; a CUDA run is not
         // checked per step (that would cost a copy and a stream sync each step), so its final
         // latents, on the host by now, are checked here.
-        if out.data.iter().any(|v| !v.is_finite()) {
+        if out.latents.data.iter().any(|v| !v.is_finite()) {
             return Err(Error::invalid(format!(
                 "the final latents are non-finite (NaN or inf) after {} steps on {}; the inputs or the guidance are too large for the model",
                 req.steps, self.device_name

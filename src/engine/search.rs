@@ -38,6 +38,9 @@ pub struct SearchRequest {
     pub seed: u64,
     /// A folder of schedule JSONs, `heuristics` or `random`.
     pub seed_from: String,
+    /// Every candidate's reused components forecast (`--forecast`): a fixed setting of the
+    /// search, part of its checkpoint's settings, counted by the MAC objective.
+    pub forecast: Option<crate::cache::policy::Forecast>,
     pub steps: usize,
     pub guidance: Option<f32>,
     /// FLUX: calibration image size in pixels (default 256).
@@ -154,6 +157,19 @@ fn check(req: &SearchRequest) -> Result<QualityMetric> {
         return Err(Error::invalid("--prompts must be at least 1"));
     }
     let seed_from = req.seed_from.trim();
+    let runtime_name = crate::cache::policy::policy_by_name(seed_from)
+        .map(|p| p.is_some())
+        .unwrap_or(true)
+        || seed_from.contains("+taylor");
+    if runtime_name && !Path::new(seed_from).is_dir() {
+        return Err(Error::invalid(format!(
+            "--seed-from {seed_from}: a runtime policy or forecast cannot seed a search. A \
+             runtime policy (fbcache, dbcache, teacache) decides from the features while the run \
+             goes and has no bit genome; TaylorSeer and `+taylorN` are a static pattern plus a \
+             forecast: seed from `heuristics`, `random` or a folder of schedule JSONs, and give \
+             the forecast as `--forecast taylor1|taylor2` (a fixed setting of the search)"
+        )));
+    }
     if seed_from != "heuristics" && seed_from != "random" && !Path::new(seed_from).is_dir() {
         return Err(Error::invalid(format!(
             "--seed-from {seed_from}: not a folder, and not `heuristics` or `random`"
@@ -254,6 +270,10 @@ pub(crate) fn run<B: Backend>(
             _ => seed_from.clone(),
         },
         seed_digest: digest,
+        forecast: req
+            .forecast
+            .map(|f| f.name().to_string())
+            .unwrap_or_default(),
         crossover_prob: 0.9,
         crossover_points: 4,
         mutation_prob: 0.05,
@@ -315,6 +335,7 @@ pub(crate) fn run<B: Backend>(
         }
     }
     let cfg = EvalConfig {
+        forecast: req.forecast,
         steps: req.steps,
         guidance,
         samples,

@@ -11,6 +11,7 @@ use crate::engine::family::{
 use crate::engine::options::{EngineOptions, Load};
 use crate::engine::progress::Progress;
 use crate::engine::search::{SearchRequest, SearchTarget};
+use crate::engine::Denoised;
 use crate::error::{Error, ErrorKind, Result};
 use crate::models::flux::{FluxConfig, FluxForwardInputs, FluxTransformer};
 use crate::models::RandomSource;
@@ -294,7 +295,7 @@ impl<B: Backend> FamilyModel<B> for FluxModel<B> {
         inputs: &NamedInputs<'_>,
         req: &DenoiseRequest<'_>,
         progress: &mut Progress<'_>,
-    ) -> Result<HostTensor> {
+    ) -> Result<Denoised> {
         let (Some(height), Some(width)) = (req.height, req.width) else {
             return Err(Error::invalid(
                 "a FLUX model needs --height and --width (image pixels)",
@@ -308,7 +309,7 @@ impl<B: Backend> FamilyModel<B> for FluxModel<B> {
             pooled_prompt_embeds: inputs.get("pooled_prompt_embeds")?,
         };
         progress.start("denoise", req.steps);
-        let (latents, _report) = denoise_flux(
+        let (latents, report) = denoise_flux(
             be,
             model,
             scheduler,
@@ -326,9 +327,12 @@ impl<B: Backend> FamilyModel<B> for FluxModel<B> {
         .map_err(|e| Error::from(e).context(inputs.origin))?;
         progress.finish();
         progress.check()?;
-        Ok(HostTensor {
-            shape: latents.shape().to_vec(),
-            data: be.to_host(&latents)?,
+        Ok(Denoised {
+            latents: HostTensor {
+                shape: latents.shape().to_vec(),
+                data: be.to_host(&latents)?,
+            },
+            report,
         })
     }
 

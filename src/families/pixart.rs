@@ -11,6 +11,7 @@ use crate::engine::family::{
 use crate::engine::options::{EngineOptions, Load};
 use crate::engine::progress::Progress;
 use crate::engine::search::{SearchRequest, SearchTarget};
+use crate::engine::Denoised;
 use crate::error::{Error, ErrorKind, Result};
 use crate::models::pixart::{ForwardInputs, PixArtConfig, PixArtTransformer};
 use crate::models::RandomSource;
@@ -366,7 +367,7 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
         inputs: &NamedInputs<'_>,
         req: &DenoiseRequest<'_>,
         progress: &mut Progress<'_>,
-    ) -> Result<HostTensor> {
+    ) -> Result<Denoised> {
         if req.height.is_some() || req.width.is_some() {
             return Err(Error::invalid(
                 "--height/--width are for FLUX models; a PixArt run takes its size from `latents`",
@@ -394,7 +395,7 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
             aspect_ratio: inputs.opt("aspect_ratio"),
         };
         progress.start("denoise", req.steps);
-        let (latents, _report) = denoise(
+        let (latents, report) = denoise(
             be,
             model,
             scheduler,
@@ -409,9 +410,12 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
         .map_err(|e| Error::from(e).context(inputs.origin))?;
         progress.finish();
         progress.check()?;
-        Ok(HostTensor {
-            shape: latents.shape().to_vec(),
-            data: be.to_host(&latents)?,
+        Ok(Denoised {
+            latents: HostTensor {
+                shape: latents.shape().to_vec(),
+                data: be.to_host(&latents)?,
+            },
+            report,
         })
     }
 

@@ -96,19 +96,24 @@ pub const POLICY_SPECS: &[&str] = &[
     "fbcache:0.6",
     "dbcache:8:0:0.08:8",
     "dbcache:4:0:0.6:4",
-    "teacache:0.4",
-    "teacache:1.0",
     "taylorseer:5:1",
     "taylorseer:5:2",
     "taylorseer:3:2:2",
 ];
 
+/// TeaCache's thresholds in the sweep (TeaCache4FLUX's 0.4, "1.8×", and a larger one).
+pub const TEACACHE_THRESHOLDS: &[&str] = &["0.4", "1.0"];
+
 /// Every spec of a sweep over a model with this layout and step count, in table order.
+/// TeaCache needs its rescaling coefficients: FLUX's ship with the engine; for another family
+/// its rows are there only with a coefficients file (`teacache_coeffs`, from
+/// `schedule fit-teacache`).
 pub fn sweep_specs(
     family: ModelFamily,
     blocks: usize,
     single_blocks: usize,
     steps: usize,
+    teacache_coeffs: Option<&str>,
 ) -> Vec<SweepEntry> {
     let mut out = Vec::new();
     let entry = |spec: String, group| SweepEntry { spec, group };
@@ -126,6 +131,15 @@ pub fn sweep_specs(
     }
     for s in POLICY_SPECS {
         out.push(entry(s.to_string(), SweepGroup::Policy));
+    }
+    for t in TEACACHE_THRESHOLDS {
+        match (teacache_coeffs, family) {
+            (Some(f), _) => out.push(entry(format!("teacache:{t}:{f}"), SweepGroup::Policy)),
+            (None, ModelFamily::Flux) => {
+                out.push(entry(format!("teacache:{t}"), SweepGroup::Policy))
+            }
+            (None, _) => {}
+        }
     }
     for s in ["fora:2", "fora:3"] {
         out.push(entry(s.to_string(), SweepGroup::Heuristic));
@@ -381,20 +395,24 @@ mod tests {
 
     #[test]
     fn sweep_lists_the_family_s_paper_schedules_and_policies() {
-        let p = sweep_specs(ModelFamily::PixArt, 28, 0, 20);
+        let p = sweep_specs(ModelFamily::PixArt, 28, 0, 20, None);
+        assert!(!p.iter().any(|e| e.spec.starts_with("teacache")));
+        let pc = sweep_specs(ModelFamily::PixArt, 28, 0, 20, Some("c.json"));
+        assert!(pc.iter().any(|e| e.spec == "teacache:0.4:c.json"));
         let specs: Vec<&str> = p.iter().map(|e| e.spec.as_str()).collect();
         assert!(specs.contains(&"pixart-alpha-256/fast"));
         assert!(specs.contains(&"pixart-sigma-256/fast+taylor2"));
         assert!(specs.contains(&"tgate:10"));
         assert!(!specs.iter().any(|s| s.starts_with("flux-")));
-        let f = sweep_specs(ModelFamily::Flux, 19, 38, 20);
+        let f = sweep_specs(ModelFamily::Flux, 19, 38, 20, None);
+        assert!(f.iter().any(|e| e.spec == "teacache:1.0"));
         assert!(f.iter().any(|e| e.spec == "flux-256/faster+taylor1"));
         assert!(!f.iter().any(|e| e.spec.starts_with("tgate")));
         for e in p.iter().chain(&f) {
             assert_eq!(classify(&e.spec), e.group, "{}", e.spec);
         }
         // Other step counts: no paper schedule, the rest unchanged.
-        let q = sweep_specs(ModelFamily::PixArt, 28, 0, 10);
+        let q = sweep_specs(ModelFamily::PixArt, 28, 0, 10, None);
         assert!(q.iter().all(|e| e.group != SweepGroup::Paper));
         assert!(q.iter().any(|e| e.spec == "fbcache:0.08"));
     }

@@ -160,6 +160,7 @@ fn setting_source(key: &str) -> String {
         "seed" => "--seed",
         "seed_from" => "--seed-from",
         "seed_digest" => "the seed schedules (--seed-from)",
+        "forecast" => "--forecast",
         other => return format!("the setting `{other}` (a build default)"),
     };
     flag.to_string()
@@ -312,6 +313,7 @@ mod tests {
             seed: 3,
             seed_from: "heuristics".into(),
             seed_digest: String::new(),
+            forecast: String::new(),
             crossover_prob: 0.9,
             crossover_points: 4,
             mutation_prob: 0.05,

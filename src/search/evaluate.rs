@@ -209,6 +209,8 @@ impl<B: Backend> SearchModel<'_, B> {
 
 /// What the evaluator needs.
 pub struct EvalConfig {
+    /// Every candidate's reused components forecast (`--forecast`).
+    pub forecast: Option<crate::cache::policy::Forecast>,
     pub steps: usize,
     pub guidance: f32,
     pub samples: SampleSet,
@@ -572,14 +574,16 @@ impl<'a, B: Backend> Evaluator<'a, B> {
 
     /// A genome as a schedule (ECAD's GA candidate form).
     pub fn schedule(&self, genome: &[bool], name: &str) -> SResult<Schedule> {
-        Ok(Schedule::from_genome(
+        let mut s = Schedule::from_genome(
             self.model.family(),
             self.steps,
             self.blocks,
             self.single_blocks,
             genome,
             name,
-        )?)
+        )?;
+        s.forecast = self.cfg.forecast;
+        Ok(s)
     }
 
     /// ECAD MACs of a schedule at the image size, total and per step.

@@ -31,6 +31,11 @@ pub struct SearchSettings {
     pub seed_from: String,
     /// Fingerprint of the seed genomes (`dir`).
     pub seed_digest: String,
+    /// `taylor1`/`taylor2` when every candidate forecasts its reused components
+    /// (`--forecast`); empty (and absent from the file, so older checkpoints still resume)
+    /// without.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub forecast: String,
     pub crossover_prob: f64,
     pub crossover_points: usize,
     pub mutation_prob: f64,

@@ -508,6 +508,17 @@ impl<B: Backend> FluxTransformer<B> {
         let nb = self.transformer_blocks.len();
         let total = nb + self.single_transformer_blocks.len();
         let bad = || input_err("a cache policy gave streams of the wrong structure");
+        if cache.wants_modulated_input() && nb > 0 {
+            // TeaCache: block 0's AdaLayerNormZero output on the image stream.
+            let d = self.config.inner_dim();
+            let e = self.transformer_blocks[0]
+                .norm1
+                .linear
+                .forward(be, &cond.temb_silu)?;
+            let m =
+                be.layer_norm_modulate(&x, &chunk(be, &e, 0, d)?, &chunk(be, &e, 1, d)?, EPS)?;
+            cache.modulated_input(&m)?;
+        }
         let mut st = vec![ctx, x];
         let mut i = 0;
         while i < total {

@@ -358,6 +358,21 @@ impl<B: Backend> PixArtTransformer<B> {
     }
 
     /// One block; `cache` decides for each component whether to compute or reuse.
+    /// Block 0's modulated self-attention input `norm1(x)·(1 + scale_msa) + shift_msa` (what
+    /// TeaCache's test reads).
+    fn block0_modulated(
+        &self,
+        be: &B,
+        x: &Tensor<B>,
+        cond: &StepConditioning<B>,
+    ) -> BResult<Tensor<B>> {
+        let blk = &self.transformer_blocks[0];
+        let (n, d) = (x.dim(0), x.dim(2));
+        let m = be.add(&cond.t6.reshape(&[n, 6, d])?, &blk.scale_shift_table)?;
+        let chunk = |j: usize| -> BResult<Tensor<B>> { be.narrow(&m, 1, j, 1)?.reshape(&[n, d]) };
+        be.layer_norm_modulate(x, &chunk(0)?, &chunk(1)?, self.eps())
+    }
+
     fn block_forward(
         &self,
         be: &B,
@@ -464,6 +479,9 @@ impl<B: Backend> PixArtTransformer<B> {
         let blocks = self.transformer_blocks.len();
         if cache.block_hooks() {
             // A runtime policy may skip block ranges (its streams: `[x]`).
+            if cache.wants_modulated_input() && blocks > 0 {
+                cache.modulated_input(&self.block0_modulated(be, &x, cond)?)?;
+            }
             let mut i = 0;
             while i < blocks {
                 if let BlockEntry::Skip { to, mut streams } =
