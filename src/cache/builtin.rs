@@ -278,7 +278,11 @@ pub fn resolve_spec(
         return Ok(s?);
     }
     let path = Path::new(spec);
-    if path.extension().is_some_and(|e| e == "json") || path.is_file() {
+    // `teacache:T:COEFFS.json` ends in `.json` too: a policy name is not a schedule file.
+    let policy_named = spec
+        .split_once(':')
+        .is_some_and(|(n, _)| ["fbcache", "dbcache", "teacache", "taylorseer"].contains(&n));
+    if !policy_named && (path.extension().is_some_and(|e| e == "json") || path.is_file()) {
         return Ok(Schedule::from_path(path)?);
     }
     if let Some((base, f)) = spec.rsplit_once('+') {
