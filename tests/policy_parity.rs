@@ -19,8 +19,14 @@ mod common;
 use common::*;
 use ecad_native::backend::cpu::CpuBackend;
 use ecad_native::backend::Backend;
+use ecad_native::cache::builtin::resolve_spec;
 use ecad_native::cache::policy::{taylor_predict, taylor_update, Taylor};
+use ecad_native::cache::schedule::{ModelFamily, Schedule};
+use ecad_native::models::flux::FluxTransformer;
 use ecad_native::models::rel_l2;
+use ecad_native::pipeline::flux::{denoise_flux, FluxDenoiseInputs, FluxDenoiseOptions};
+use ecad_native::pipeline::{load_flux, ModelDir};
+use ecad_native::sampler::flow_match::FlowMatchConfig;
 use ecad_native::weights::{read_inputs, HostTensor};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,16 +37,307 @@ struct Fixture {
     meta: serde_json::Value,
     expected: BTreeMap<String, HostTensor>,
     features: BTreeMap<String, HostTensor>,
+    /// The policy fixtures (schedules/ for the attention-only TaylorSeer runs).
     dir: PathBuf,
+    /// The model, scheduler and inputs: tests/fixtures/flux_denoise/paper_depth.
+    model_dir: PathBuf,
 }
 
 fn fixture() -> Fixture {
     let dir = fixtures().join("flux_policies").join("paper_depth");
+    let m = meta(&dir);
+    let model_dir = fixtures().join(m["source_case"].as_str().unwrap());
     Fixture {
-        meta: meta(&dir),
+        meta: m,
         expected: read_inputs(&dir.join("expected.safetensors")).unwrap(),
         features: read_inputs(&dir.join("taylor_features.safetensors")).unwrap(),
         dir,
+        model_dir,
+    }
+}
+
+/// The model loaded once, and a policy run on it.
+struct Runner {
+    be: CpuBackend,
+    model: FluxTransformer<CpuBackend>,
+    scheduler: FlowMatchConfig,
+    inputs: BTreeMap<String, HostTensor>,
+}
+
+/// One run's result against the reference.
+#[derive(Debug)]
+struct Outcome {
+    /// Steps whose decision differs from the reference's.
+    wrong_steps: Vec<usize>,
+    /// Relative L2 of the final latents against the reference's float64 run.
+    err: f64,
+    /// The reference's own float32-vs-float64 drift.
+    drift: f64,
+    /// Components forecast (TaylorSeer) in the run.
+    forecast: usize,
+}
+
+impl Outcome {
+    fn matches(&self) -> bool {
+        self.wrong_steps.is_empty() && self.err <= DRIFT_FACTOR * self.drift
+    }
+}
+
+impl Runner {
+    fn new(f: &Fixture) -> Runner {
+        let be = CpuBackend::new();
+        let model = load_flux(&be, &f.model_dir).unwrap();
+        Runner {
+            scheduler: ModelDir::resolve(&f.model_dir)
+                .unwrap()
+                .flow_match_config()
+                .unwrap(),
+            inputs: read_inputs(&f.model_dir.join("inputs.safetensors")).unwrap(),
+            model,
+            be,
+        }
+    }
+
+    fn schedule(f: &Fixture, spec: &str) -> Schedule {
+        let steps = f.meta["steps"].as_u64().unwrap() as usize;
+        let (nb, ns) = (
+            f.meta["blocks"]["double"].as_u64().unwrap() as usize,
+            f.meta["blocks"]["single"].as_u64().unwrap() as usize,
+        );
+        // Schedule files of the fixture are named relative to its folder.
+        let spec = if spec.starts_with("schedules/") {
+            f.dir.join(spec).to_string_lossy().into_owned()
+        } else {
+            spec.to_string()
+        };
+        resolve_spec(&spec, ModelFamily::Flux, steps, nb, ns).unwrap()
+    }
+
+    /// Runs `spec` and compares it with the reference run `key`.
+    fn check(&self, f: &Fixture, key: &str, spec: &str) -> Outcome {
+        let run = f.run(key);
+        let sched = Self::schedule(f, spec);
+        let m = &f.meta;
+        let inp = FluxDenoiseInputs {
+            latents: &self.inputs["latents"],
+            prompt_embeds: &self.inputs["prompt_embeds"],
+            pooled_prompt_embeds: &self.inputs["pooled_prompt_embeds"],
+        };
+        let opts = FluxDenoiseOptions {
+            steps: m["steps"].as_u64().unwrap() as usize,
+            guidance: m["guidance"].as_f64().unwrap() as f32,
+            height: m["height"].as_u64().unwrap() as usize,
+            width: m["width"].as_u64().unwrap() as usize,
+            vae_scale_factor: 8,
+            schedule: Some(&sched),
+        };
+        let (lat, report) = denoise_flux(
+            &self.be,
+            &self.model,
+            &self.scheduler,
+            &inp,
+            &opts,
+            &mut |_, _| true,
+        )
+        .unwrap();
+        let got = self.be.to_host(&lat).unwrap();
+        let want_steps = run["steps"].as_array().unwrap();
+        assert_eq!(
+            report.cache.trace.len(),
+            want_steps.len(),
+            "{spec}: steps traced"
+        );
+        let mut wrong_steps = Vec::new();
+        for (t, w) in report.cache.trace.iter().zip(want_steps) {
+            let want: Vec<Option<(usize, usize)>> = w["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    r.as_array().map(|a| {
+                        (
+                            a[0].as_u64().unwrap() as usize,
+                            a[1].as_u64().unwrap() as usize,
+                        )
+                    })
+                })
+                .collect();
+            if t.rows != want {
+                wrong_steps.push(t.step);
+            }
+        }
+        let err = rel_l2(&got, &f.expected[&format!("{key}_f64")].data);
+        let drift = run["rel_l2_f32_vs_f64"].as_f64().unwrap();
+        // The fixture's drift is the one of its own tensors.
+        let d = rel_l2(
+            &f.expected[key].data,
+            &f.expected[&format!("{key}_f64")].data,
+        );
+        assert!(
+            (d - drift).abs() <= 1e-3 * drift,
+            "meta drift {drift} vs {d}"
+        );
+        Outcome {
+            wrong_steps,
+            err,
+            drift,
+            forecast: report.cache.forecast,
+        }
+    }
+}
+
+fn assert_matches(name: &str, o: &Outcome) {
+    eprintln!(
+        "{name}: engine {:.3e} vs f64, reference drift {:.3e} ({:.2}x); decisions differ at {:?}",
+        o.err,
+        o.drift,
+        o.err / o.drift,
+        o.wrong_steps
+    );
+    assert!(
+        o.wrong_steps.is_empty(),
+        "{name}: decisions differ at steps {:?}",
+        o.wrong_steps
+    );
+    assert!(
+        o.err <= DRIFT_FACTOR * o.drift,
+        "{name}: {:.3e} exceeds {DRIFT_FACTOR} x drift {:.3e}",
+        o.err,
+        o.drift
+    );
+}
+
+fn assert_fails(name: &str, o: &Outcome) {
+    eprintln!(
+        "broken {name}: engine {:.3e} vs f64 ({:.1}x the drift); decisions differ at {:?}",
+        o.err,
+        o.err / o.drift,
+        o.wrong_steps
+    );
+    assert!(!o.matches(), "broken variant {name} was not caught");
+}
+
+// ---------------------------------------------------------------------------------------------
+// First-Block-Cache and TeaCache: decisions and outputs.
+
+#[test]
+fn fbcache_matches_diffusers_first_block_cache() {
+    let f = fixture();
+    let r = Runner::new(&f);
+    let runs = f.runs_of("fbcache_");
+    assert_eq!(runs.len(), 3);
+    for run in runs {
+        let (key, spec) = (run["key"].as_str().unwrap(), run["spec"].as_str().unwrap());
+        assert!(run["skipped_steps"].as_u64().unwrap() > 0);
+        assert_matches(key, &r.check(&f, key, spec));
+    }
+}
+
+#[test]
+fn teacache_matches_teacache4flux() {
+    let f = fixture();
+    let r = Runner::new(&f);
+    let runs = f.runs_of("teacache_");
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        let (key, spec) = (run["key"].as_str().unwrap(), run["spec"].as_str().unwrap());
+        assert!(run["skipped_steps"].as_u64().unwrap() > 0);
+        assert_matches(key, &r.check(&f, key, spec));
+    }
+}
+
+#[test]
+fn taylorseer_runs_match_diffusers() {
+    let f = fixture();
+    let r = Runner::new(&f);
+    let runs = f.runs_of("taylorseer_");
+    assert_eq!(runs.len(), 5);
+    for run in runs {
+        let (key, spec) = (run["key"].as_str().unwrap(), run["spec"].as_str().unwrap());
+        let o = r.check(&f, key, spec);
+        assert!(o.forecast > 0, "{key}: nothing forecast");
+        assert_matches(key, &o);
+    }
+}
+
+/// Broken variants of each policy, each against the reference it would have to match.
+#[test]
+fn broken_policies_fail() {
+    let f = fixture();
+    let r = Runner::new(&f);
+    let tmp = tempfile::tempdir().unwrap();
+    // TeaCache with the identity polynomial: the raw relative change accumulated, no rescale.
+    let identity = tmp.path().join("identity.json");
+    std::fs::write(
+        &identity,
+        r#"{"format": "ecad-native-teacache", "version": 1, "family": "FLUX", "coefficients": [1.0, 0.0]}"#,
+    )
+    .unwrap();
+    let cases = [
+        // The residual of the first two blocks instead of block 0's.
+        ("fbcache_0.7", "dbcache:2:0:0.7".to_string()),
+        // The last block always run (Bn = 1): the tail residual starts one block early.
+        ("fbcache_0.7", "dbcache:1:1:0.7".to_string()),
+        // Warm-up steps that diffusers' hook does not have.
+        ("fbcache_0.7", "dbcache:1:0:0.7:3".to_string()),
+        // A limit on cached steps that diffusers' hook does not have.
+        ("fbcache_0.9", "dbcache:1:0:0.9:0:4".to_string()),
+        (
+            "teacache_0.6",
+            format!("teacache:0.6:{}", identity.display()),
+        ),
+        // TaylorSeer: the wrong warm-up, the wrong order, plain reuse instead of the forecast.
+        ("taylorseer_5_1_3", "taylorseer:5:1:2".to_string()),
+        ("taylorseer_5_2_3", "taylorseer:5:1:3".to_string()),
+        (
+            "taylorseer_attn_5_1_3",
+            "schedules/taylorseer_attn_5_3.json".to_string(),
+        ),
+    ];
+    for (key, spec) in &cases {
+        assert_fails(&format!("{key} as {spec}"), &r.check(&f, key, spec));
+    }
+}
+
+/// `denoise --policy-trace` writes the reference's decisions in the fixture's own format, and
+/// the run's latents match.
+#[test]
+fn cli_policy_trace_matches_the_reference() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    for key in ["fbcache_0.9", "teacache_1.2"] {
+        let run = f.run(key);
+        let spec = run["spec"].as_str().unwrap();
+        let out = tmp.path().join(format!("{key}.safetensors"));
+        let trace = tmp.path().join(format!("{key}.json"));
+        let o = std::process::Command::new(bin())
+            .args(["denoise", "--device", "cpu", "--model"])
+            .arg(&f.model_dir)
+            .arg("--inputs")
+            .arg(f.model_dir.join("inputs.safetensors"))
+            .arg("--out")
+            .arg(&out)
+            .args(["--steps", "20", "--height", "32", "--width", "48"])
+            .args(["--schedule", spec, "--policy-trace"])
+            .arg(&trace)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let t: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+        assert_eq!(t["policy"], spec);
+        assert_eq!(
+            t["steps"], run["steps"],
+            "{key}: --policy-trace differs from the reference"
+        );
+        let got = read_inputs(&out).unwrap();
+        let err = rel_l2(
+            &got["latents"].data,
+            &f.expected[&format!("{key}_f64")].data,
+        );
+        let drift = run["rel_l2_f32_vs_f64"].as_f64().unwrap();
+        eprintln!("cli {key}: {err:.3e} vs drift {drift:.3e}");
+        assert!(err <= DRIFT_FACTOR * drift, "cli {key}: {err:.3e}");
     }
 }
 
