@@ -2,6 +2,7 @@ use super::DeviceOpts;
 use crate::cache::schedule::Schedule;
 use crate::engine::{BenchMode, BenchOutcome, BenchRequest, Load, ModelSource, Progress};
 use crate::pipeline::bench::median;
+use crate::pipeline::sweep::{classify, sweep_specs, SweepEntry, SweepReport};
 use anyhow::bail;
 use std::path::PathBuf;
 
@@ -17,7 +18,15 @@ latents against the uncached run) and PSNR dB (against the uncached run).
 Examples:
   ecad-native bench --schedule fora:2 --schedule pixart-alpha-256/fast
   ecad-native bench --arch xl2-256 --steps 20 --schedule ca_sa:3 --reps 5 --json bench.json
-  ecad-native bench --arch xl2-256 --ops --device cuda --dtype bf16")]
+  ecad-native bench --arch xl2-256 --ops --device cuda --dtype bf16
+  ecad-native bench --policy-sweep --json sweep.json --markdown sweep.md --plot sweep.svg
+
+--policy-sweep runs, in one bench, every compiled-in paper schedule of the model's layout and step \
+count as published and with +taylor1 / +taylor2 forecasting, the runtime policies (fbcache, \
+dbcache, teacache, taylorseer) at their published defaults and at larger thresholds, FORA 2 and 3 \
+and (PixArt) T-GATE at half the steps, then any --schedule given. --markdown writes the table \
+(kind of each row, ★ = not dominated in time speedup and PSNR), --plot an SVG of PSNR against \
+the speedups.")]
 pub struct BenchArgs {
     /// Pipeline root to benchmark (its own weights and scheduler).
     #[arg(long, conflicts_with = "arch")]
@@ -76,6 +85,21 @@ pub struct BenchArgs {
     /// as one CUDA graph on its first (warm-up) run and replaying it. No effect on the CPU.
     #[arg(long)]
     pub no_graph: bool,
+    /// Compare the paper schedules (with and without forecasting), the runtime cache policies,
+    /// FORA and T-GATE in one run (the list: docs/PERFORMANCE.md); `--schedule` adds rows.
+    #[arg(long, conflicts_with_all = ["forward", "ops"])]
+    pub policy_sweep: bool,
+    /// With --policy-sweep: TeaCache's rescaling coefficients for a family that has none
+    /// shipped (PixArt; `schedule fit-teacache` writes them). Without, a PixArt sweep has no
+    /// TeaCache rows.
+    #[arg(long, requires = "policy_sweep")]
+    pub teacache_coeffs: Option<PathBuf>,
+    /// Write the table as markdown here (whole denoising runs only).
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Write a plot of PSNR against the speedups here (SVG; whole denoising runs only).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Seed of the random inputs.
     #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<u64>, default_value_t = 0)]
     pub seed: u64,
@@ -130,6 +154,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if let Some(j) = &a.json {
         crate::engine::check_output_file("--json", j)?;
     }
+    for (flag, p) in [("--markdown", &a.markdown), ("--plot", &a.plot)] {
+        if let Some(p) = p {
+            if a.forward || a.ops {
+                bail!("{flag} needs whole denoising runs (not --forward or --ops)");
+            }
+            crate::engine::check_output_file(flag, p)?;
+        }
+    }
     let source = super::model_source(a.model.as_deref(), a.arch.as_deref());
     if let ModelSource::Arch(name) = &source {
         if !a.ops {
@@ -161,11 +193,49 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     // Counts and sizes are refused before the model is read.
     bench_request(&a, mode, &[], quality.as_ref()).precheck()?;
     let engine = super::open_engine(source, a.device.engine_options(load))?;
-    let schedules = a
-        .schedules
+    let info = engine.info();
+    let mut entries = if a.policy_sweep {
+        let coeffs = a
+            .teacache_coeffs
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
+        let e = sweep_specs(
+            info.layout,
+            info.blocks,
+            info.single_blocks,
+            a.steps,
+            coeffs.as_deref(),
+        );
+        if coeffs.is_none() && !e.iter().any(|e| e.spec.starts_with("teacache")) {
+            eprintln!(
+                "policy sweep: no TeaCache rows ({} has no shipped coefficients; give \
+                 --teacache-coeffs FILE from `schedule fit-teacache`)",
+                info.family_name
+            );
+        }
+        e
+    } else {
+        Vec::new()
+    };
+    // --forecast applies to the --schedule arguments (the sweep's own rows name theirs).
+    entries.extend(a.schedules.iter().map(|s| {
+        let spec = super::forecast_spec(s, a.forecast);
+        SweepEntry {
+            group: classify(&spec),
+            spec,
+        }
+    }));
+    let mut schedules = entries
         .iter()
-        .map(|s| engine.resolve_schedule(&super::forecast_spec(s, a.forecast), a.steps))
+        .map(|e| engine.resolve_schedule(&e.spec, a.steps))
         .collect::<Result<Vec<_>, _>>()?;
+    if a.policy_sweep {
+        // Rows (and the recorded CUDA graphs, keyed by name) named by their spec: two paper
+        // schedules may carry the same file name (`ours_fast`), a forecast keeps its base's.
+        for (s, e) in schedules.iter_mut().zip(&entries) {
+            s.name = e.spec.clone();
+        }
+    }
     let mut bars = super::Bars::new();
     let mut sink = |e: &crate::engine::Event<'_>| bars.on_event(e);
     let outcome = engine.bench(
@@ -174,7 +244,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     )?;
     let name = &engine.info().name;
     match outcome {
-        BenchOutcome::Runs(report) => print_report(&report, a.json.as_deref()),
+        BenchOutcome::Runs(report) => print_report(report, &entries, &a),
         BenchOutcome::Forward(f) => {
             if let Some(p) = crate::backend::cpu::profile_report() {
                 eprint!("{p}");
@@ -233,8 +303,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn print_report(
-    report: &crate::pipeline::bench::BenchReport,
-    json: Option<&std::path::Path>,
+    report: crate::pipeline::bench::BenchReport,
+    entries: &[SweepEntry],
+    a: &BenchArgs,
 ) -> anyhow::Result<()> {
     if let Some(p) = crate::backend::cpu::profile_report() {
         eprint!("{p}");
@@ -288,8 +359,22 @@ fn print_report(
             );
         }
     }
-    if let Some(j) = json {
-        crate::weights::atomic_write(j, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    let sweep = SweepReport::new(report, entries);
+    if let Some(j) = &a.json {
+        if a.policy_sweep {
+            crate::weights::atomic_write(j, serde_json::to_string_pretty(&sweep)?.as_bytes())?;
+        } else {
+            crate::weights::atomic_write(
+                j,
+                serde_json::to_string_pretty(&sweep.bench)?.as_bytes(),
+            )?;
+        }
+    }
+    if let Some(m) = &a.markdown {
+        crate::weights::atomic_write(m, sweep.markdown().as_bytes())?;
+    }
+    if let Some(p) = &a.plot {
+        crate::weights::atomic_write(p, sweep.svg().as_bytes())?;
     }
     Ok(())
 }

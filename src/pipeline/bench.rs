@@ -137,6 +137,47 @@ pub struct BenchReport {
     pub rows: Vec<BenchRow>,
 }
 
+/// The static schedule a runtime-policy run amounts to, for the MAC count: every component of
+/// a block that all rows of a step skipped is off (a block that some rows skipped ran for the
+/// whole batch). Trace block indices run over the double blocks, then the single blocks.
+pub fn realized_schedule(s: &Schedule, trace: &[crate::cache::policy::StepTrace]) -> Schedule {
+    let mut out = s.clone();
+    let family = s.family();
+    let (nb, ns) = (s.num_blocks(), s.num_single_blocks());
+    for t in trace {
+        if t.step >= s.num_inference_steps() {
+            continue;
+        }
+        // The range every row skipped (their intersection; none if a row computed).
+        let mut rows = t.rows.iter();
+        let Some(Some(mut range)) = rows.next().copied() else {
+            continue;
+        };
+        if !rows.all(|r| match r {
+            Some(b) => {
+                range = (range.0.max(b.0), range.1.min(b.1));
+                true
+            }
+            None => false,
+        }) {
+            continue;
+        }
+        let (from, to) = range;
+        for i in from..to.min(nb + ns) {
+            if i < nb {
+                for &c in family.block_components() {
+                    out.set(t.step, i, c, false);
+                }
+            } else {
+                for &c in family.single_block_components() {
+                    out.set(t.step, i - nb, c, false);
+                }
+            }
+        }
+    }
+    out
+}
+
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -461,8 +502,12 @@ pub fn run_bench_with<'m, B: Backend>(
         if sched.is_none() {
             reference = x.clone();
         }
+        // A runtime policy's cost is what it ran: its blocks skipped by every row are free.
+        let realized = sched
+            .filter(|s| s.runtime.is_some())
+            .map(|s| realized_schedule(s, &rep.cache.trace));
         let macs = ecad_macs(
-            sched.unwrap_or(&target.default),
+            realized.as_ref().or(*sched).unwrap_or(&target.default),
             &target.dims,
             target.image_hw.0 as u64,
             target.image_hw.1 as u64,

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod image;
 pub mod run;
 pub mod stepped;
+pub mod sweep;
 
 use crate::backend::Backend;
 use crate::models::flux::{FluxConfig, FluxTransformer};
