@@ -192,11 +192,11 @@ fn crop_offset(len: usize, size: usize, crop: Crop) -> usize {
         Crop::Floor => d / 2,
         // round-half-even of d / 2: d even → d/2; d odd → (d±1)/2, whichever is even.
         Crop::TorchvisionRound => {
-            if d % 2 == 0 {
+            if d.is_multiple_of(2) {
                 d / 2
             } else {
                 let lo = d / 2;
-                if lo % 2 == 0 {
+                if lo.is_multiple_of(2) {
                     lo
                 } else {
                     lo + 1
