@@ -4,6 +4,7 @@
 use super::pixart::{batch_seeds, prompt_label, resolve_steps};
 use crate::backend::Backend;
 use crate::cache::schedule::{ModelFamily, Schedule};
+use crate::engine::family::Denoised;
 use crate::engine::family::{
     ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, EncodedPrompt, Family,
     FamilyModel, GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs, Resolved,
@@ -11,7 +12,6 @@ use crate::engine::family::{
 use crate::engine::options::{EngineOptions, Load};
 use crate::engine::progress::Progress;
 use crate::engine::search::{SearchRequest, SearchTarget};
-use crate::engine::Denoised;
 use crate::error::{Error, ErrorKind, Result};
 use crate::models::flux::{FluxConfig, FluxForwardInputs, FluxTransformer};
 use crate::models::RandomSource;

@@ -3,6 +3,7 @@
 
 use crate::backend::Backend;
 use crate::cache::schedule::{ModelFamily, Schedule};
+use crate::engine::family::Denoised;
 use crate::engine::family::{
     ArchEntry, BenchMode, BenchOutcome, BenchRequest, DenoiseRequest, EncodedPrompt, Family,
     FamilyModel, ForwardBench, GenerateRequest, Generated, GeneratedImage, ModelInfo, NamedInputs,
@@ -11,7 +12,6 @@ use crate::engine::family::{
 use crate::engine::options::{EngineOptions, Load};
 use crate::engine::progress::Progress;
 use crate::engine::search::{SearchRequest, SearchTarget};
-use crate::engine::Denoised;
 use crate::error::{Error, ErrorKind, Result};
 use crate::models::pixart::{ForwardInputs, PixArtConfig, PixArtTransformer};
 use crate::models::RandomSource;
