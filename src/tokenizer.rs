@@ -106,6 +106,43 @@ pub(crate) fn encode_ids(inner: &tokenizers::Tokenizer, text: &str) -> TResult<V
     Ok(enc.get_ids().to_vec())
 }
 
+/// `tokenizer(text, padding="max_length", max_length=L, truncation=True)` around ids already
+/// encoded without specials: `first`, the first `L − 2` ids, `last`, then `pad` up to `L`; the
+/// mask covers `first`…`last`. `specials` = `[first, last, pad]`; `names` says which in errors.
+pub(crate) fn frame_padded(
+    text: &str,
+    raw: Vec<u32>,
+    specials: [u32; 3],
+    max_len: usize,
+    names: &str,
+) -> TResult<TokenizedPrompt> {
+    let [first, last, pad] = specials;
+    if let Err(e) = limits::TEXT_TOKENS.check("max_length", max_len as u128) {
+        return Err(encode_error(text, e.to_string()));
+    }
+    if max_len < 2 {
+        return Err(encode_error(
+            text,
+            format!("max_length {max_len} leaves no room for {names}"),
+        ));
+    }
+    let keep = raw.len().min(max_len - 2);
+    let mut ids = Vec::with_capacity(max_len);
+    ids.push(first);
+    ids.extend_from_slice(&raw[..keep]);
+    ids.push(last);
+    let valid = ids.len();
+    ids.resize(max_len, pad);
+    let mut mask = vec![0f32; max_len];
+    mask[..valid].iter_mut().for_each(|m| *m = 1.0);
+    Ok(TokenizedPrompt {
+        ids,
+        mask,
+        valid,
+        truncated: raw.len() - keep,
+    })
+}
+
 /// An [`TokenizerError::Encode`] that quotes at most the first 60 characters of the text, so
 /// that a long prompt is not echoed back whole.
 pub(crate) fn encode_error(text: &str, detail: impl Into<String>) -> TokenizerError {
@@ -1117,30 +1154,13 @@ impl ClipTokenizer {
     /// `tokenizer(text, padding="max_length", max_length=L, truncation=True)`: `BOS`, the first
     /// `L − 2` ids, `EOS`, then pad ids up to `L`. The mask covers BOS…EOS.
     pub fn encode_padded(&self, text: &str, max_len: usize) -> TResult<TokenizedPrompt> {
-        if let Err(e) = limits::TEXT_TOKENS.check("max_length", max_len as u128) {
-            return Err(encode_error(text, e.to_string()));
-        }
-        if max_len < 2 {
-            return Err(encode_error(
-                text,
-                format!("max_length {max_len} leaves no room for BOS and EOS"),
-            ));
-        }
         let raw = self.encode_raw(text)?;
-        let keep = raw.len().min(max_len - 2);
-        let mut ids = Vec::with_capacity(max_len);
-        ids.push(self.bos_id);
-        ids.extend_from_slice(&raw[..keep]);
-        ids.push(self.eos_id);
-        let valid = ids.len();
-        ids.resize(max_len, self.pad_id);
-        let mut mask = vec![0f32; max_len];
-        mask[..valid].iter_mut().for_each(|m| *m = 1.0);
-        Ok(TokenizedPrompt {
-            ids,
-            mask,
-            valid,
-            truncated: raw.len() - keep,
-        })
+        frame_padded(
+            text,
+            raw,
+            [self.bos_id, self.eos_id, self.pad_id],
+            max_len,
+            "BOS and EOS",
+        )
     }
 }

@@ -17,7 +17,7 @@
 //! `ImageReward.score` feeds these ids unchanged (it does not put `[ENC]` in position 0).
 
 use crate::tokenizer::{
-    encode_error, encode_ids, invalid, TResult, TokenizedPrompt, TokenizerError,
+    encode_ids, frame_padded, invalid, TResult, TokenizedPrompt, TokenizerError,
 };
 use crate::util::limits;
 use std::path::Path;
@@ -180,30 +180,13 @@ impl BertTokenizer {
 
     /// `tokenizer(text, padding='max_length', truncation=True, max_length=L)`.
     pub fn encode_padded(&self, text: &str, max_len: usize) -> TResult<TokenizedPrompt> {
-        if let Err(e) = limits::TEXT_TOKENS.check("max_length", max_len as u128) {
-            return Err(encode_error(text, e.to_string()));
-        }
-        if max_len < 2 {
-            return Err(encode_error(
-                text,
-                format!("max_length {max_len} leaves no room for [CLS] and [SEP]"),
-            ));
-        }
         let raw = self.encode_raw(text)?;
-        let keep = raw.len().min(max_len - 2);
-        let mut ids = Vec::with_capacity(max_len);
-        ids.push(self.cls_id);
-        ids.extend_from_slice(&raw[..keep]);
-        ids.push(self.sep_id);
-        let valid = ids.len();
-        ids.resize(max_len, self.pad_id);
-        let mut mask = vec![0f32; max_len];
-        mask[..valid].iter_mut().for_each(|m| *m = 1.0);
-        Ok(TokenizedPrompt {
-            ids,
-            mask,
-            valid,
-            truncated: raw.len() - keep,
-        })
+        frame_padded(
+            text,
+            raw,
+            [self.cls_id, self.sep_id, self.pad_id],
+            max_len,
+            "[CLS] and [SEP]",
+        )
     }
 }
