@@ -671,3 +671,95 @@ fn bad_arguments_and_checkpoints_are_refused() {
         String::from_utf8_lossy(&ok.stderr)
     );
 }
+
+/// `--seed-from` takes schedule names as `--schedule` does, in a list with `heuristics` and
+/// folders: the named seeds' genomes are in the first generation; a forecasting seed needs
+/// the matching `--forecast`; runtime policies are refused before anything runs.
+#[test]
+fn named_seeds_enter_the_first_generation_and_runtime_policies_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("named");
+    let o = out.to_str().unwrap();
+    let base = |seeds: &str, forecast: Option<&str>| {
+        let mut v: Vec<String> = [
+            "search",
+            "--population",
+            "6",
+            "--generations",
+            "1",
+            "--steps",
+            "20",
+            "--prompts",
+            "1",
+            "--seeds-per-prompt",
+            "1",
+            "--seed-from",
+            seeds,
+            "--out",
+            o,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(f) = forecast {
+            v.extend(["--forecast".to_string(), f.to_string()]);
+        }
+        v
+    };
+    // Refusals: nothing is written.
+    for (seeds, forecast, needles) in [
+        (
+            "fbcache:0.08",
+            None,
+            &["fbcache:0.08", "runtime policy"][..],
+        ),
+        (
+            "fora:3,teacache:0.4",
+            None,
+            &["teacache:0.4", "runtime policy"][..],
+        ),
+        (
+            "taylorseer:5:1",
+            None,
+            &["taylorseer:5:1", "--forecast"][..],
+        ),
+        ("fora:3,,fora:2", None, &["empty entry"][..]),
+        ("heuristics,random", None, &["random"][..]),
+        ("no-such-schedule", None, &["no-such-schedule"][..]),
+    ] {
+        let args = base(seeds, forecast);
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        fails(&args, needles);
+        assert!(!out.join("checkpoint.json").exists(), "{seeds}");
+    }
+    // A list of a paper schedule, a heuristic and TaylorSeer's compute pattern, with the
+    // forecast TaylorSeer needs.
+    let names = ["pixart-alpha-256/fast", "fora:3", "taylorseer:5:1"];
+    run_ok(&base(&names.join(","), Some("taylor1")));
+    let ck = json(&out.join("checkpoint.json"));
+    let settings = &ck["settings"];
+    assert_eq!(settings["seed_from"], "list", "{settings}");
+    assert_eq!(settings["forecast"], "taylor1");
+    // Each named seed's genome (step 0 forced on, as the search repairs it) is in the archive.
+    let archive = json(&out.join("archive.json"));
+    let genomes: Vec<String> = archive["entries"]
+        .as_array()
+        .expect("archive entries")
+        .iter()
+        .filter_map(|e| e["genome"].as_str().map(str::to_string))
+        .collect();
+    assert!(!genomes.is_empty(), "{archive}");
+    for name in names {
+        let s = ecad_native::cache::builtin::resolve_spec(name, ModelFamily::PixArt, 20, 28, 0)
+            .unwrap();
+        let mut g = s.to_genome();
+        for b in g.iter_mut().take(28 * 3) {
+            *b = true;
+        }
+        let hex = ecad_native::search::genome::to_hex(&g);
+        assert!(
+            genomes.contains(&hex),
+            "{name}'s genome is not in the archive"
+        );
+    }
+}

@@ -71,14 +71,17 @@ pub struct SearchArgs {
     /// Seed of the search's random stream.
     #[arg(long, allow_negative_numbers = true, value_parser = crate::cli::non_negative::<u64>, default_value_t = 0)]
     pub seed: u64,
-    /// Initial population: a folder of ECAD schedule JSONs (read recursively), `heuristics`
-    /// (the built-in ones) or `random`.
+    /// Initial population: `heuristics` (the built-in ones), `random`, a folder of ECAD
+    /// schedule JSONs (read recursively), or a comma-separated list of `heuristics`, folders
+    /// and schedule names as --schedule takes them (paper schedules, files, `fora:N`,
+    /// `tgate:M`, `taylorseer:INTERVAL:ORDER[:WARMUP]`, `SPEC+taylorN`; a forecasting seed needs
+    /// the matching --forecast). Runtime policies (fbcache, dbcache, teacache) have no bits
+    /// and cannot seed (docs/CACHING.md).
     #[arg(long, default_value = "heuristics")]
     pub seed_from: String,
     /// Forecast every candidate's reused components (TaylorSeer's expansion, order 1 or 2)
     /// instead of copying them: a fixed setting of the search (recorded in its checkpoint;
-    /// the MAC objective counts the forecast's cost). Runtime policies cannot seed a search
-    /// (they have no bit genome; docs/CACHING.md).
+    /// the MAC objective counts the forecast's cost; docs/CACHING.md).
     #[arg(long, value_parser = super::parse_forecast)]
     pub forecast: Option<crate::cache::policy::Forecast>,
     /// Worker threads (default: all cores). Results do not depend on it.

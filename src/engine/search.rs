@@ -6,8 +6,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::search::calibration::SampleSet;
 use crate::search::driver::{
-    bench_sharing, read_seed_dir, seed_digest, Event, Search, SearchSettings, SearchState,
-    SeedSource,
+    bench_sharing, seed_digest, Event, Search, SearchSettings, SearchState, SeedSource,
 };
 use crate::search::evaluate::{
     CostMetric, EvalConfig, Evaluator, QualityMetric, SearchModel, WorkReport,
@@ -195,24 +194,28 @@ fn check(req: &SearchRequest) -> Result<QualityMetric> {
     } else if req.prompts == 0 && req.prompts_file.is_none() {
         return Err(Error::invalid("--prompts must be at least 1"));
     }
+    // `--seed-from`: the syntax of every entry, before a model is built (the entries are
+    // resolved against the model in `run`, by `seeds::seed_source`).
     let seed_from = req.seed_from.trim();
-    let runtime_name = crate::cache::policy::policy_by_name(seed_from)
-        .map(|p| p.is_some())
-        .unwrap_or(true)
-        || seed_from.contains("+taylor");
-    if runtime_name && !Path::new(seed_from).is_dir() {
-        return Err(Error::invalid(format!(
-            "--seed-from {seed_from}: a runtime policy or forecast cannot seed a search. A \
-             runtime policy (fbcache, dbcache, teacache) decides from the features while the run \
-             goes and has no bit genome; TaylorSeer and `+taylorN` are a static pattern plus a \
-             forecast: seed from `heuristics`, `random` or a folder of schedule JSONs, and give \
-             the forecast as `--forecast taylor1|taylor2` (a fixed setting of the search)"
-        )));
+    if seed_from.is_empty() {
+        return Err(Error::invalid(
+            "--seed-from: empty (give `heuristics`, `random`, a folder or schedule names)",
+        ));
     }
-    if seed_from != "heuristics" && seed_from != "random" && !Path::new(seed_from).is_dir() {
-        return Err(Error::invalid(format!(
-            "--seed-from {seed_from}: not a folder, and not `heuristics` or `random`"
-        )));
+    if !Path::new(seed_from).is_dir() {
+        for item in seed_from.split(',').map(str::trim) {
+            if let Ok(Some(crate::cache::policy::PolicySpec::Runtime(_)))
+            | Ok(Some(crate::cache::policy::PolicySpec::TeaCache { .. })) =
+                crate::cache::policy::policy_by_name(item)
+            {
+                return Err(Error::invalid(format!(
+                    "--seed-from {item}: a runtime policy decides from the features while the \
+                     run goes and has no bits before it runs, so it cannot seed a search; seed \
+                     from static schedules (`heuristics`, paper schedule names, `fora:N`, \
+                     `taylorseer:INTERVAL:ORDER` with --forecast) or a folder of schedule JSONs"
+                )));
+            }
+        }
     }
     Ok(quality)
 }
@@ -270,17 +273,14 @@ pub(crate) fn run<B: Backend>(
     let family = search_model.family();
     let (blocks, single_blocks) = search_model.blocks();
     let seed_from = req.seed_from.trim().to_string();
-    let seeds = match seed_from.as_str() {
-        "heuristics" => SeedSource::Heuristics,
-        "random" => SeedSource::Random,
-        d => SeedSource::Genomes(read_seed_dir(
-            Path::new(d),
-            family,
-            req.steps,
-            blocks,
-            single_blocks,
-        )?),
-    };
+    let seeds = crate::search::seeds::seed_source(
+        &seed_from,
+        family,
+        req.steps,
+        blocks,
+        single_blocks,
+        req.forecast,
+    )?;
     let digest = match &seeds {
         SeedSource::Genomes(g) => seed_digest(g),
         _ => String::new(),
@@ -334,8 +334,10 @@ pub(crate) fn run<B: Backend>(
             None => quality.spec(),
         },
         seed: req.seed,
+        // A folder is recorded as `dir`, a list as `list`; the seeds' digest identifies them.
         seed_from: match &seeds {
-            SeedSource::Genomes(_) => "dir".into(),
+            SeedSource::Genomes(_) if Path::new(&seed_from).is_dir() => "dir".into(),
+            SeedSource::Genomes(_) => "list".into(),
             _ => seed_from.clone(),
         },
         seed_digest: digest,

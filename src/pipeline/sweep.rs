@@ -160,8 +160,8 @@ pub struct SweepRow {
     pub group: SweepGroup,
     /// Not dominated in (latency speedup, PSNR) by any other row.
     pub pareto: bool,
-    /// A quality metric of the decoded images (e.g. ImageReward); `None` until the metrics
-    /// issue lands: the hook the table and the JSON keep a column for.
+    /// The `bench --quality` metric's mean score of the row's decoded images (ImageReward,
+    /// CLIP score); `None` without `--quality`.
     pub quality: Option<f64>,
     /// The bench row.
     #[serde(flatten)]
@@ -194,7 +194,7 @@ impl SweepReport {
                     spec,
                     group,
                     pareto: false,
-                    quality: None,
+                    quality: r.quality,
                     row: r.clone(),
                 }
             })
@@ -229,7 +229,10 @@ impl SweepReport {
             b.reps,
             b.warmup
         );
-        s += "| schedule | kind | TMACs | MAC × | median | time × | rel. err | PSNR | quality |\n";
+        s += &format!(
+            "| schedule | kind | TMACs | MAC × | median | time × | rel. err | PSNR | {} |\n",
+            b.quality_metric.as_deref().unwrap_or("quality")
+        );
         s += "|---|---|---|---|---|---|---|---|---|\n";
         for r in &self.sweep {
             let x = &r.row;

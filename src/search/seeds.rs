@@ -4,7 +4,9 @@
 use super::genome::to_hex;
 use super::nsga2::{repair, Genome};
 use super::{SResult, SearchError};
+use crate::cache::builtin::resolve_spec;
 use crate::cache::heuristics::{heuristic_by_name, tgate_without_ca_avg, TgateParams};
+use crate::cache::policy::Forecast;
 use crate::cache::schedule::{ModelFamily, Schedule};
 use crate::util::Fnv;
 use std::path::{Path, PathBuf};
@@ -166,6 +168,124 @@ pub fn read_seed_dir(
         out.push((rel, s.to_genome()));
     }
     Ok(out)
+}
+
+/// The most entries a `--seed-from` list may have (each costs at most one schedule read).
+pub const MAX_SEED_ITEMS: usize = 4096;
+
+/// `--seed-from`'s value: `random`, `heuristics`, one folder of schedule JSONs, or a
+/// comma-separated list of `heuristics`, folders and schedule names as `--schedule` takes them
+/// (a built-in paper schedule, a schedule file, a heuristic such as `fora:3` or `tgate:10`,
+/// `taylorseer:INTERVAL:ORDER[:WARMUP]` and `SPEC+taylorN`), their genomes in list order.
+///
+/// A forecast is not part of a genome: a seed that forecasts (`taylorseer:…`, `+taylorN`)
+/// gives its bits, and must match the search's fixed `--forecast`. A runtime policy
+/// (`fbcache`, `dbcache`, `teacache`) is refused: it decides from the features while a run goes
+/// and has no bits before it runs. `forecast` is the search's `--forecast`.
+pub fn seed_source(
+    spec: &str,
+    family: ModelFamily,
+    steps: usize,
+    blocks: usize,
+    single_blocks: usize,
+    forecast: Option<Forecast>,
+) -> SResult<SeedSource> {
+    let spec = spec.trim();
+    match spec {
+        "random" => return Ok(SeedSource::Random),
+        "heuristics" => return Ok(SeedSource::Heuristics),
+        _ => {}
+    }
+    if Path::new(spec).is_dir() {
+        return Ok(SeedSource::Genomes(read_seed_dir(
+            Path::new(spec),
+            family,
+            steps,
+            blocks,
+            single_blocks,
+        )?));
+    }
+    let items: Vec<&str> = spec.split(',').map(str::trim).collect();
+    if items.len() > MAX_SEED_ITEMS {
+        return Err(SearchError::Seeds(format!(
+            "--seed-from lists {} sources, at most {} are taken",
+            items.len(),
+            MAX_SEED_ITEMS
+        )));
+    }
+    let mut out = Vec::new();
+    for item in items {
+        if item.is_empty() {
+            return Err(SearchError::Seeds(format!(
+                "--seed-from {}: an empty entry in the list",
+                crate::util::quote_start(spec, 80)
+            )));
+        }
+        if item == "random" {
+            return Err(SearchError::Seeds(
+                "--seed-from: `random` stands alone (it is not combined with other seeds)".into(),
+            ));
+        }
+        if item == "heuristics" {
+            for (name, s) in builtin_heuristics(family, steps, blocks, single_blocks)? {
+                out.push((name, s.to_genome()));
+            }
+        } else if Path::new(item).is_dir() {
+            out.extend(read_seed_dir(
+                Path::new(item),
+                family,
+                steps,
+                blocks,
+                single_blocks,
+            )?);
+        } else {
+            out.push((
+                item.to_string(),
+                seed_genome(item, family, steps, blocks, single_blocks, forecast)?,
+            ));
+        }
+    }
+    Ok(SeedSource::Genomes(out))
+}
+
+/// The genome of one named seed (see [`seed_source`]).
+fn seed_genome(
+    item: &str,
+    family: ModelFamily,
+    steps: usize,
+    blocks: usize,
+    single_blocks: usize,
+    forecast: Option<Forecast>,
+) -> SResult<Genome> {
+    let bad = |msg: String| SearchError::Seeds(format!("--seed-from {item}: {msg}"));
+    let s =
+        resolve_spec(item, family, steps, blocks, single_blocks).map_err(|e| bad(e.to_string()))?;
+    if s.runtime.is_some() {
+        return Err(bad(
+            "a runtime policy decides from the features while the run goes and has no bits \
+             before it runs, so it cannot seed a search; seed from its static neighbours \
+             (`fora:N`, the paper schedules, `taylorseer:…`)"
+                .into(),
+        ));
+    }
+    if s.forecast != forecast {
+        let name = |f: Option<Forecast>| f.map_or("no forecast", |f| f.name());
+        return Err(bad(format!(
+            "the seed has {}, the search {} (a search's forecast is one fixed setting: give \
+             --forecast to match, or seed from the bits alone)",
+            name(s.forecast),
+            name(forecast)
+        )));
+    }
+    s.validate_for(steps, blocks, single_blocks, family)
+        .map_err(|e| bad(e.to_string()))?;
+    if s.num_inference_steps() != steps {
+        return Err(bad(format!(
+            "has {} steps, the search runs --steps {steps}",
+            s.num_inference_steps()
+        )));
+    }
+    Ok(s.to_genome())
 }
 
 /// Fingerprint of seed genomes (settings).
