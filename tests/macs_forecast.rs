@@ -3,10 +3,9 @@
 //! as its checkpoint records it. The expected numbers are closed forms from the model's
 //! dimensions, written out here (not the library's count).
 //!
-//! Broken variants that failed these tests (tried, then reverted): the cost model counting the
-//! Taylor expansions but not the derivative updates (every assertion on `002` and on the
-//! search's all-compute `default` entry fails), and `ecad_macs` leaving the overhead out of
-//! `total_macs` (the totals differ by the overhead).
+//! Broken variant that failed both tests (tried, then reverted): the cost model counting the
+//! Taylor expansions but not the derivative updates (the `002` step and the search's
+//! all-compute `default` entry come out short).
 
 mod common;
 

@@ -1044,8 +1044,8 @@ mod tests {
     /// Order 2, block 0 attn1: step 0 first value (0), step 1 reuse with no derivative (0),
     /// step 2 one difference (2E), step 3 expansion of 1 + 1 terms (2E). The others: step 0
     /// (0), step 1 one difference (2E), steps 2 and 3 two differences (4E).
-    /// Broken variants that fail here (tried): counting only the expansions (steps 1 to 3
-    /// lose the update terms), and an expansion of `f` instead of `1 + f` terms.
+    /// Broken variant that failed here (tried, reverted): counting the expansions but not the
+    /// updates (got `[0, 0, 0, 64]`; this test and the FLUX one below fail).
     #[test]
     fn forecast_overhead_matches_a_hand_count() {
         let dims = tiny_pixart();
@@ -1112,7 +1112,6 @@ mod tests {
     /// TeaCache per row: the modulated input (6·D table add + 4·N·D norm = 88) every step,
     /// the relative L1 (2·16) and a 3-coefficient polynomial (3) at steps 1 and 2 (not the
     /// first or the last), the fill or residual (2·16) every step.
-    /// A broken variant that fails here (tried): the L1 counted at step 0 too.
     #[test]
     fn runtime_policy_overhead_matches_a_hand_count() {
         use crate::cache::builtin::resolve_spec;
