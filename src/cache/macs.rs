@@ -57,12 +57,71 @@
 //!
 //! FLUX, once per run: `b·[L·J·D + P·D + D² + guidance_embeds·(256·D + D²)]` (context
 //! embedder, pooled text MLP, guidance MLP: their inputs do not change between steps).
+//!
+//! # The policy overhead ([`policy_overhead`])
+//!
+//! Neither model above counts elementwise work, but a forecast (`SPEC+taylor1|2`,
+//! `--forecast`, `taylorseer:…`) and a runtime policy (`fbcache:…`, `dbcache:…`,
+//! `teacache:…`) add elementwise work that a plain schedule does not do. Both reports add it as
+//! one more term, `policy_overhead_macs` (per step and in total; included in `total_macs` and
+//! `by_inference_step`, and absent, i.e. zero, for a plain schedule, whose counts stay exactly
+//! ECAD's). It is counted at the report's batch (ECAD's 2 in [`ecad_macs`], the T-GATE
+//! pipeline's 1 after its gate step; [`TrueCostOptions::batch`] in [`true_macs`]) and text
+//! length, like the rest of the report.
+//!
+//! Unit: one *MAC-equivalent* per elementwise multiply-add. The backends' `lincomb` computes
+//! `out = Σᵢ cᵢ·xᵢ` as one multiply-add per term and element, so a lincomb of `m` tensors costs
+//! `m` per element; a subtraction `a − b` is the lincomb `1·a − 1·b` (2); a division by a
+//! step distance is folded into the coefficients (`(a − b)/Δ` is `a/Δ − b/Δ`, 2: the reciprocal
+//! is one scalar per tensor, not counted); scalar work per tensor (coefficients) is free. An
+//! accumulated absolute value (`Σ|x|`) counts 1 per element (an add; the sign clear is free);
+//! a layer norm with its modulation counts 4 per element (mean, variance, normalise,
+//! scale-and-shift: one pass each); a `Linear` counts `rows·in·out`, as calflops does.
+//!
+//! Component outputs, per sequence (`T = N + L`): PixArt `attn1`, `attn2`, `ff`: `N·D` each.
+//! FLUX `full_attn`: `T·D` (text and image outputs), `full_ff`: `N·D`, `full_ff_context`:
+//! `L·D`; `single_attn`: `T·D`, `single_proj_mlp`: `4·T·D` (before the GELU),
+//! `single_proj_out`: `T·D`.
+//!
+//! **Forecast** of order `k` (`policy::taylor_update` / `taylor_predict`), per component slot,
+//! with `E` its output elements at the step's batch and `f` the derivatives it holds:
+//! - a computed step updates `j = min(k, f + 1)` divided differences, each a 2-term lincomb:
+//!   `2·j·E`, and then holds `f = j`; the slot's first computation (nothing to difference),
+//!   and one whose batch differs from the stored value's (the T-GATE pipeline's batch drop),
+//!   cost 0 and hold `f = 0`;
+//! - a reused step evaluates the expansion `y + Σᵢ fᵢ·xⁱ/i!`, a lincomb of `1 + f` tensors:
+//!   `(1 + f)·E`; with `f = 0` it is a plain reuse, 0;
+//! - a T-GATE block's `attn2` from its gate step on is a plain reuse of the stored mean, 0.
+//!
+//! So a slot computed at every step costs 0, 2E, 4E, 4E, … (order 2) and the derivative
+//! updates are paid even where nothing is reused.
+//!
+//! **Runtime policies**, per step, with `E_x` the elements of one stream tensor at the step's
+//! batch (`b·N·D` image tokens; `b·T·D` for FLUX's joint sequence, or its two streams):
+//! - DBCache / FBCache (`front` Fn, `back` Bn; the test tensor is the last stream after block
+//!   `Fn − 1`: PixArt `b·N·D`; FLUX `b·N·D` when Fn ≤ the double blocks (the image stream),
+//!   else `b·T·D`): the front residual `2·E_test` at every step; the relative L1 of it against
+//!   the stored one (`Σ|r − r'|` and `Σ|r'|` per row) `2·E_test` at every step from
+//!   `max(1, WARMUP)` on; and the middle's fill or residual, `2·E_fill` (`E_fill = b·N·D`,
+//!   FLUX `b·T·D`) at every step (the residual `out − in` when the middle runs, the fill
+//!   `in + residual` when every row skips it).
+//! - TeaCache: block 0's modulated input at every step (PixArt: the `6·D` table add per row
+//!   and the norm, `b·(6·D + 4·N·D)`; FLUX: the adaLN linear and the norm,
+//!   `b·(6·D² + 4·N·D)`); at every step but the first and the last, its relative L1
+//!   `2·b·N·D` and the rescaling polynomial, `b·len(coeffs)` (Horner); and the stack's fill or
+//!   residual, `2·E_fill` per step.
+//!
+//! The decisions themselves are not needed: the test runs whether the step then skips or not.
+//! Not counted: a step in which some rows skip and others compute does both the residual and
+//! the fill (one more `2·E_fill`); TeaCache's calibration recording (`schedule fit-teacache`
+//! only); the host copies of the tested tensors (transfers, not arithmetic).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::cache::schedule::{ModelFamily, Schedule, ScheduleError};
+use crate::cache::policy::RuntimePolicy;
+use crate::cache::schedule::{Component, CustomFunction, ModelFamily, Schedule, ScheduleError};
 
 /// ECAD's calflops batch (one CFG pair; FLUX uses it too).
 pub const ECAD_BATCH: u64 = 2;
@@ -219,10 +278,26 @@ impl ModelDims {
 /// ECAD-style MAC count: the object `schedule macs` prints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MacsReport {
-    /// Sum over steps.
+    /// Sum over steps (ECAD's count plus the policy overhead).
     pub total_macs: u64,
-    /// Per step, keyed `"000"`, `"001"`, ...
+    /// Per step, keyed `"000"`, `"001"`, ... (the overhead included).
     pub by_inference_step: BTreeMap<String, u64>,
+    /// The forecast's or runtime policy's elementwise work included above (module docs,
+    /// "The policy overhead"); `None` (and absent from the JSON) for a plain schedule, whose
+    /// counts are exactly ECAD's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_overhead_macs: Option<u64>,
+    /// That overhead per step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_overhead_by_inference_step: Option<BTreeMap<String, u64>>,
+}
+
+impl MacsReport {
+    /// ECAD's own count, without the policy overhead.
+    pub fn ecad_total_macs(&self) -> u64 {
+        self.total_macs
+            .saturating_sub(self.policy_overhead_macs.unwrap_or(0))
+    }
 }
 
 /// The engine's true cost.
@@ -232,8 +307,14 @@ pub struct TrueMacsReport {
     pub total_macs: u64,
     /// Work done once per run (hoisted out of the step loop).
     pub per_run_macs: u64,
-    /// Per step, keyed `"000"`, `"001"`, ...
+    /// Per step, keyed `"000"`, `"001"`, ... (the policy overhead included).
     pub by_inference_step: BTreeMap<String, u64>,
+    /// As in [`MacsReport`], at this report's batch and text length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_overhead_macs: Option<u64>,
+    /// That overhead per step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_overhead_by_inference_step: Option<BTreeMap<String, u64>>,
 }
 
 /// Options of [`true_macs`].
@@ -443,6 +524,181 @@ fn block_macs(s: &Schedule, step: usize, terms: &Terms, batch_after: &dyn Fn(usi
     total * batch_after(step)
 }
 
+/// Output elements of one sequence (batch row) of every component, indexed like
+/// [`Terms::block`] / [`Terms::single`] (module docs, "The policy overhead").
+fn component_elems(dims: &ModelDims, n: u64, l: u64) -> ([M; 3], [M; 3]) {
+    let (n, l) = (M::from(n), M::from(l));
+    match dims {
+        ModelDims::PixArt(d) => {
+            let e = n * d.hidden();
+            ([e; 3], [M::ZERO; 3])
+        }
+        ModelDims::Flux(d) => {
+            let h = d.hidden();
+            let t = n + l;
+            ([t * h, n * h, l * h], [t * h, 4 * t * h, t * h])
+        }
+    }
+}
+
+/// Whether the component is a T-GATE block's `attn2` at or after its gate step (a plain
+/// reuse of the stored mean that bypasses the forecast).
+fn tgate_frozen(s: &Schedule, step: usize, block: usize, comp: Component) -> bool {
+    comp == Component::Attn2
+        && matches!(
+            s.custom_compute_attn(step, block),
+            Some(CustomFunction::AttnTgate { gate_step }) if step >= gate_step
+        )
+}
+
+/// The forecast's work per step (module docs): the store's derivative updates on computed
+/// steps and the expansions on reused ones, slot by slot.
+fn forecast_overhead(
+    s: &Schedule,
+    order: u64,
+    elems: &([M; 3], [M; 3]),
+    batch: &dyn Fn(usize) -> u64,
+) -> Vec<M> {
+    let fam = s.family();
+    let mut per_step = vec![M::ZERO; s.num_inference_steps()];
+    let mut slots: Vec<(usize, Component, M)> = Vec::new();
+    for b in 0..s.num_blocks() {
+        for &c in fam.block_components() {
+            slots.push((b, c, elems.0[c.slot()]));
+        }
+    }
+    for b in 0..s.num_single_blocks() {
+        for &c in fam.single_block_components() {
+            slots.push((b, c, elems.1[c.slot()]));
+        }
+    }
+    for (b, c, e) in slots {
+        // The batch of the stored value and the derivatives held (`None`: nothing stored).
+        let mut stored: Option<u64> = None;
+        let mut held = 0u64;
+        for (step, cost) in per_step.iter_mut().enumerate() {
+            if tgate_frozen(s, step, b, c) {
+                continue;
+            }
+            let rows = batch(step);
+            if s.effective_recompute(step, b, c) {
+                held = if stored == Some(rows) {
+                    let j = order.min(held + 1);
+                    *cost += 2 * j * rows * e;
+                    j
+                } else {
+                    0
+                };
+                stored = Some(rows);
+            } else if held > 0 && stored == Some(rows) {
+                *cost += (1 + held) * rows * e;
+            }
+        }
+    }
+    per_step
+}
+
+/// A runtime policy's work per step (module docs): its skip test, and the fill or residual of
+/// the range it may skip.
+fn runtime_overhead(
+    s: &Schedule,
+    policy: &RuntimePolicy,
+    dims: &ModelDims,
+    n: u64,
+    l: u64,
+    batch: &dyn Fn(usize) -> u64,
+) -> Vec<M> {
+    let steps = s.num_inference_steps();
+    let h = match dims {
+        ModelDims::PixArt(d) => d.hidden(),
+        ModelDims::Flux(d) => d.hidden(),
+    };
+    let image = M::from(n) * h;
+    // The streams at a block boundary: PixArt's image tokens, FLUX's text and image tokens
+    // (two streams or the joint one).
+    let fill = match dims {
+        ModelDims::PixArt(_) => image,
+        ModelDims::Flux(_) => (M::from(n) + l) * h,
+    };
+    (0..steps)
+        .map(|step| {
+            let rows = batch(step);
+            let per_row = match policy {
+                RuntimePolicy::DualBlock(p) => {
+                    let test = match dims {
+                        ModelDims::Flux(d) if p.front as u64 > d.num_layers => fill,
+                        _ => image,
+                    };
+                    let l1 = if step >= p.warmup.max(1) {
+                        2 * test
+                    } else {
+                        M::ZERO
+                    };
+                    2 * test + l1 + 2 * fill
+                }
+                RuntimePolicy::TeaCache(p) => {
+                    let modulate = match dims {
+                        ModelDims::PixArt(_) => 6 * M::from(h) + 4 * image,
+                        ModelDims::Flux(_) => 6 * M::from(h) * h + 4 * image,
+                    };
+                    let test = if step > 0 && step + 1 < steps {
+                        2 * image + p.coeffs.len() as u64
+                    } else {
+                        M::ZERO
+                    };
+                    modulate + test + 2 * fill
+                }
+            };
+            rows * per_row
+        })
+        .collect()
+}
+
+/// The policy overhead of a schedule per step (module docs, "The policy overhead"): `None`
+/// for a plain schedule (no forecast, no runtime policy), else the forecast's and the runtime
+/// policy's elementwise work at `n` image and `l` text tokens, with `batch(step)` rows.
+fn policy_overhead(
+    schedule: &Schedule,
+    dims: &ModelDims,
+    n: u64,
+    l: u64,
+    batch: &dyn Fn(usize) -> u64,
+) -> Option<Vec<M>> {
+    let forecast = schedule.forecast.map(|f| {
+        forecast_overhead(
+            schedule,
+            f.order() as u64,
+            &component_elems(dims, n, l),
+            batch,
+        )
+    });
+    let runtime = schedule
+        .runtime
+        .as_ref()
+        .map(|p| runtime_overhead(schedule, p, dims, n, l, batch));
+    match (forecast, runtime) {
+        (Some(f), Some(r)) => Some(f.into_iter().zip(r).map(|(a, b)| a + b).collect()),
+        (f, r) => f.or(r),
+    }
+}
+
+/// The report fields of an overhead: its total and its steps, keyed like the reports'.
+#[allow(clippy::type_complexity)]
+fn overhead_fields(
+    overhead: &Option<Vec<M>>,
+) -> Result<(Option<u64>, Option<BTreeMap<String, u64>>), MacsError> {
+    let Some(v) = overhead else {
+        return Ok((None, None));
+    };
+    let mut total = M::ZERO;
+    let mut by = BTreeMap::new();
+    for (step, m) in v.iter().enumerate() {
+        total += *m;
+        by.insert(format!("{step:03}"), m.get()?);
+    }
+    Ok((Some(total.get()?), Some(by)))
+}
+
 fn check(schedule: &Schedule, dims: &ModelDims) -> Result<(), MacsError> {
     schedule.validate_for(
         schedule.num_inference_steps(),
@@ -477,17 +733,23 @@ pub fn ecad_macs(
         Some(g) if step >= g => 1,
         _ => ECAD_BATCH,
     };
+    let overhead = policy_overhead(schedule, dims, n, l, &batch);
     let mut by_step = BTreeMap::new();
     let mut total = M::ZERO;
     for step in 0..schedule.num_inference_steps() {
+        let extra = overhead.as_ref().map_or(M::ZERO, |v| v[step]);
         let macs = block_macs(schedule, step, &terms, &batch)
-            + batch(step) * (terms.per_step + terms.hoistable);
+            + batch(step) * (terms.per_step + terms.hoistable)
+            + extra;
         total += macs;
         by_step.insert(format!("{step:03}"), macs.get()?);
     }
+    let (policy_overhead_macs, policy_overhead_by_inference_step) = overhead_fields(&overhead)?;
     Ok(MacsReport {
         total_macs: total.get()?,
         by_inference_step: by_step,
+        policy_overhead_macs,
+        policy_overhead_by_inference_step,
     })
 }
 
@@ -537,17 +799,23 @@ pub fn true_macs(
         _ => b,
     };
     let per_run = b * per_run_per_seq;
+    let overhead = policy_overhead(schedule, dims, n, l, &batch);
     let mut by_step = BTreeMap::new();
     let mut total = per_run;
     for step in 0..schedule.num_inference_steps() {
-        let macs = block_macs(schedule, step, &terms, &batch) + batch(step) * terms.per_step;
+        let extra = overhead.as_ref().map_or(M::ZERO, |v| v[step]);
+        let macs =
+            block_macs(schedule, step, &terms, &batch) + batch(step) * terms.per_step + extra;
         total += macs;
         by_step.insert(format!("{step:03}"), macs.get()?);
     }
+    let (policy_overhead_macs, policy_overhead_by_inference_step) = overhead_fields(&overhead)?;
     Ok(TrueMacsReport {
         total_macs: total.get()?,
         per_run_macs: per_run.get()?,
         by_inference_step: by_step,
+        policy_overhead_macs,
+        policy_overhead_by_inference_step,
     })
 }
 
@@ -744,5 +1012,191 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("schedule is a PixArt schedule"));
+    }
+
+    /// A PixArt small enough to count by hand: D = 4, 2 layers; at 32 × 32 px, N = 4 tokens,
+    /// so one component output is N·D = 16 values per row and E = 32 at ECAD's batch 2.
+    fn tiny_pixart() -> ModelDims {
+        ModelDims::PixArt(PixArtDims {
+            num_layers: 2,
+            num_attention_heads: 1,
+            attention_head_dim: 4,
+            in_channels: 4,
+            out_channels: 8,
+            patch_size: 2,
+            caption_channels: Some(8),
+            cross_attention_dim: 4,
+            use_additional_conditions: false,
+        })
+    }
+
+    fn overhead_steps(r: &MacsReport) -> Vec<u64> {
+        r.policy_overhead_by_inference_step
+            .as_ref()
+            .expect("an overhead")
+            .values()
+            .copied()
+            .collect()
+    }
+
+    /// The forecast's term against a hand count. 4 steps; block 0's attn1 is reused at steps 1
+    /// and 3, the other 5 slots compute every step. E = 2 rows × 16 = 32 values per slot.
+    /// Order 2, block 0 attn1: step 0 first value (0), step 1 reuse with no derivative (0),
+    /// step 2 one difference (2E), step 3 expansion of 1 + 1 terms (2E). The others: step 0
+    /// (0), step 1 one difference (2E), steps 2 and 3 two differences (4E).
+    /// Broken variant that failed here (tried, reverted): counting the expansions but not the
+    /// updates (got `[0, 0, 0, 64]`; this test and the FLUX one below fail).
+    #[test]
+    fn forecast_overhead_matches_a_hand_count() {
+        let dims = tiny_pixart();
+        let e = 2 * 4 * 4;
+        let mut plain = Schedule::new_filled(ModelFamily::PixArt, 4, 2, 0, "t", true).unwrap();
+        plain.set(1, 0, Component::Attn1, false);
+        plain.set(3, 0, Component::Attn1, false);
+        let base = ecad_macs(&plain, &dims, 32, 32).unwrap();
+        assert_eq!(base.policy_overhead_macs, None);
+        assert!(serde_json::to_value(&base)
+            .unwrap()
+            .get("policy_overhead_macs")
+            .is_none());
+
+        let mut t2 = plain.clone();
+        t2.forecast = Some(crate::cache::policy::Forecast::Taylor2);
+        let r = ecad_macs(&t2, &dims, 32, 32).unwrap();
+        let want = [0, 5 * 2 * e, 2 * e + 5 * 4 * e, 2 * e + 5 * 4 * e];
+        assert_eq!(overhead_steps(&r), want);
+        assert_eq!(r.policy_overhead_macs, Some(want.iter().sum()));
+        assert_eq!(r.ecad_total_macs(), base.total_macs);
+        for (k, v) in &r.by_inference_step {
+            let step: usize = k.parse().unwrap();
+            assert_eq!(*v, base.by_inference_step[k] + want[step], "step {k}");
+        }
+
+        // Order 1: one difference per computation after the first, 2-term expansions.
+        let mut t1 = plain.clone();
+        t1.forecast = Some(crate::cache::policy::Forecast::Taylor1);
+        let r = ecad_macs(&t1, &dims, 32, 32).unwrap();
+        assert_eq!(
+            overhead_steps(&r),
+            [0, 5 * 2 * e, 2 * e + 5 * 2 * e, 2 * e + 5 * 2 * e]
+        );
+
+        // A T-GATE block's attn2 from its gate step on reuses the stored mean: no forecast.
+        let mut tg = t1.clone();
+        for step in 0..4 {
+            tg.set_custom_compute_attn(step, 1, Some(CustomFunction::AttnTgate { gate_step: 2 }));
+        }
+        let r = ecad_macs(&tg, &dims, 32, 32).unwrap();
+        assert_eq!(
+            overhead_steps(&r),
+            [0, 5 * 2 * e, 2 * e + 4 * 2 * e, 2 * e + 4 * 2 * e]
+        );
+
+        // The true cost counts it at its own batch: 4 rows double it.
+        let opts = TrueCostOptions {
+            batch: 4,
+            text_len: 7,
+        };
+        let r = true_macs(&t2, &dims, 32, 32, opts).unwrap();
+        let plain_true = true_macs(&plain, &dims, 32, 32, opts).unwrap();
+        let sum: u64 = want.iter().sum();
+        assert_eq!(r.policy_overhead_macs, Some(2 * sum));
+        assert_eq!(r.total_macs, plain_true.total_macs + 2 * sum);
+        assert_eq!(plain_true.policy_overhead_macs, None);
+    }
+
+    /// The runtime policies' skip tests against a hand count (E = 32 as above: the test
+    /// residual, the fill and the modulated input are all `[2, N, D]`).
+    /// FBCache per step: the front residual (2E) and the fill or residual of the rest (2E),
+    /// plus the relative L1 (2E) from step 1 on. With WARMUP 2 the L1 starts at step 2.
+    /// TeaCache per row: the modulated input (6·D table add + 4·N·D norm = 88) every step,
+    /// the relative L1 (2·16) and a 3-coefficient polynomial (3) at steps 1 and 2 (not the
+    /// first or the last), the fill or residual (2·16) every step.
+    #[test]
+    fn runtime_policy_overhead_matches_a_hand_count() {
+        use crate::cache::builtin::resolve_spec;
+        use crate::cache::policy::{RuntimePolicy, TeaCacheParams};
+        let dims = tiny_pixart();
+        let e = 2 * 4 * 4;
+        let plain = ecad_macs(
+            &Schedule::new_filled(ModelFamily::PixArt, 4, 2, 0, "t", true).unwrap(),
+            &dims,
+            32,
+            32,
+        )
+        .unwrap();
+        let fb = resolve_spec("fbcache:0.08", ModelFamily::PixArt, 4, 2, 0).unwrap();
+        let r = ecad_macs(&fb, &dims, 32, 32).unwrap();
+        assert_eq!(overhead_steps(&r), [4 * e, 6 * e, 6 * e, 6 * e]);
+        assert_eq!(r.ecad_total_macs(), plain.total_macs);
+        let db = resolve_spec("dbcache:1:0:0.1:2", ModelFamily::PixArt, 4, 2, 0).unwrap();
+        let r = ecad_macs(&db, &dims, 32, 32).unwrap();
+        assert_eq!(overhead_steps(&r), [4 * e, 4 * e, 6 * e, 6 * e]);
+
+        let mut tc = Schedule::new_filled(ModelFamily::PixArt, 4, 2, 0, "t", true).unwrap();
+        tc.runtime = Some(RuntimePolicy::TeaCache(TeaCacheParams {
+            thresh: 0.3,
+            coeffs: vec![1.0, 2.0, 0.0],
+            source: None,
+            record: false,
+        }));
+        let r = ecad_macs(&tc, &dims, 32, 32).unwrap();
+        let (edge, mid) = (2 * (88 + 32), 2 * (88 + 32 + 3 + 32));
+        assert_eq!(overhead_steps(&r), [edge, mid, mid, edge]);
+        assert_eq!(r.total_macs, plain.total_macs + 2 * edge + 2 * mid);
+    }
+
+    /// FLUX: the component sizes of the double and single blocks, and DBCache's test on the
+    /// image stream (front in the double blocks) or on the joint sequence (front past them).
+    /// Batch 1, N = 4 image and L = 2 text tokens (T = 6), D = 4. Per row: full_attn T·D = 24,
+    /// full_ff N·D = 16, full_ff_context L·D = 8; per single block attn 24, proj_mlp 4·T·D =
+    /// 96, proj_out 24: 48 + 2·144 = 336 values, each slot updated once per step after the
+    /// first (order 1: 2 per value).
+    #[test]
+    fn flux_overhead_counts_each_component_at_its_size() {
+        use crate::cache::builtin::resolve_spec;
+        let dims = ModelDims::Flux(FluxDims {
+            num_layers: 1,
+            num_single_layers: 2,
+            attention_head_dim: 4,
+            num_attention_heads: 1,
+            in_channels: 4,
+            joint_attention_dim: 8,
+            pooled_projection_dim: 8,
+            guidance_embeds: false,
+            out_channels: None,
+        });
+        let opts = TrueCostOptions {
+            batch: 1,
+            text_len: 2,
+        };
+        let mut s = Schedule::new_filled(ModelFamily::Flux, 3, 1, 2, "t", true).unwrap();
+        s.forecast = Some(crate::cache::policy::Forecast::Taylor1);
+        let r = true_macs(&s, &dims, 32, 32, opts).unwrap();
+        assert_eq!(r.policy_overhead_macs, Some(2 * 2 * 336));
+        let steps: Vec<u64> = r
+            .policy_overhead_by_inference_step
+            .unwrap()
+            .into_values()
+            .collect();
+        assert_eq!(steps, [0, 2 * 336, 2 * 336]);
+        // fbcache: test on x (N·D = 16), fill on both streams (T·D = 24).
+        let fb = resolve_spec("fbcache:0.08", ModelFamily::Flux, 3, 1, 2).unwrap();
+        let r = true_macs(&fb, &dims, 32, 32, opts).unwrap();
+        let steps: Vec<u64> = r
+            .policy_overhead_by_inference_step
+            .unwrap()
+            .into_values()
+            .collect();
+        assert_eq!(steps, [2 * 16 + 2 * 24, 4 * 16 + 2 * 24, 4 * 16 + 2 * 24]);
+        // dbcache with 2 front blocks: the test residual is the joint sequence (T·D = 24).
+        let db = resolve_spec("dbcache:2:0:0.1", ModelFamily::Flux, 3, 1, 2).unwrap();
+        let r = true_macs(&db, &dims, 32, 32, opts).unwrap();
+        let steps: Vec<u64> = r
+            .policy_overhead_by_inference_step
+            .unwrap()
+            .into_values()
+            .collect();
+        assert_eq!(steps, [4 * 24, 6 * 24, 6 * 24]);
     }
 }

@@ -9,16 +9,23 @@ pub enum ScheduleCommand {
     ///
     /// Prints one JSON object: {"total_macs": N, "by_inference_step": {"000": N, ...}} (the
     /// contract in docs/CLI-CONTRACT.md); with --true-cost, the engine's own cost breakdown.
+    /// A forecast (`SPEC+taylor1`) or a runtime policy (`fbcache:…`) adds its elementwise
+    /// work to both and reports it as `policy_overhead_macs` and
+    /// `policy_overhead_by_inference_step` (absent for a plain schedule).
     #[command(after_help = "Examples:
   ecad-native schedule macs --model PixArt-XL-2-256x256 --height 256 --width 256 \\
       --schedule pixart-alpha-256/fast
   ecad-native schedule macs --model PixArt-XL-2-256x256 --height 256 --width 256 \\
       --schedule my_schedule.json --true-cost
   ecad-native schedule macs --model FLUX.1-dev --height 1024 --width 1024 \\
-      --schedule fora:3 --steps 28")]
+      --schedule fora:3 --steps 28
+  ecad-native schedule macs --model PixArt-XL-2-256x256 --height 256 --width 256 \\
+      --schedule pixart-alpha-256/fast+taylor1")]
     Macs {
         /// The schedule: a built-in name (`ecad-native schedule list`), an ECAD schedule JSON
-        /// file, or a heuristic (`fora:N`, `ca_sa:N`, `tgate:M`, `default`, for --steps steps).
+        /// file, or a heuristic (`fora:N`, `ca_sa:N`, `tgate:M`, `default`, for --steps steps),
+        /// any of them with `+taylor1`/`+taylor2`; or a runtime policy (`fbcache:RDT`, ...),
+        /// counted as if no step skipped, plus its skip test.
         #[arg(long)]
         schedule: String,
         /// Model folder; only the transformer config.json is read.

@@ -80,8 +80,10 @@ pub struct SearchArgs {
     #[arg(long, default_value = "heuristics")]
     pub seed_from: String,
     /// Forecast every candidate's reused components (TaylorSeer's expansion, order 1 or 2)
-    /// instead of copying them: a fixed setting of the search (recorded in its checkpoint;
-    /// the MAC objective counts the forecast's cost; docs/CACHING.md).
+    /// instead of copying them: a fixed setting of the search (recorded in its checkpoint).
+    /// The MAC objective adds the forecast's elementwise work to ECAD's count (derivative
+    /// updates on computed steps, expansions on reused ones; `schedule macs`,
+    /// `policy_overhead_macs`), the all-compute reference included (docs/CACHING.md).
     #[arg(long, value_parser = super::parse_forecast)]
     pub forecast: Option<crate::cache::policy::Forecast>,
     /// Worker threads (default: all cores). Results do not depend on it.

@@ -87,8 +87,13 @@ impl BenchInputs {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchRow {
     pub schedule: String,
-    /// ECAD's MAC count (batch 2, text 120) for the whole run at this resolution.
+    /// ECAD's MAC count (batch 2, text 120) for the whole run at this resolution, plus the
+    /// forecast's or runtime policy's elementwise work (`policy_overhead_macs`).
     pub macs: u64,
+    /// Of `macs`: the forecast's derivative updates and expansions, or the runtime policy's
+    /// skip test and fills, at the same batch ([`crate::cache::macs`], "The policy
+    /// overhead"); 0 for a plain schedule.
+    pub policy_overhead_macs: u64,
     pub mac_speedup: f64,
     pub median_ms: f64,
     pub min_ms: f64,
@@ -139,7 +144,8 @@ pub struct BenchReport {
 
 /// The static schedule a runtime-policy run amounts to, for the MAC count: every component of
 /// a block that all rows of a step skipped is off (a block that some rows skipped ran for the
-/// whole batch). Trace block indices run over the double blocks, then the single blocks.
+/// whole batch). Trace block indices run over the double blocks, then the single blocks. The
+/// policy stays attached, so that [`ecad_macs`] adds its skip test and fills per step.
 pub fn realized_schedule(s: &Schedule, trace: &[crate::cache::policy::StepTrace]) -> Schedule {
     let mut out = s.clone();
     let family = s.family();
@@ -506,14 +512,15 @@ pub fn run_bench_with<'m, B: Backend>(
         let realized = sched
             .filter(|s| s.runtime.is_some())
             .map(|s| realized_schedule(s, &rep.cache.trace));
-        let macs = ecad_macs(
+        // The realized schedule keeps its policy: the skip test's cost is added per step.
+        let counted = ecad_macs(
             realized.as_ref().or(*sched).unwrap_or(&target.default),
             &target.dims,
             target.image_hw.0 as u64,
             target.image_hw.1 as u64,
         )
-        .map_err(|e| crate::models::ModelError::Input(e.to_string()))?
-        .total_macs;
+        .map_err(|e| crate::models::ModelError::Input(e.to_string()))?;
+        let macs = counted.total_macs;
         let med = median(&times);
         let (base_macs, base_ms) = rows
             .first()
@@ -524,6 +531,7 @@ pub fn run_bench_with<'m, B: Backend>(
         rows.push(BenchRow {
             schedule: name.clone(),
             macs,
+            policy_overhead_macs: counted.policy_overhead_macs.unwrap_or(0),
             mac_speedup,
             median_ms: med,
             min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),

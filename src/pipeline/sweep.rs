@@ -310,7 +310,7 @@ impl SweepReport {
             s += &format!("<line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{x1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>\n", x0 - 6.0, y + 4.0);
             v += step;
         }
-        s += &format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">speedup over uncached (filled: wall clock; hollow: ECAD MACs)</text>\n", (x0 + x1) / 2.0, h - 18.0);
+        s += &format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">speedup over uncached (filled: wall clock; hollow: ECAD MACs + policy overhead)</text>\n", (x0 + x1) / 2.0, h - 18.0);
         s += &format!("<text x=\"18\" y=\"{:.1}\" transform=\"rotate(-90 18 {:.1})\" text-anchor=\"middle\">PSNR vs uncached (dB)</text>\n", (y0 + y1) / 2.0, (y0 + y1) / 2.0);
         // Pareto front.
         let mut front: Vec<(f64, f64)> = rows
