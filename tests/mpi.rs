@@ -2,7 +2,9 @@
 //! end through `mpirun` on the demo model: N ranks give byte-identical outputs to one process;
 //! a checkpoint written with 3 ranks resumes with 2 or 1; a rank that dies or fails stops the
 //! job, naming the rank and the candidates, with the last checkpoint valid for `--resume`;
-//! ranks with different settings or builds are refused at start.
+//! ranks with different settings or builds are refused at start; an image objective scored by
+//! every rank on its own samples gives the bytes of one process, and ranks whose scorer weights
+//! differ are refused at start.
 //!
 //! Run with `cargo test --features mpi --test mpi`; needs Open MPI's `mpirun` on PATH.
 #![cfg(feature = "mpi")]

@@ -2,7 +2,9 @@
 //! CLIP of tests/fixtures/clip_score: every candidate's images are decoded and scored in
 //! memory; the run survives SIGKILL + --resume with byte-identical outputs (as the fidelity
 //! search does, tests/search.rs); a resume with other scorer weights is refused; the uncached
-//! run's score is reported beside each candidate's.
+//! run's score is reported beside each candidate's. The FLUX case: `--quality image-reward:DIR`
+//! on the tiny random FLUX pipeline (CLIP + T5 encode the prompts once, the FLUX VAE decodes),
+//! resumed byte-identically.
 
 mod common;
 
