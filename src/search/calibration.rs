@@ -115,7 +115,7 @@ impl Calibration {
             || negative
                 .as_ref()
                 .is_some_and(|n| n.0.len() != text_len * channels || n.1.len() != text_len)
-            || !(pooled.is_empty() || pooled.len() == p && pooled_dim > 0)
+            || !(pooled.is_empty() || (pooled.len() == p && pooled_dim > 0))
             || pooled.iter().any(|x| x.len() != pooled_dim);
         if p == 0 || bad_shape {
             return Err(SearchError::Settings(format!(
