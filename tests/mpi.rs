@@ -378,9 +378,9 @@ fn image_args(out: &Path, prompts: &Path, weights: &Path) -> Vec<String> {
 }
 
 /// Per-sample scores are put back in sample order at rank 0 (the candidates' and the uncached
-/// run's), so 3 ranks, 1 rank and a plain process write the same bytes. Broken variants that
-/// failed here: the uncached run's mean taken as the mean of the ranks' means (rank order), and
-/// the gathered reference scores concatenated in reverse rank order.
+/// run's), so 3 ranks, 1 rank and a plain process write the same bytes. Broken variant shown
+/// failing here (archive.json differs at `-n 3`): rank 0 keeping its own samples' uncached
+/// scores instead of the gathered ones in sample order.
 #[test]
 fn an_image_objective_over_three_ranks_gives_the_outputs_of_one_process() {
     let tmp = tempfile::tempdir().unwrap();
