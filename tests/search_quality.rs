@@ -2,7 +2,9 @@
 //! CLIP of tests/fixtures/clip_score: every candidate's images are decoded and scored in
 //! memory; the run survives SIGKILL + --resume with byte-identical outputs (as the fidelity
 //! search does, tests/search.rs); a resume with other scorer weights is refused; the uncached
-//! run's score is reported beside each candidate's.
+//! run's score is reported beside each candidate's. The FLUX case: `--quality image-reward:DIR`
+//! on the tiny random FLUX pipeline (CLIP + T5 encode the prompts once, the FLUX VAE decodes),
+//! resumed byte-identically.
 
 mod common;
 
@@ -228,4 +230,121 @@ fn image_objective_errors_are_one_line() {
         assert!(e.contains(needle), "{a:?}: {e}");
     }
     assert!(!out.exists(), "nothing written");
+}
+
+/// A FLUX search with an ImageReward objective on the tiny random FLUX pipeline of
+/// tests/fixtures/flux_generate (CLIP + T5 encode the prompts once, the FLUX VAE decodes every
+/// candidate's packed final latents) and the tiny random ImageReward of
+/// tests/fixtures/image_reward/tiny: 2 prompts x 1 seed at 32x32 px, 3 steps.
+fn flux_args(out: &Path, prompts: &Path, generations: usize) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "search",
+        "--population",
+        "4",
+        "--steps",
+        "3",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--seed",
+        "3",
+        "--seeds-per-prompt",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend([
+        "--model".into(),
+        fixtures().join("flux_generate/root").display().to_string(),
+        "--generations".into(),
+        generations.to_string(),
+        "--prompts-file".into(),
+        prompts.display().to_string(),
+        "--quality".into(),
+        format!(
+            "image-reward:{}",
+            fixtures().join("image_reward/tiny").display()
+        ),
+        "--out".into(),
+        out.display().to_string(),
+    ]);
+    v
+}
+
+/// The whole run against one that stopped after generation 1 (what a SIGKILL during
+/// generation 2 leaves: checkpoints are written atomically once a generation is done) and was
+/// resumed: byte-identical outputs. The FLUX case of the PixArt SIGKILL test above, kept to one
+/// deterministic stop so that it costs two short runs.
+#[test]
+fn flux_image_reward_search_scores_in_memory_and_resumes_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts, "a red fox in the snow\na bowl of soup\n").unwrap();
+    let a = tmp.path().join("a");
+    let o = cli().args(flux_args(&a, &prompts, 2)).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("FLUX model (1 blocks + 2 single)"), "{err}");
+    assert!(
+        err.contains("encoded by the pipeline's text encoder"),
+        "{err}"
+    );
+    assert!(err.contains("uncached run: image-reward"), "{err}");
+
+    let front: Value =
+        serde_json::from_slice(&std::fs::read(a.join("front.json")).unwrap()).unwrap();
+    assert_eq!(front["quality"], "neg-image-reward");
+    assert_eq!(front["model_family"], "FLUX");
+    let reference = front["reference_score"].as_f64().unwrap();
+    assert!(reference.is_finite());
+    for m in front["members"].as_array().unwrap() {
+        assert_eq!(
+            m["score"].as_f64().unwrap(),
+            -m["quality"].as_f64().unwrap()
+        );
+        assert_eq!(m["reference_score"].as_f64().unwrap(), reference);
+    }
+    // the all-recompute schedule (a seeded candidate) scores exactly as the uncached run
+    let archive: Value =
+        serde_json::from_slice(&std::fs::read(a.join("archive.json")).unwrap()).unwrap();
+    let entries = archive["entries"].as_array().unwrap();
+    let scores: Vec<f64> = entries
+        .iter()
+        .map(|e| e["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.iter().all(|s| s.is_finite()), "{scores:?}");
+    if let Some(full) = entries
+        .iter()
+        .find(|e| e["genome"].as_str().unwrap().chars().all(|c| c == 'f'))
+    {
+        assert_eq!(full["score"].as_f64().unwrap(), reference);
+    }
+    // the checkpoint records the calibration source and the scorer's fingerprint
+    let ck: Value =
+        serde_json::from_slice(&std::fs::read(a.join("checkpoint.json")).unwrap()).unwrap();
+    assert_eq!(
+        ck["state"]["settings"]["calibration"], "prompts",
+        "{}",
+        ck["state"]["settings"]
+    );
+
+    let c = tmp.path().join("c");
+    run_ok(&flux_args(&c, &prompts, 1));
+    assert_eq!(generation(&c.join("checkpoint.json")), Some(1));
+    let mut resume = flux_args(&c, &prompts, 2);
+    resume.push("--resume".into());
+    run_ok(&resume);
+    assert_eq!(generation(&c.join("checkpoint.json")), Some(2));
+    let (oa, oc) = (outputs(&a), outputs(&c));
+    assert_eq!(
+        oa.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        oc.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    for ((n, x), (_, y)) in oa.iter().zip(&oc) {
+        assert!(x == y, "{n} differs after a stop and --resume");
+    }
 }

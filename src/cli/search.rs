@@ -33,8 +33,9 @@ pub struct SearchArgs {
     #[arg(long)]
     pub calibration: Option<PathBuf>,
     /// Calibration prompts as text, one per line (instead of --calibration), encoded once by
-    /// the pipeline's own tokenizer and text encoder (the negative prompt is ""); PixArt
-    /// only. An image quality objective (clip-score:DIR, image-reward:DIR) needs it.
+    /// the pipeline's own tokenizer(s) and text encoder(s) (PixArt: T5, the negative prompt
+    /// ""; FLUX: CLIP + T5, no negative). An image quality objective (clip-score:DIR,
+    /// image-reward:DIR) needs it.
     #[arg(long, conflicts_with = "calibration")]
     pub prompts_file: Option<PathBuf>,
     /// Number of demo prompts (without --calibration).
@@ -59,7 +60,7 @@ pub struct SearchArgs {
     /// folder as its argument and prints {"scores": [...]}, higher is better), or an
     /// in-engine image metric, clip-score:DIR or image-reward:DIR (every candidate's images
     /// decoded by the VAE and scored in memory against their prompts, maximised; needs
-    /// --prompts-file).
+    /// --prompts-file; PixArt and FLUX; over MPI ranks each rank scores its own samples).
     #[arg(long, default_value = "rel-l2")]
     pub quality: String,
     /// Output folder (archive, front, plot, statistics, checkpoint).
@@ -224,7 +225,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     if a.threads == Some(0) {
         anyhow::bail!("--threads must be at least 1");
     }
-    let engine = super::open_engine(
+    let mut engine = super::open_engine(
         super::model_source(a.model.as_deref(), a.arch.as_deref()),
         options,
     )?;
@@ -305,7 +306,7 @@ fn run_ranks(
         super::model_source(a.model.as_deref(), a.arch.as_deref()),
         options,
     )
-    .and_then(|engine| {
+    .and_then(|mut engine| {
         let mut events = show_events();
         engine
             .search(&req, &mut events)

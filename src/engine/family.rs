@@ -291,9 +291,15 @@ pub trait FamilyModel<B: Backend>: Send + Sync {
         progress: &mut Progress<'_>,
     ) -> Result<BenchOutcome>;
     /// The sampling target and calibration samples of a search (with `--prompts-file`, the
-    /// prompts encoded by the pipeline's text encoder; with a pipeline, the image decoder an
-    /// image quality objective uses).
-    fn search_target<'s>(&'s self, be: &'s B, req: &SearchRequest) -> Result<SearchTarget<'s, B>>;
+    /// prompts encoded once by the pipeline's own text encoder(s), see
+    /// [`super::search::encode_prompts_file`]; with a pipeline, the image decoder an image
+    /// quality objective uses). `&mut`: a family may free its text encoders and read its
+    /// transformer here (FLUX's one-shot pipeline, as its generate does).
+    fn search_target<'s>(
+        &'s mut self,
+        be: &'s B,
+        req: &SearchRequest,
+    ) -> Result<SearchTarget<'s, B>>;
 }
 
 /// A family: detection, configs, built-in architectures and loading. Implemented once per
@@ -342,7 +348,7 @@ pub(crate) trait DynEngine: Send + Sync {
     fn release_text_encoders(&mut self);
     fn bench(&self, req: &BenchRequest<'_>, progress: &mut Progress<'_>) -> Result<BenchOutcome>;
     fn search(
-        &self,
+        &mut self,
         req: &SearchRequest,
         info: &ModelInfo,
         memory: super::memory::MemoryCheck,
@@ -399,7 +405,7 @@ impl<B: Backend> DynEngine for Loaded<B> {
         self.model.bench(&self.be, req, progress)
     }
     fn search(
-        &self,
+        &mut self,
         req: &SearchRequest,
         info: &ModelInfo,
         memory: super::memory::MemoryCheck,

@@ -470,14 +470,23 @@ impl Engine {
     }
 
     /// Runs (or resumes) an NSGA-II schedule search; writes its files under `req.out`.
+    /// `&mut`: the family may encode a prompts file and then free its text encoders (FLUX's
+    /// one-shot pipeline).
     pub fn search(
-        &self,
+        &mut self,
         req: &SearchRequest,
         events: &mut (dyn FnMut(crate::search::driver::Event) + Send),
     ) -> Result<SearchOutcome> {
-        let inner = self.loaded()?;
         let memory = self.memory_check();
-        Self::in_pool(&self.pool, || inner.search(req, &self.info, memory, events))
+        let info = self.info.clone();
+        let pool = self.pool.take();
+        let inner = self.loaded_mut();
+        let r = match inner {
+            Ok(inner) => Self::in_pool(&pool, || inner.search(req, &info, memory, events)),
+            Err(e) => Err(e),
+        };
+        self.pool = pool;
+        r
     }
 }
 

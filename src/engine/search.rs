@@ -178,11 +178,6 @@ fn check(req: &SearchRequest) -> Result<QualityMetric> {
                 spec.weights.display()
             )));
         }
-        if req.cluster.comm().size() > 1 {
-            return Err(Error::unsupported(
-                "an image quality objective runs in one process (not over MPI ranks) in this version",
-            ));
-        }
     }
     if let Some(c) = &req.calibration {
         if !c.is_file() {
@@ -264,9 +259,27 @@ pub(crate) fn run<B: Backend>(
                     req.quality
                 )));
             }
-            let s = crate::metrics::open_scorer(spec, be)
-                .map_err(|e| Error::from(e).context(format!("--quality {}", req.quality)))?;
-            Some(s)
+            let opened = crate::metrics::open_scorer(spec, be)
+                .map_err(|e| Error::from(e).context(format!("--quality {}", req.quality)));
+            if comm.size() > 1 {
+                // Every rank scores its own samples with its own copy of the scorer: all of
+                // them must have opened it, with the same weights (their fingerprints).
+                let local = match &opened {
+                    Ok(s) => Ok(s.fingerprint()),
+                    Err(e) => Err(e.to_string()),
+                };
+                crate::search::dist::agree_with(comm, "opening the image scorer", local, &|f, f0| {
+                    format!(
+                        "its --quality {} weights differ from rank 0's (scorer fingerprint {f}, rank 0: {f0}); give every rank the same weights",
+                        req.quality
+                    )
+                })
+                .map_err(|e| {
+                    cluster.set_released();
+                    Error::from(e)
+                })?;
+            }
+            Some(opened?)
         }
         _ => None,
     };
@@ -455,12 +468,33 @@ pub(crate) fn run<B: Backend>(
     if let (Some(scorer), Some(decode)) = (scorer, decoder) {
         let texts = ev.samples().calibration.texts.clone();
         events(Event::Log("scoring the uncached run"));
-        ev.set_image_quality(decode, scorer, texts)?;
+        let scored = ev.set_image_quality(decode, scorer, texts);
+        if comm.size() > 1 {
+            // Each rank scored its own samples; rank 0 puts the scores in sample order, so
+            // the reported mean is the one a single process computes.
+            let local = scored
+                .as_ref()
+                .map(|_| String::new())
+                .map_err(|e| e.to_string());
+            agree(&cluster, "scoring the uncached run", local)?;
+            let (first, _) = ev.local_samples();
+            let all = crate::search::dist::gather_samples(
+                comm,
+                first,
+                ev.reference_scores(),
+                ev.samples().len(),
+            )?;
+            if root {
+                ev.set_reference_scores(all)?;
+            }
+        } else {
+            scored?;
+        }
         events(Event::Log(&format!(
             "uncached run: {} {:.6} (mean over {} sample(s))",
             ev.quality_metric().name().trim_start_matches("neg-"),
             ev.reference_score().unwrap_or(f64::NAN),
-            ev.local_samples().1
+            ev.reference_scores().len()
         )));
     }
     if !root {
@@ -543,4 +577,70 @@ fn root_search<B: Backend>(
         work,
         sharing_bench,
     })
+}
+
+/// Reads a prompts file (one prompt per line; a final newline ends the last one; an empty
+/// line is refused) and encodes every prompt once with `encode` (the family's own tokenizer(s)
+/// and text encoder(s), [`super::family::FamilyModel::encode_prompt`]), plus the empty
+/// negative prompt `generate` uses for CFG when `negative` (PixArt). The embeddings stay in
+/// the returned set for the whole search (no prompt is encoded twice); the texts are kept
+/// for an image objective's scorer. One code path for every family (`--prompts-file` of
+/// `search` and `bench`).
+pub(crate) fn encode_prompts_file(
+    path: &Path,
+    negative: bool,
+    encode: &mut dyn FnMut(&str) -> Result<super::family::EncodedPrompt>,
+) -> Result<crate::search::calibration::Calibration> {
+    let what = || format!("--prompts-file {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| Error::from(e).context(what()))?;
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    if lines.last() == Some(&"") {
+        lines.pop();
+    }
+    let mut texts = Vec::with_capacity(lines.len());
+    for (k, l) in lines.iter().enumerate() {
+        let l = l.trim_end_matches('\r');
+        if l.trim().is_empty() {
+            return Err(Error::invalid(format!(
+                "{}: line {} is empty; give one prompt per line",
+                what(),
+                k + 1
+            )));
+        }
+        texts.push(l.to_string());
+    }
+    if texts.is_empty() {
+        return Err(Error::invalid(format!("{}: no prompts", what())));
+    }
+    limits::BATCH.check("prompts in --prompts-file", texts.len() as u128)?;
+    let mut embeds = Vec::with_capacity(texts.len());
+    let mut masks = Vec::with_capacity(texts.len());
+    let mut pooled = Vec::with_capacity(texts.len());
+    let mut text_len = 0;
+    for t in &texts {
+        let e = encode(t)?;
+        text_len = e.text_len;
+        embeds.push(e.embeds);
+        masks.push(e.mask);
+        if !e.pooled.is_empty() {
+            pooled.push(e.pooled);
+        }
+    }
+    let neg = if negative {
+        let n = encode("")?;
+        Some((n.embeds, n.mask))
+    } else {
+        None
+    };
+    let channels = embeds[0].len() / text_len.max(1);
+    Ok(crate::search::calibration::Calibration::from_prompts(
+        texts,
+        embeds,
+        masks,
+        neg,
+        pooled,
+        text_len,
+        channels,
+        &path.display().to_string(),
+    )?)
 }

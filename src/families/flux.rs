@@ -452,16 +452,7 @@ impl<B: Backend> FamilyModel<B> for FluxModel<B> {
         let Parts::Pipeline(pipe) = &self.parts else {
             return Err(no_pipeline());
         };
-        let t = pipe.encode_text(be, prompt)?;
-        let l = pipe.max_sequence_length;
-        Ok(EncodedPrompt {
-            embeds: t.prompt_embeds,
-            // FluxPipeline passes no mask: every position attends.
-            mask: vec![1.0; l],
-            pooled: t.pooled,
-            text_len: l,
-            truncated_tokens: t.truncated_t5.max(t.truncated_clip),
-        })
+        encode(pipe, be, prompt)
     }
 
     fn release_text_encoders(&mut self) {
@@ -518,22 +509,51 @@ impl<B: Backend> FamilyModel<B> for FluxModel<B> {
         Ok(BenchOutcome::Runs(report))
     }
 
-    fn search_target<'s>(&'s self, _be: &'s B, req: &SearchRequest) -> Result<SearchTarget<'s, B>> {
-        if req.prompts_file.is_some() {
-            return Err(Error::unsupported(
-                "--prompts-file (and image quality objectives) are for PixArt searches in this version; a FLUX search takes --calibration FILE",
-            ));
-        }
-        let model = self.transformer()?;
-        let mc = &model.config;
+    fn search_target<'s>(
+        &'s mut self,
+        be: &'s B,
+        req: &SearchRequest,
+    ) -> Result<SearchTarget<'s, B>> {
         let (height, width) = (req.height.unwrap_or(256), req.width.unwrap_or(256));
         let vsf = self.info.vae_scale_factor;
         let grid = FluxGrid::new(height, width, vsf)?;
         if req.text_len == 0 {
             return Err(Error::invalid("--text-len must be at least 1"));
         }
-        let calibration = match &req.calibration {
-            Some(p) => {
+        // With --prompts-file: every prompt encoded once by CLIP + T5 (the pipeline's own
+        // encoders, as generate encodes them); then, as generate does on a one-shot pipeline
+        // (Load::Pipeline, whose transformer is not read yet), the text encoders are freed
+        // before the transformer is read.
+        let encoded = match (&req.calibration, &req.prompts_file) {
+            (None, Some(f)) => {
+                let Parts::Pipeline(pipe) = &mut self.parts else {
+                    return Err(Error::invalid(
+                        "--prompts-file needs the whole FLUX pipeline (text_encoder/, tokenizer/, \
+                         text_encoder_2/, tokenizer_2/, vae/): the model folder has none",
+                    ));
+                };
+                let cal = {
+                    let pipe: &FluxGeneratePipeline<B> = pipe;
+                    // No negative prompt: FLUX.1 runs no classifier-free guidance.
+                    crate::engine::search::encode_prompts_file(f, false, &mut |t| {
+                        encode(pipe, be, t)
+                    })?
+                };
+                if pipe.transformer.is_none() {
+                    pipe.release_text_encoders();
+                    pipe.load_transformer(be)?;
+                }
+                Some(cal)
+            }
+            _ => None,
+        };
+        let this: &'s Self = self;
+        let model = this.transformer()?;
+        let mc = &model.config;
+        let from_prompts = encoded.is_some();
+        let calibration = match (&req.calibration, encoded) {
+            (_, Some(c)) => c,
+            (Some(p), None) => {
                 let c = Calibration::from_file(p, mc.joint_attention_dim)?;
                 if c.pooled_dim != mc.pooled_projection_dim {
                     return Err(Error::invalid(format!(
@@ -544,17 +564,30 @@ impl<B: Backend> FamilyModel<B> for FluxModel<B> {
                 }
                 c
             }
-            None => Calibration::demo_flux(
+            (None, None) => Calibration::demo_flux(
                 mc.joint_attention_dim,
                 mc.pooled_projection_dim,
                 req.prompts,
                 req.text_len,
             ),
         };
+        // The image decoder of an image objective: the pipeline's VAE on each sample's packed
+        // final latents.
+        let decoder: Option<crate::search::evaluate::SampleDecoder<'s>> = match &this.parts {
+            Parts::Pipeline(pipe) => {
+                let pipe: &'s FluxGeneratePipeline<B> = pipe;
+                Some(Box::new(
+                    move |lat: &[f32]| -> crate::search::SResult<crate::pipeline::generate::RgbImage> {
+                        Ok(pipe.decode_image(be, lat, height, width)?)
+                    },
+                ))
+            }
+            _ => None,
+        };
         Ok(SearchTarget {
             model: SearchModel::Flux {
                 model,
-                scheduler: self.scheduler()?.clone(),
+                scheduler: this.scheduler()?.clone(),
                 height,
                 width,
                 vae_scale_factor: vsf,
@@ -567,10 +600,30 @@ impl<B: Backend> FamilyModel<B> for FluxModel<B> {
             },
             calibration_kind: if req.calibration.is_some() {
                 "file"
+            } else if from_prompts {
+                "prompts"
             } else {
                 "demo"
             },
-            decoder: None,
+            decoder,
         })
     }
+}
+
+/// One prompt through the pipeline's CLIP and T5 as the family interface returns it.
+fn encode<B: Backend>(
+    pipe: &FluxGeneratePipeline<B>,
+    be: &B,
+    prompt: &str,
+) -> Result<EncodedPrompt> {
+    let t = pipe.encode_text(be, prompt)?;
+    let l = pipe.max_sequence_length;
+    Ok(EncodedPrompt {
+        embeds: t.prompt_embeds,
+        // FluxPipeline passes no mask: every position attends.
+        mask: vec![1.0; l],
+        pooled: t.pooled,
+        text_len: l,
+        truncated_tokens: t.truncated_t5.max(t.truncated_clip),
+    })
 }

@@ -681,15 +681,20 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
         Ok(BenchOutcome::Runs(report))
     }
 
-    fn search_target<'s>(&'s self, be: &'s B, req: &SearchRequest) -> Result<SearchTarget<'s, B>> {
+    fn search_target<'s>(
+        &'s mut self,
+        be: &'s B,
+        req: &SearchRequest,
+    ) -> Result<SearchTarget<'s, B>> {
+        let this: &'s Self = self;
         if req.height.is_some() || req.width.is_some() {
             return Err(Error::invalid(
                 "--height/--width are for FLUX models; a PixArt search runs at its sample size",
             ));
         }
-        let model = self.transformer()?;
+        let model = this.transformer()?;
         let mc = &model.config;
-        let pipeline = self.pipeline().ok();
+        let pipeline = this.pipeline().ok();
         let calibration = match (&req.calibration, &req.prompts_file) {
             (Some(p), _) => Calibration::from_file(p, mc.text_dim())?,
             (None, Some(f)) => {
@@ -713,7 +718,7 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
         Ok(SearchTarget {
             model: SearchModel::PixArt {
                 model,
-                scheduler: self.scheduler()?.clone(),
+                scheduler: this.scheduler()?.clone(),
             },
             samples: SampleSet {
                 seeds_per_prompt: req.seeds_per_prompt,
@@ -733,56 +738,21 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
     }
 }
 
-/// Reads `path` (one prompt per line; a final newline ends the last one; an empty line is
-/// refused) and encodes every prompt once with the pipeline's own tokenizer and text encoder,
-/// with the empty negative prompt `generate` uses for CFG.
+/// The prompts of `path` encoded once with the pipeline's own tokenizer and text encoder, with
+/// the empty negative prompt `generate` uses for CFG ([`crate::engine::search::encode_prompts_file`]).
 fn encode_prompts_file<B: Backend>(
     be: &B,
     pl: &GeneratePipeline<B>,
     path: &std::path::Path,
 ) -> Result<Calibration> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::from(e).context(format!("--prompts-file {}", path.display())))?;
-    let mut lines: Vec<&str> = text.split('\n').collect();
-    if lines.last() == Some(&"") {
-        lines.pop();
-    }
-    let mut texts = Vec::with_capacity(lines.len());
-    for (k, l) in lines.iter().enumerate() {
-        let l = l.trim_end_matches('\r');
-        if l.trim().is_empty() {
-            return Err(Error::invalid(format!(
-                "--prompts-file {}: line {} is empty; give one prompt per line",
-                path.display(),
-                k + 1
-            )));
-        }
-        texts.push(l.to_string());
-    }
-    if texts.is_empty() {
-        return Err(Error::invalid(format!(
-            "--prompts-file {}: no prompts",
-            path.display()
-        )));
-    }
-    crate::util::limits::BATCH.check("prompts in --prompts-file", texts.len() as u128)?;
-    let mut embeds = Vec::with_capacity(texts.len());
-    let mut masks = Vec::with_capacity(texts.len());
-    for t in &texts {
+    crate::engine::search::encode_prompts_file(path, true, &mut |t| {
         let e = pl.encode_text(be, t)?;
-        embeds.push(e.embeds);
-        masks.push(e.mask);
-    }
-    let neg = pl.encode_text(be, "")?;
-    let l = pl.max_sequence_length;
-    let d = neg.embeds.len() / l.max(1);
-    Ok(Calibration::from_prompts(
-        texts,
-        embeds,
-        masks,
-        (neg.embeds, neg.mask),
-        l,
-        d,
-        &path.display().to_string(),
-    )?)
+        Ok(EncodedPrompt {
+            embeds: e.embeds,
+            mask: e.mask,
+            pooled: Vec::new(),
+            text_len: pl.max_sequence_length,
+            truncated_tokens: e.truncated_tokens,
+        })
+    })
 }

@@ -288,6 +288,34 @@ impl<B: Backend> FluxGeneratePipeline<B> {
         })
     }
 
+    /// One image's final packed latents (`[tokens, 4C]` of a `height × width` image) to its
+    /// 8-bit RGB image: unpack, VAE decode (scaling and shift), postprocess, as
+    /// [`Self::generate`] ends (a search's image objective decodes each sample with it).
+    pub fn decode_image(
+        &self,
+        be: &B,
+        packed: &[f32],
+        height: usize,
+        width: usize,
+    ) -> MResult<RgbImage> {
+        let grid = FluxGrid::new(height, width, self.vae_scale_factor())?;
+        let c = self.transformer_config.in_channels / 4;
+        let (h, w) = (grid.latent_h, grid.latent_w);
+        if packed.len() != c * h * w {
+            return Err(input(format!(
+                "decode: {} latent values for a {height}x{width} image ({} tokens x {})",
+                packed.len(),
+                grid.tokens(),
+                4 * c
+            )));
+        }
+        let z = unpack_latents(packed, 1, c, h, w);
+        let z = be.upload(z, &[1, c, h, w])?;
+        let x = self.vae.decode_latents(be, &z)?;
+        let host = be.to_host(&x)?;
+        Ok(rgb_images(&[host], height, width).remove(0))
+    }
+
     /// Runs one request to 8-bit RGB images.
     pub fn generate(
         &self,

@@ -90,42 +90,55 @@ impl Calibration {
         c
     }
 
-    /// A set encoded from prompt texts by the pipeline's own text encoder: `embeds[p]` and
-    /// `masks[p]` (`[L, C]`, `[L]`) per prompt, and the negative prompt's (`""`) once, shared
-    /// by every row. `source` names the prompts file.
+    /// A set encoded from prompt texts by the pipeline's own text encoder(s): `embeds[p]` and
+    /// `masks[p]` (`[L, C]`, `[L]`) per prompt; the negative prompt's (`""`, PixArt's CFG) once,
+    /// shared by every row, or `None` (FLUX: no negative, masks all ones); `pooled[p]`
+    /// (`[D]`, FLUX's CLIP pooled embedding) per prompt, or empty (PixArt). `source` names the
+    /// prompts file.
+    #[allow(clippy::too_many_arguments)]
     pub fn from_prompts(
         texts: Vec<String>,
         embeds: Vec<Vec<f32>>,
         masks: Vec<Vec<f32>>,
-        negative: (Vec<f32>, Vec<f32>),
+        negative: Option<(Vec<f32>, Vec<f32>)>,
+        pooled: Vec<Vec<f32>>,
         text_len: usize,
         channels: usize,
         source: &str,
     ) -> SResult<Self> {
         let p = texts.len();
+        let pooled_dim = pooled.first().map_or(0, Vec::len);
         let bad_shape = embeds.len() != p
             || masks.len() != p
             || embeds.iter().any(|e| e.len() != text_len * channels)
             || masks.iter().any(|m| m.len() != text_len)
-            || negative.0.len() != text_len * channels
-            || negative.1.len() != text_len;
+            || negative
+                .as_ref()
+                .is_some_and(|n| n.0.len() != text_len * channels || n.1.len() != text_len)
+            || !(pooled.is_empty() || (pooled.len() == p && pooled_dim > 0))
+            || pooled.iter().any(|x| x.len() != pooled_dim);
         if p == 0 || bad_shape {
             return Err(SearchError::Settings(format!(
                 "{source}: {p} prompt(s) encoded to inconsistent shapes"
             )));
         }
+        let (negative_prompt_embeds, negative_prompt_attention_mask) = match negative {
+            Some((ne, nm)) => (
+                Some((0..p).flat_map(|_| ne.iter().copied()).collect()),
+                (0..p).flat_map(|_| nm.iter().copied()).collect(),
+            ),
+            None => (None, vec![1.0; p * text_len]),
+        };
         let mut c = Calibration {
             prompts: p,
             text_len,
             channels,
             prompt_embeds: embeds.concat(),
             prompt_attention_mask: masks.concat(),
-            negative_prompt_embeds: Some((0..p).flat_map(|_| negative.0.iter().copied()).collect()),
-            negative_prompt_attention_mask: (0..p)
-                .flat_map(|_| negative.1.iter().copied())
-                .collect(),
-            pooled_prompt_embeds: None,
-            pooled_dim: 0,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            pooled_prompt_embeds: (pooled_dim > 0).then(|| pooled.concat()),
+            pooled_dim,
             texts,
             fingerprint: String::new(),
             description: format!("{source}: {p} prompt(s) encoded by the pipeline's text encoder"),

@@ -457,6 +457,21 @@ impl Fault {
 /// naming the first rank that failed or differs; the other ranks then get
 /// [`SearchError::StoppedByRank0`]. `what` names the stage in the message.
 pub fn agree(comm: &dyn Comm, what: &str, local: Result<String, String>) -> SResult<()> {
+    agree_with(comm, what, local, &|f, f0| {
+        format!(
+            "it runs a different build or different settings than rank 0 (fingerprint {f}, rank 0: {f0}); start every rank with the same binary and arguments"
+        )
+    })
+}
+
+/// [`agree`] with its own message for a rank whose fingerprint differs from rank 0's
+/// (`differs(rank's, rank 0's)`).
+pub fn agree_with(
+    comm: &dyn Comm,
+    what: &str,
+    local: Result<String, String>,
+    differs: &dyn Fn(&str, &str) -> String,
+) -> SResult<()> {
     if comm.size() == 1 {
         return local.map(|_| ()).map_err(SearchError::Settings);
     }
@@ -499,9 +514,7 @@ pub fn agree(comm: &dyn Comm, what: &str, local: Result<String, String>) -> SRes
                     verdict = Some(SearchError::Rank {
                         rank,
                         candidates: what.to_string(),
-                        msg: format!(
-                            "it runs a different build or different settings than rank 0 (fingerprint {f}, rank 0: {f0}); start every rank with the same binary and arguments"
-                        ),
+                        msg: differs(f, f0),
                     });
                     break;
                 }
@@ -516,6 +529,53 @@ pub fn agree(comm: &dyn Comm, what: &str, local: Result<String, String>) -> SRes
         None if v.first() == Some(&1) => Err(SearchError::StoppedByRank0),
         None => Ok(()),
     }
+}
+
+/// Per-sample values of every rank at rank 0, put in sample order: each rank passes its
+/// samples' `first` index and values (together covering samples `0..n` once); rank 0 gets the
+/// `n` values, the other ranks an empty list. A collective call (every rank makes it). The
+/// values travel as their bits; nothing is summed here, so a mean over them is the one a
+/// single process computes.
+pub fn gather_samples(comm: &dyn Comm, first: usize, vals: &[f64], n: usize) -> SResult<Vec<f64>> {
+    let mine = LocalEval {
+        first,
+        per_sample: vec![vals.to_vec()],
+        seconds: vec![0.0],
+        work: WorkReport::default(),
+    };
+    let all = comm.gather(&encode_reply(&Ok(mine)));
+    if comm.rank() != 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = vec![f64::NAN; n];
+    let mut covered = 0usize;
+    for (rank, b) in all.iter().enumerate() {
+        let p = decode_reply(b)?.map_err(|msg| SearchError::Rank {
+            rank,
+            candidates: "gathering scores".into(),
+            msg,
+        })?;
+        let v = p.per_sample.first().map_or(&[][..], Vec::as_slice);
+        let end = p
+            .first
+            .checked_add(v.len())
+            .filter(|&e| e <= n)
+            .ok_or_else(|| {
+                SearchError::Settings(format!(
+                    "rank {rank} sent values of samples {}..{} of {n}",
+                    p.first,
+                    p.first.saturating_add(v.len())
+                ))
+            })?;
+        out[p.first..end].copy_from_slice(v);
+        covered += v.len();
+    }
+    if covered != n {
+        return Err(SearchError::Settings(format!(
+            "the ranks sent values of {covered} of {n} samples"
+        )));
+    }
+    Ok(out)
 }
 
 /// What must be equal on every rank: the settings' text, the backend, and the build (the

@@ -592,13 +592,48 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         let lats: Vec<&[f32]> = (first..first + len)
             .map(|i| self.reference[i].as_slice())
             .collect();
-        iq.reference_scores = score_samples(&mut iq, &self.cfg.samples, first, &lats)?;
+        iq.reference_scores = score_samples(
+            &mut iq,
+            &self.cfg.samples,
+            self.cfg.batch_size,
+            first,
+            &lats,
+        )?;
         self.image = Some(iq);
         Ok(())
     }
 
-    /// The mean score of the uncached run under the image quality objective (this process's
-    /// samples), when there is one.
+    /// The uncached run's per-sample scores under the image quality objective: this process's
+    /// samples, or every sample in sample order once [`Evaluator::set_reference_scores`] put
+    /// them together (rank 0 of a distributed search).
+    pub fn reference_scores(&self) -> &[f64] {
+        self.image
+            .as_ref()
+            .map_or(&[][..], |iq| iq.reference_scores.as_slice())
+    }
+
+    /// Replaces this process's reference scores with every sample's, in sample order
+    /// (gathered from the ranks by [`super::dist::gather_samples`]).
+    pub fn set_reference_scores(&mut self, all: Vec<f64>) -> SResult<()> {
+        let n = self.cfg.samples.len();
+        let Some(iq) = self.image.as_mut() else {
+            return Err(SearchError::Settings(
+                "reference scores without an image quality objective".into(),
+            ));
+        };
+        if all.len() != n {
+            return Err(SearchError::Settings(format!(
+                "{} reference scores for {n} samples",
+                all.len()
+            )));
+        }
+        iq.reference_scores = all;
+        Ok(())
+    }
+
+    /// The mean score of the uncached run under the image quality objective, summed in sample
+    /// order (this process's samples until [`Evaluator::set_reference_scores`]), when there is
+    /// one.
     pub fn reference_score(&self) -> Option<f64> {
         self.image.as_ref().map(|iq| {
             iq.reference_scores.iter().sum::<f64>() / iq.reference_scores.len().max(1) as f64
@@ -907,7 +942,13 @@ impl<'a, B: Backend> Evaluator<'a, B> {
         if let Some(iq) = self.image.as_mut().filter(|_| is_image && local_len > 0) {
             for (c, lat) in finals.iter().enumerate() {
                 let lats: Vec<&[f32]> = lat.iter().map(Vec::as_slice).collect();
-                per_sample[c] = score_samples(iq, &self.cfg.samples, local_first, &lats)?;
+                per_sample[c] = score_samples(
+                    iq,
+                    &self.cfg.samples,
+                    self.cfg.batch_size,
+                    local_first,
+                    &lats,
+                )?;
             }
         }
         if let (QualityMetric::External(cmd), true) = (&quality, local_len > 0) {
@@ -1051,33 +1092,47 @@ impl<'a, B: Backend> Evaluator<'a, B> {
     }
 }
 
-/// Decodes and scores samples `first..first + lats.len()` in batches of the scorer's maximum.
+/// Decodes and scores samples `first..first + lats.len()` in batches of at most the scorer's
+/// maximum that never cross a calibration chunk (`chunk` samples, chunk `k` starting at sample
+/// `k · chunk`): a rank of a distributed search holds whole chunks, so it scores exactly the
+/// batches one process scores, and the scores are the same bits even where a scorer's
+/// arithmetic depended on what else shares its batch.
 fn score_samples(
     iq: &mut ImageQuality<'_>,
     samples: &SampleSet,
+    chunk: usize,
     first: usize,
     lats: &[&[f32]],
 ) -> SResult<Vec<f64>> {
     let t0 = Instant::now();
     let b = iq.scorer.max_batch().max(1);
+    let chunk = chunk.max(1);
     let mut out = Vec::with_capacity(lats.len());
-    for (k, chunk) in lats.chunks(b).enumerate() {
-        let images = chunk
+    let mut start = 0;
+    while start < lats.len() {
+        let i = first + start;
+        let to_chunk_end = chunk - i % chunk;
+        let len = b.min(to_chunk_end).min(lats.len() - start);
+        let images = lats[start..start + len]
             .iter()
             .map(|l| (iq.decode)(l))
             .collect::<SResult<Vec<_>>>()?;
         let refs: Vec<&RgbImage> = images.iter().collect();
-        let prompts: Vec<&str> = (0..chunk.len())
-            .map(|j| {
-                let (p, _) = samples.sample(first + k * b + j);
-                iq.prompts[p].as_str()
-            })
+        let prompts: Vec<&str> = (i..i + len)
+            .map(|j| iq.prompts[samples.sample(j).0].as_str())
             .collect();
         let scores = iq
             .scorer
             .score_batch(&refs, &prompts)
             .map_err(|e| SearchError::Settings(format!("scoring: {e}")))?;
+        if scores.len() != len {
+            return Err(SearchError::Settings(format!(
+                "scoring: {} scores for {len} images",
+                scores.len()
+            )));
+        }
         out.extend(scores);
+        start += len;
     }
     iq.seconds += t0.elapsed().as_secs_f64();
     Ok(out)
