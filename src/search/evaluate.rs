@@ -142,8 +142,15 @@ pub struct WorkReport {
     pub computed_macs: f64,
     /// States taken from the cross-generation prefix cache.
     pub cache_hits: u64,
-    /// Wall-clock seconds.
+    /// Wall-clock seconds of the sampling (denoising) loop.
     pub seconds: f64,
+    /// Seconds this process spent decoding candidates' final latents to images for an image
+    /// quality objective (VAE decode), after the sampling loop.
+    #[serde(default)]
+    pub decode_seconds: f64,
+    /// Seconds this process spent in the image scorer (preprocessing and forward).
+    #[serde(default)]
+    pub score_seconds: f64,
 }
 
 impl WorkReport {
@@ -171,6 +178,8 @@ impl WorkReport {
         self.computed_macs += o.computed_macs;
         self.cache_hits += o.cache_hits;
         self.seconds += o.seconds;
+        self.decode_seconds += o.decode_seconds;
+        self.score_seconds += o.score_seconds;
     }
 }
 
@@ -290,6 +299,8 @@ pub struct ImageQuality<'a> {
     pub reference_scores: Vec<f64>,
     /// Seconds spent decoding and scoring, summed over the search (docs/SEARCH.md).
     pub seconds: f64,
+    /// The decoding part of `seconds`.
+    pub decode_seconds: f64,
 }
 
 /// One process's part of an evaluation ([`Evaluator::evaluate_local`]): per candidate, the
@@ -587,6 +598,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             prompts,
             reference_scores: Vec::new(),
             seconds: 0.0,
+            decode_seconds: 0.0,
         };
         let (first, len) = self.local;
         let lats: Vec<&[f32]> = (first..first + len)
@@ -903,12 +915,15 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             tick,
         );
         self.reference = reference;
-        let report = result?;
+        let mut report = result?;
         if let Some(iq) = self.image.as_mut().filter(|_| is_image && local_len > 0) {
+            let (s0, d0) = (iq.seconds, iq.decode_seconds);
             for (c, lat) in finals.iter().enumerate() {
                 let lats: Vec<&[f32]> = lat.iter().map(Vec::as_slice).collect();
                 per_sample[c] = score_samples(iq, &self.cfg.samples, local_first, &lats)?;
             }
+            report.decode_seconds = iq.decode_seconds - d0;
+            report.score_seconds = (iq.seconds - s0) - report.decode_seconds;
         }
         if let (QualityMetric::External(cmd), true) = (&quality, local_len > 0) {
             for (c, &id) in ids.iter().enumerate() {
@@ -1062,10 +1077,12 @@ fn score_samples(
     let b = iq.scorer.max_batch().max(1);
     let mut out = Vec::with_capacity(lats.len());
     for (k, chunk) in lats.chunks(b).enumerate() {
+        let td = Instant::now();
         let images = chunk
             .iter()
             .map(|l| (iq.decode)(l))
             .collect::<SResult<Vec<_>>>()?;
+        iq.decode_seconds += td.elapsed().as_secs_f64();
         let refs: Vec<&RgbImage> = images.iter().collect();
         let prompts: Vec<&str> = (0..chunk.len())
             .map(|j| {

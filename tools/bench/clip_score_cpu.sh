@@ -40,8 +40,9 @@ ref = json.load(open(sys.argv[4]))
 rates = sorted(r["images_per_s"] for r in runs)
 med = rates[len(rates) // 2]
 got = [im["score"] for im in ours["images"]]
+assert len(got) == len(ref) and min(ref) > 0, "the PyTorch scores are clamped to 0: nothing compared"
 diff = max(abs(a - b) for a, b in zip(got, ref))
 print(f"ecad-native: {med:.2f} img/s (median of {len(rates)} runs: {', '.join(f'{r:.2f}' for r in rates)}); "
       f"PyTorch: {t['images_per_s']:.2f} img/s (median of {t['reps']}); ratio {med / t['images_per_s']:.2f}x; "
-      f"max |score diff| {diff:.2e} over {len(got)} images")
+      f"max |score diff| {diff:.2e} over {len(got)} images (scores {min(ref):.3f}..{max(ref):.3f})")
 PYEOF

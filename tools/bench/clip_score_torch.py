@@ -66,15 +66,24 @@ def main():
     torch.manual_seed(14)
     model = CLIPModel(cfg).eval()
     g.randomize(model, torch.Generator().manual_seed(14))
+    tok = CLIPTokenizer.from_pretrained(CONFIG_DIR)
+    proc = CLIPImageProcessorPil()
+    images = [Image.fromarray(synthetic_image(256, 256, k), "RGB") for k in range(a.n)]
+    with torch.inference_mode():
+        # Random towers give a cosine of either sign, the same for similar images: flip the text
+        # projection when it is negative, so the scores are not all clamped to 0 and the
+        # comparison with the engine's scores means something.
+        t = tok([PROMPT], return_tensors="pt")
+        txt = model.get_text_features(t["input_ids"], t["attention_mask"]).pooler_output
+        pv = proc(images=images[:1], return_tensors="pt")["pixel_values"]
+        img = model.get_image_features(pixel_values=pv).pooler_output
+        if float((img * txt).sum()) < 0:
+            model.text_projection.weight.neg_()
     build_s = time.time() - t0
     os.makedirs(a.out, exist_ok=True)
     model.save_pretrained(a.out, safe_serialization=True)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(CONFIG_DIR, f), a.out)
-    tok = CLIPTokenizer.from_pretrained(CONFIG_DIR)
-    proc = CLIPImageProcessorPil()
-
-    images = [Image.fromarray(synthetic_image(256, 256, k), "RGB") for k in range(a.n)]
     png = os.path.join(a.out, "png")
     os.makedirs(png, exist_ok=True)
     for k, im in enumerate(images):
