@@ -660,7 +660,11 @@ fn weights_check_knows_image_reward() {
         serde_json::to_string(&m.config).unwrap(),
     )
     .unwrap();
-    std::fs::copy(tiny.join("model.safetensors"), tmp.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        tiny.join("model.safetensors"),
+        tmp.join("model.safetensors"),
+    )
+    .unwrap();
     let e = check_dir(&tmp).expect_err("accepted").to_string();
     assert!(e.contains("has shape") && e.contains("1024"), "{e}");
     std::fs::remove_dir_all(&tmp).unwrap();

@@ -20,11 +20,13 @@ use super::preprocess::{clip_pixels, Crop};
 use super::{MResult, MetricsError, RgbImage, Scorer};
 use crate::backend::Backend;
 use crate::models::image_reward::ImageReward;
-use crate::models::ModelError;
 use crate::models::image_reward::ImageRewardConfig;
+use crate::models::ModelError;
 use crate::util::Fnv;
 use crate::weights::config::JsonConfig;
-use crate::weights::manifest::{check_store_dtypes, manifests, CheckReport, IMAGE_REWARD_MODEL_TYPE};
+use crate::weights::manifest::{
+    check_store_dtypes, manifests, CheckReport, IMAGE_REWARD_MODEL_TYPE,
+};
 use crate::weights::WeightStore;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -151,7 +153,10 @@ pub fn checkpoint_tensors(
     ));
     t.push(("blip.text_proj.weight".into(), vec![BLIP_PROJ_DIM, text]));
     t.push(("blip.text_proj.bias".into(), vec![BLIP_PROJ_DIM]));
-    t.push(("blip.vision_proj.weight".into(), vec![BLIP_PROJ_DIM, vision]));
+    t.push((
+        "blip.vision_proj.weight".into(),
+        vec![BLIP_PROJ_DIM, vision],
+    ));
     t.push(("blip.vision_proj.bias".into(), vec![BLIP_PROJ_DIM]));
     let dtypes = BTreeMap::from([(POSITION_IDS.to_string(), "int64".to_string())]);
     (t, dtypes)
