@@ -549,9 +549,10 @@ fn rewrite_folder(src: &Path, dst: &Path, edit: &dyn Fn(Entry) -> Option<Entry>)
 /// v1.0's config (what the engine reads plus `position_ids` and BLIP's projections); a converted
 /// folder passes (against its config's list, or against the manifest when its config is
 /// v1.0's); a wrong shape, a wrong dtype, a missing or an extra tensor is refused by name, by
-/// the library and by the CLI alike. Broken variant run while writing this test: with the shape
-/// comparison of `check_store_dtypes` removed, the short `mlp.layers.0.bias` is accepted and
-/// the test fails.
+/// the library and by the CLI alike. Broken variant to run (not yet run: no time for the
+/// rebuild): with the shape comparison of `check_store_dtypes` removed, the short
+/// `mlp.layers.0.bias` must be accepted and this test fail. The unchanged copy passing first
+/// shows the refusals come from the edits.
 #[test]
 fn weights_check_knows_image_reward() {
     use ecad_native::metrics::image_reward::{check_dir, checkpoint_tensors, is_image_reward_dir};
