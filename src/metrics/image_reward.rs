@@ -138,13 +138,16 @@ pub const BLIP_PROJ_DIM: usize = 256;
 /// buffer, which the package's state dict carries (the engine does not read it).
 pub const POSITION_IDS: &str = "blip.text_encoder.embeddings.position_ids";
 
+/// Tensor names and shapes, in order.
+pub type TensorList = Vec<(String, Vec<usize>)>;
+/// Tensor name → torch dtype name (`int64`), for the non-float tensors.
+pub type DtypeMap = BTreeMap<String, String>;
+
 /// Every tensor of an ImageReward checkpoint with `config` (name, shape) and the non-float ones'
 /// torch dtypes: what the engine reads ([`ImageReward::expected_tensors`]) plus what the
 /// package's state dict carries unread (BERT's `position_ids`, BLIP's two projections). For
 /// v1.0's config this is weights-manifest/ImageReward-v1.0.json's list.
-pub fn checkpoint_tensors(
-    config: &ImageRewardConfig,
-) -> (Vec<(String, Vec<usize>)>, BTreeMap<String, String>) {
+pub fn checkpoint_tensors(config: &ImageRewardConfig) -> (TensorList, DtypeMap) {
     let mut t = ImageReward::<crate::backend::cpu::CpuBackend>::expected_tensors(config);
     let (text, vision) = (config.text.hidden_size, config.vision.embed_dim);
     t.push((
