@@ -10,7 +10,9 @@
 # the diffusers fixtures), and the `*on_gpu*` tests of denoise_parity (PixArt sampling, ECAD's
 # paper schedule), flux_parity (FLUX forward, f32 and bf16), flux_denoise_parity (FLUX
 # sampling, cached, bf16), flux_generate (the whole FLUX pipeline) and image_reward (the
-# ImageReward scorer: parity, and its images/s at batch 16 in f32 and bf16); then the PixArt-α XL-2
+# ImageReward scorer: parity, and its images/s at batch 16 in f32 and bf16); the CLIP score scorer's
+# images/s (`score --throughput`, openai/clip-vit-base-patch32 sizes from tools/bench/clip_vit_b32,
+# seeded random weights, batch 32, f32 and bf16); then the PixArt-α XL-2
 # forward benchmark (one CFG step) at 256 and 1024 px in bf16, f16 and f32, and the 20-step
 # bf16 denoise benchmark with the paper schedules at 256 and 1024 px (issue 5's targets), each
 # run one replayed CUDA graph, and at 256 px also eager (--no-graph) for comparison.
@@ -75,6 +77,11 @@ B=$G/ecad-native
     for n in denoise_parity flux_parity flux_denoise_parity flux_generate image_reward; do
         for t in $G/$n-*; do timeout 120 "$t" on_gpu --nocapture --test-threads 1; done
     done
+    echo "== CLIP score scorer (ViT-B/32 sizes, random weights): images/s at batch 32, f32 and bf16"
+    for dt in f32 bf16; do
+        timeout 90 $B score --metric clip-score --weights tools/bench/clip_vit_b32 --random-weights \
+            --throughput 1024 --batch 32 --device cuda --dtype $dt
+    done
     echo "== kernel micro-benchmark: the ops of one PixArt-α XL-2 block, CFG batch 2, bf16"
     timeout 60 $B bench --device cuda --dtype bf16 --arch xl2-1024 --ops --reps 20 --warmup 5
     timeout 60 $B bench --device cuda --dtype bf16 --arch xl2-256 --ops --reps 20 --warmup 5
@@ -92,4 +99,4 @@ B=$G/ecad-native
     timeout 150 $B bench --device cuda --dtype bf16 --arch xl2-1024 --warmup 1 --reps 3 $S
 } 2>&1 | tee "$LOG"
 echo "== summary"
-grep -E "rel L2|median|test result|SKIPPED|panicked|^uncached|^ours_|^linear|^attention|^layer_norm|^gate_residual|replayed" "$LOG" | tail -70
+grep -E "rel L2|images_per_s|median|test result|SKIPPED|panicked|^uncached|^ours_|^linear|^attention|^layer_norm|^gate_residual|replayed" "$LOG" | tail -70

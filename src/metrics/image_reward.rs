@@ -20,9 +20,15 @@ use super::preprocess::{clip_pixels, Crop};
 use super::{MResult, MetricsError, RgbImage, Scorer};
 use crate::backend::Backend;
 use crate::models::image_reward::ImageReward;
+use crate::models::image_reward::ImageRewardConfig;
 use crate::models::ModelError;
 use crate::util::Fnv;
+use crate::weights::config::JsonConfig;
+use crate::weights::manifest::{
+    check_store_dtypes, manifests, CheckReport, IMAGE_REWARD_MODEL_TYPE,
+};
 use crate::weights::WeightStore;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Images per forward: a ViT-L/16 image at 224 px holds about 25 MB of f32 activations at its
@@ -121,4 +127,88 @@ impl<B: Backend> Scorer for ImageRewardScorer<'_, B> {
     fn fingerprint(&self) -> String {
         self.fingerprint.clone()
     }
+}
+
+/// The width of BLIP's contrastive projections `blip.text_proj` / `blip.vision_proj`
+/// (`BLIP_Pretrain(embed_dim=256)`): tensors an ImageReward checkpoint carries and the score
+/// does not read.
+pub const BLIP_PROJ_DIM: usize = 256;
+
+/// `blip.text_encoder.embeddings.position_ids`, BERT's int64 `[1, max_position_embeddings]`
+/// buffer, which the package's state dict carries (the engine does not read it).
+pub const POSITION_IDS: &str = "blip.text_encoder.embeddings.position_ids";
+
+/// Tensor names and shapes, in order.
+pub type TensorList = Vec<(String, Vec<usize>)>;
+/// Tensor name → torch dtype name (`int64`), for the non-float tensors.
+pub type DtypeMap = BTreeMap<String, String>;
+
+/// Every tensor of an ImageReward checkpoint with `config` (name, shape) and the non-float ones'
+/// torch dtypes: what the engine reads ([`ImageReward::expected_tensors`]) plus what the
+/// package's state dict carries unread (BERT's `position_ids`, BLIP's two projections). For
+/// v1.0's config this is weights-manifest/ImageReward-v1.0.json's list.
+pub fn checkpoint_tensors(config: &ImageRewardConfig) -> (TensorList, DtypeMap) {
+    let mut t = ImageReward::<crate::backend::cpu::CpuBackend>::expected_tensors(config);
+    let (text, vision) = (config.text.hidden_size, config.vision.embed_dim);
+    t.push((
+        POSITION_IDS.into(),
+        vec![1, config.text.max_position_embeddings],
+    ));
+    t.push(("blip.text_proj.weight".into(), vec![BLIP_PROJ_DIM, text]));
+    t.push(("blip.text_proj.bias".into(), vec![BLIP_PROJ_DIM]));
+    t.push((
+        "blip.vision_proj.weight".into(),
+        vec![BLIP_PROJ_DIM, vision],
+    ));
+    t.push(("blip.vision_proj.bias".into(), vec![BLIP_PROJ_DIM]));
+    let dtypes = BTreeMap::from([(POSITION_IDS.to_string(), "int64".to_string())]);
+    (t, dtypes)
+}
+
+/// Whether `dir` is an ImageReward folder: its config.json has `"model_type": "image_reward"`,
+/// or, without a config.json, its model.safetensors holds `blip.visual_encoder.cls_token`.
+pub fn is_image_reward_dir(dir: &Path) -> bool {
+    let cfg = dir.join("config.json");
+    if cfg.is_file() {
+        return JsonConfig::read(&cfg)
+            .ok()
+            .and_then(|c| c.opt_str("model_type").ok().flatten())
+            .is_some_and(|t| t == IMAGE_REWARD_MODEL_TYPE);
+    }
+    dir.join("model.safetensors").is_file()
+        && WeightStore::open_dir(dir, "model")
+            .is_ok_and(|s| s.info("blip.visual_encoder.cls_token").is_some())
+}
+
+/// `weights check` on an ImageReward folder: the config (config.json, or v1.0's when absent),
+/// then every tensor of model.safetensors against the shipped manifest when the config is
+/// v1.0's (weights-manifest/ImageReward-v1.0.json), else against [`checkpoint_tensors`]: names,
+/// shapes, dtypes (float, `position_ids` int64), nothing missing and nothing extra.
+pub fn check_dir(dir: &Path) -> MResult<CheckReport> {
+    let cfg_path = dir.join("config.json");
+    let config = if cfg_path.is_file() {
+        ImageRewardConfig::from_file(&cfg_path)?
+    } else {
+        ImageRewardConfig::default()
+    };
+    let store = WeightStore::open_dir(dir, "model")?;
+    let matched = manifests().into_iter().find(|m| {
+        m.is_image_reward()
+            && ImageRewardConfig::from_json(&JsonConfig {
+                path: m.name.clone().into(),
+                map: m.config.clone(),
+            })
+            .ok()
+            .as_ref()
+                == Some(&config)
+    });
+    let mut report = match &matched {
+        Some(m) => check_store_dtypes(&store, &m.tensors, &m.dtypes)?,
+        None => {
+            let (tensors, dtypes) = checkpoint_tensors(&config);
+            check_store_dtypes(&store, &tensors, &dtypes)?
+        }
+    };
+    report.matched = matched.map(|m| m.name);
+    Ok(report)
 }

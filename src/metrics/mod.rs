@@ -111,8 +111,18 @@ impl MetricSpec {
     }
 }
 
-/// A quality metric over decoded images. Implementations are deterministic on the CPU backend:
-/// the same images and prompts give the same scores, bit for bit, whatever the batching.
+/// A quality metric over decoded images.
+///
+/// Determinism and batching:
+/// - On the CPU backend the scores are exact functions of the images and prompts: the same
+///   pairs give the same scores, bit for bit, whatever the batching (one image at a time or
+///   [`Scorer::max_batch`] together; tests/image_reward.rs and tests/clip_score_parity.rs
+///   check it), so `score` prints the same bytes of JSON for the same images.
+/// - On the CUDA backend this is not promised and has not been verified on a GPU: a run repeated
+///   with the same batches is expected to repeat its results, but cuBLAS may pick another GEMM
+///   algorithm (another summation order) for another batch size, so a score can differ in its
+///   last bits between batchings; and CUDA scores differ from the CPU's in their low bits (the
+///   `*on_gpu*` parity tests hold them to the references' tolerances when a GPU is lent).
 pub trait Scorer: Send {
     /// `image-reward` or `clip-score` ([`Metric::name`]).
     fn metric(&self) -> &'static str;

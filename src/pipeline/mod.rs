@@ -146,7 +146,9 @@ pub fn peak_host_memory_text() -> String {
 pub fn match_manifest(config: &PixArtConfig) -> Option<Manifest> {
     manifests().into_iter().find(|m| {
         let mc = manifest_config(m);
-        !FluxConfig::is_flux(&mc) && PixArtConfig::from_json(&mc).ok().as_ref() == Some(config)
+        !FluxConfig::is_flux(&mc)
+            && !m.is_image_reward()
+            && PixArtConfig::from_json(&mc).ok().as_ref() == Some(config)
     })
 }
 

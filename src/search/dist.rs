@@ -637,6 +637,7 @@ mod tests {
                 computed_macs: 1e12,
                 cache_hits: 1,
                 seconds: 0.25,
+                ..Default::default()
             },
         };
         let back = decode_reply(&encode_reply(&Ok(p.clone())))

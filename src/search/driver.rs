@@ -325,6 +325,19 @@ impl<B: Backend> Search<'_, '_, B> {
             if work.seconds > 0.0 { work.candidates as f64 / work.seconds } else { 0.0 },
             self.ev.cache_bytes() as f64 / 1e6,
         )));
+        if work.decode_seconds + work.score_seconds > 0.0 {
+            // The time per phase of an image objective (this process's decode and scoring).
+            let all = work.seconds + work.decode_seconds + work.score_seconds;
+            events(Event::Log(&format!(
+                "generation {} time: sampling {:.2} s, VAE decode {:.2} s, scoring {:.2} s ({:.1}% of {:.2} s)",
+                st.generation,
+                work.seconds,
+                work.decode_seconds,
+                work.score_seconds,
+                100.0 * work.score_seconds / all,
+                all,
+            )));
+        }
         st.sharing.push(SharingRow {
             generation: st.generation,
             work,

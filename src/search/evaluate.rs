@@ -142,8 +142,15 @@ pub struct WorkReport {
     pub computed_macs: f64,
     /// States taken from the cross-generation prefix cache.
     pub cache_hits: u64,
-    /// Wall-clock seconds.
+    /// Wall-clock seconds of the sampling (denoising) loop.
     pub seconds: f64,
+    /// Seconds this process spent decoding candidates' final latents to images for an image
+    /// quality objective (VAE decode), after the sampling loop.
+    #[serde(default)]
+    pub decode_seconds: f64,
+    /// Seconds this process spent in the image scorer (preprocessing and forward).
+    #[serde(default)]
+    pub score_seconds: f64,
 }
 
 impl WorkReport {
@@ -171,6 +178,8 @@ impl WorkReport {
         self.computed_macs += o.computed_macs;
         self.cache_hits += o.cache_hits;
         self.seconds += o.seconds;
+        self.decode_seconds += o.decode_seconds;
+        self.score_seconds += o.score_seconds;
     }
 }
 
@@ -290,6 +299,8 @@ pub struct ImageQuality<'a> {
     pub reference_scores: Vec<f64>,
     /// Seconds spent decoding and scoring, summed over the search (docs/SEARCH.md).
     pub seconds: f64,
+    /// The decoding part of `seconds`.
+    pub decode_seconds: f64,
 }
 
 /// One process's part of an evaluation ([`Evaluator::evaluate_local`]): per candidate, the
@@ -587,6 +598,7 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             prompts,
             reference_scores: Vec::new(),
             seconds: 0.0,
+            decode_seconds: 0.0,
         };
         let (first, len) = self.local;
         let lats: Vec<&[f32]> = (first..first + len)
@@ -938,8 +950,9 @@ impl<'a, B: Backend> Evaluator<'a, B> {
             tick,
         );
         self.reference = reference;
-        let report = result?;
+        let mut report = result?;
         if let Some(iq) = self.image.as_mut().filter(|_| is_image && local_len > 0) {
+            let (s0, d0) = (iq.seconds, iq.decode_seconds);
             for (c, lat) in finals.iter().enumerate() {
                 let lats: Vec<&[f32]> = lat.iter().map(Vec::as_slice).collect();
                 per_sample[c] = score_samples(
@@ -950,6 +963,8 @@ impl<'a, B: Backend> Evaluator<'a, B> {
                     &lats,
                 )?;
             }
+            report.decode_seconds = iq.decode_seconds - d0;
+            report.score_seconds = (iq.seconds - s0) - report.decode_seconds;
         }
         if let (QualityMetric::External(cmd), true) = (&quality, local_len > 0) {
             for (c, &id) in ids.iter().enumerate() {
@@ -1113,10 +1128,12 @@ fn score_samples(
         let i = first + start;
         let to_chunk_end = chunk - i % chunk;
         let len = b.min(to_chunk_end).min(lats.len() - start);
+        let td = Instant::now();
         let images = lats[start..start + len]
             .iter()
             .map(|l| (iq.decode)(l))
             .collect::<SResult<Vec<_>>>()?;
+        iq.decode_seconds += td.elapsed().as_secs_f64();
         let refs: Vec<&RgbImage> = images.iter().collect();
         let prompts: Vec<&str> = (i..i + len)
             .map(|j| iq.prompts[samples.sample(j).0].as_str())

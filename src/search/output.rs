@@ -245,13 +245,13 @@ pub fn write_outputs<B: Backend>(
 
     // sharing.csv (work accounting: depends on the cache history, not byte-stable)
     let mut s = String::from(
-        "generation,candidates,naive_steps,computed_steps,steps_saved,naive_tmacs,computed_tmacs,macs_saved,cache_hits,seconds,evals_per_s\n",
+        "generation,candidates,naive_steps,computed_steps,steps_saved,naive_tmacs,computed_tmacs,macs_saved,cache_hits,seconds,evals_per_s,decode_seconds,score_seconds\n",
     );
     for r in &st.sharing {
         let w = &r.work;
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.3},{:.3}",
+            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.3},{:.3},{:.3},{:.3}",
             r.generation,
             w.candidates,
             w.naive_steps,
@@ -266,7 +266,9 @@ pub fn write_outputs<B: Backend>(
                 w.candidates as f64 / w.seconds
             } else {
                 0.0
-            }
+            },
+            w.decode_seconds,
+            w.score_seconds,
         );
     }
     write(&out.join("sharing.csv"), &s)?;

@@ -14,7 +14,26 @@ pub struct Manifest {
     pub config: serde_json::Map<String, serde_json::Value>,
     /// `[name, shape]` in checkpoint order.
     pub tensors: Vec<(String, Vec<usize>)>,
+    /// The tensors whose dtype is not a float one, with their torch dtype (`int64`): ImageReward's
+    /// `position_ids` buffer. Every other tensor must be F32, F16 or BF16.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dtypes: BTreeMap<String, String>,
 }
+
+impl Manifest {
+    /// The config's `model_type`, when it has one (`image_reward` for ImageReward).
+    pub fn model_type(&self) -> Option<&str> {
+        self.config.get("model_type").and_then(|v| v.as_str())
+    }
+
+    /// An ImageReward checkpoint (not a diffusion transformer).
+    pub fn is_image_reward(&self) -> bool {
+        self.model_type() == Some(IMAGE_REWARD_MODEL_TYPE)
+    }
+}
+
+/// The `model_type` of an ImageReward folder's config.json (tools/convert/imagereward_to_safetensors.py).
+pub const IMAGE_REWARD_MODEL_TYPE: &str = "image_reward";
 
 /// The manifests shipped in weights-manifest/.
 pub const MANIFEST_SOURCES: &[(&str, &str)] = &[
@@ -54,6 +73,10 @@ pub const MANIFEST_SOURCES: &[(&str, &str)] = &[
         "FLUX.1-schnell",
         include_str!("../../weights-manifest/FLUX.1-schnell.json"),
     ),
+    (
+        "ImageReward-v1.0",
+        include_str!("../../weights-manifest/ImageReward-v1.0.json"),
+    ),
 ];
 
 pub fn manifests() -> Vec<Manifest> {
@@ -79,7 +102,28 @@ pub struct CheckReport {
 /// Validates a tensor store against an expected list: every expected tensor present with its
 /// shape and a float dtype, and no unexpected tensor.
 pub fn check_store(store: &WeightStore, expected: &[(String, Vec<usize>)]) -> WResult<CheckReport> {
-    let mut dtypes = BTreeMap::new();
+    check_store_dtypes(store, expected, &BTreeMap::new())
+}
+
+/// The safetensors dtype of a torch dtype name in a manifest's `dtypes`.
+fn safetensors_dtype(torch: &str) -> Option<(safetensors::Dtype, &'static str)> {
+    use safetensors::Dtype;
+    Some(match torch {
+        "int64" => (Dtype::I64, "I64"),
+        "int32" => (Dtype::I32, "I32"),
+        "bool" => (Dtype::BOOL, "BOOL"),
+        _ => return None,
+    })
+}
+
+/// [`check_store`] where the tensors named in `dtypes` must have that (non-float) torch dtype
+/// instead of a float one; they do not count as parameters.
+pub fn check_store_dtypes(
+    store: &WeightStore,
+    expected: &[(String, Vec<usize>)],
+    dtypes: &BTreeMap<String, String>,
+) -> WResult<CheckReport> {
+    let mut dtypes_seen = BTreeMap::new();
     let mut params = 0u64;
     for (name, shape) in expected {
         let info = store
@@ -99,6 +143,22 @@ pub fn check_store(store: &WeightStore, expected: &[(String, Vec<usize>)]) -> WR
             });
         }
         use safetensors::Dtype;
+        if let Some(torch) = dtypes.get(name) {
+            let (want, allowed) = safetensors_dtype(torch).ok_or_else(|| WeightsError::Layout {
+                path: path.clone(),
+                detail: format!("the manifest gives `{name}` the unknown dtype `{torch}`"),
+            })?;
+            if info.dtype != want {
+                return Err(WeightsError::BadDtype {
+                    path,
+                    name: name.clone(),
+                    dtype: format!("{:?}", info.dtype),
+                    allowed,
+                });
+            }
+            *dtypes_seen.entry(format!("{:?}", info.dtype)).or_insert(0) += 1;
+            continue;
+        }
         if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
             return Err(WeightsError::BadDtype {
                 path,
@@ -107,7 +167,7 @@ pub fn check_store(store: &WeightStore, expected: &[(String, Vec<usize>)]) -> WR
                 allowed: "F32, F16, BF16",
             });
         }
-        *dtypes.entry(format!("{:?}", info.dtype)).or_insert(0) += 1;
+        *dtypes_seen.entry(format!("{:?}", info.dtype)).or_insert(0) += 1;
         params += shape.iter().product::<usize>() as u64;
     }
     let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
@@ -125,6 +185,6 @@ pub fn check_store(store: &WeightStore, expected: &[(String, Vec<usize>)]) -> WR
         matched: None,
         tensors: expected.len(),
         parameters: params,
-        dtypes,
+        dtypes: dtypes_seen,
     })
 }

@@ -216,7 +216,7 @@ mod tests {
                 path: m.name.clone().into(),
                 map: m.config.clone(),
             };
-            if crate::models::flux::FluxConfig::is_flux(&c) {
+            if crate::models::flux::FluxConfig::is_flux(&c) || m.is_image_reward() {
                 continue;
             }
             seen += 1;
