@@ -977,8 +977,12 @@ impl<B: Backend> BlockPolicy<B> for TeaCache<B> {
             }
         }
         if self.p.record {
-            self.rel_in = match &self.prev_mod {
-                Some(prev) if prev.shape() == m.shape() => Some(relative_l1_rows(be, m, prev)?),
+            // The same sums as `diffs` where that was taken: one read-back, not two.
+            self.rel_in = match (&diffs, &self.prev_mod) {
+                (Some(d), _) => Some(d.clone()),
+                (None, Some(prev)) if prev.shape() == m.shape() => {
+                    Some(relative_l1_rows(be, m, prev)?)
+                }
                 _ => None,
             };
         }
