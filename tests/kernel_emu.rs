@@ -836,6 +836,78 @@ impl Ops {
         self.finish(c, want);
     }
 
+    // backend.rs (reduce.rs): abs_diff_sums. abs_diff_partial on grid (ceil(n / 4096), rows)
+    // into per-chunk pairs, then abs_diff_finish on grid (rows), 256 threads each; `out` holds
+    // (Σ|a − b|, Σ|b|) a row. `a` is `b` plus a small change, as the skip test sees it. With
+    // `broken`, the partial kernel is launched with half the row length (a wrong row stride:
+    // every row but the first reads another row's values), which the comparison must catch.
+    fn abs_diff_sums(&mut self, shape: &[usize], broken: bool) {
+        const CHUNK: usize = 4096;
+        let total: usize = shape.iter().product();
+        let rows = shape[0];
+        let n = total / rows;
+        let dt = self.dt;
+        let b = self.rnd(total);
+        let noise = randn(&mut self.r, total);
+        let a: Vec<f32> = b
+            .iter()
+            .zip(&noise)
+            .map(|(x, e)| dt.round(x + 0.05 * e))
+            .collect();
+        let want: Vec<f32> = self
+            .cpu
+            .abs_diff_sums(&self.t(&a, shape), &self.t(&b, shape))
+            .unwrap()
+            .into_iter()
+            .flat_map(|(d, p)| [d as f32, p as f32])
+            .collect();
+        let launched_n = if broken { n / 2 } else { n };
+        let chunks = launched_n.div_ceil(CHUNK);
+        let mut c = Case::new(self.label(&format!(
+            "abs_diff_sums {shape:?} ({chunks} chunks){}",
+            if broken {
+                " launched with row length n/2"
+            } else {
+                ""
+            }
+        )));
+        c.input("a", dt, &a);
+        c.input("b", dt, &b);
+        c.output("part", "f32", 2 * rows * chunks);
+        c.output("out", "f32", 2 * rows);
+        c.launch(
+            &self.k("abs_diff_partial"),
+            (chunks, rows, 1),
+            BLOCK,
+            &[
+                Arg::Buf("a"),
+                Arg::Buf("b"),
+                Arg::Buf("part"),
+                Arg::I64(launched_n as i64),
+                Arg::I32(chunks as i32),
+            ],
+        );
+        c.launch(
+            "abs_diff_finish",
+            (rows, 1, 1),
+            BLOCK,
+            &[Arg::Buf("part"), Arg::Buf("out"), Arg::I32(chunks as i32)],
+        );
+        c.both_orders();
+        // Sums of non-negative terms in f32 along a tree of depth < 60 here, from the same
+        // (already rounded) inputs as the CPU's f64 sums: the f32 bound holds for every dtype,
+        // and nothing is rounded on store.
+        self.checks.push(Check {
+            case: c,
+            fetch: vec!["out".into()],
+            derive: None,
+            expect: vec![("out", want)],
+            tol: Dt::F32.tol(),
+            broken,
+            rounded: None,
+        });
+    }
+
     // backend.rs: group_norm. Grid N·groups, BLOCK threads.
     fn group_norm(&mut self, shape: [usize; 4], groups: usize, silu: bool) {
         let n: usize = shape.iter().product();
@@ -1504,6 +1576,14 @@ fn op_checks(dt: Dt, seed: u64) -> Vec<Check> {
     o.conv2d([2, 4, 7, 6], 3, (3, 3), 2, 1);
     o.conv2d([1, 3, 10, 8], 5, (4, 4), 2, 0);
     o.conv2d([1, 8, 5, 5], 4, (1, 1), 1, 0);
+    // One partial chunk; two chunks, the second partial; exactly one chunk a row.
+    o.abs_diff_sums(&[2, 7, 13], false);
+    o.abs_diff_sums(&[3, 50, 100], false);
+    o.abs_diff_sums(&[1, 4096], false);
+    if dt == Dt::F32 {
+        // More chunks than abs_diff_finish has threads (its strided loop), a partial last one.
+        o.abs_diff_sums(&[2, 261 * 4096 + 77], false);
+    }
     o.checks
 }
 
@@ -1569,6 +1649,7 @@ fn every_kernel_matches_the_cpu_backend() {
         &d64("d64 × 2 heads launched as 1 head of 128"),
         Break::Heads,
     );
+    broken.abs_diff_sums(&[3, 50, 100], true);
     checks.extend(broken.checks);
     // The same on the tensor-core path (bf16, head dim 64).
     let mut broken16 = Ops::new(Dt::Bf16, 98);

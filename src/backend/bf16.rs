@@ -149,6 +149,10 @@ impl<B: Backend> Backend for Bf16<B> {
     fn all_finite_cheap(&self, t: &Tensor<Self>) -> Option<bool> {
         self.inner.all_finite_cheap(&Self::unwrap(t))
     }
+    /// The stored values are bf16 already: nothing to round, the wrapped backend reduces.
+    fn abs_diff_sums(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> BResult<Vec<(f64, f64)>> {
+        self.inner.abs_diff_sums(&Self::unwrap(a), &Self::unwrap(b))
+    }
     fn zeros(&self, shape: &[usize]) -> BResult<Tensor<Self>> {
         Ok(self.inner.zeros(shape)?.into_backend())
     }

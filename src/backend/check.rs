@@ -264,6 +264,23 @@ pub fn lincomb<B: Backend>(terms: &[(f32, &Tensor<B>)]) -> BResult<()> {
     Ok(())
 }
 
+/// `a` and `b` of one shape, of rank ≥ 1 (the skip test's sums, per row of dim 0). Returns
+/// (rows, values a row).
+pub fn abs_diff_sums<B: Backend>(a: &Tensor<B>, b: &Tensor<B>) -> BResult<(usize, usize)> {
+    if a.shape() != b.shape() || a.dims() == 0 {
+        return shape_err(
+            "abs_diff_sums",
+            format!(
+                "a {:?} and b {:?} must have one shape of rank ≥ 1",
+                a.shape(),
+                b.shape()
+            ),
+        );
+    }
+    let rows = a.dim(0);
+    Ok((rows, a.numel().checked_div(rows).unwrap_or(0)))
+}
+
 /// `x, branch: [B, T, D]`, `gate: [B, D]`.
 pub fn gate_residual<B: Backend>(
     x: &Tensor<B>,

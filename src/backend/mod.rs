@@ -310,6 +310,25 @@ impl<B: Backend> Tensor<B> {
     }
 }
 
+/// The host reference of [`Backend::abs_diff_sums`]: per row `r` of `rows` equal rows of `a`
+/// and `b`, `(Σ|a − b|, Σ|b|)` summed in f64 in index order (the order and precision the CPU
+/// backend, and so the FLUX policy parity fixtures, use). `a` and `b` must have the same
+/// length, a multiple of `rows`.
+pub fn abs_diff_sums_host(a: &[f32], b: &[f32], rows: usize) -> Vec<(f64, f64)> {
+    debug_assert_eq!(a.len(), b.len());
+    let per = a.len().checked_div(rows).unwrap_or(0);
+    (0..rows)
+        .map(|r| {
+            let (mut d, mut p) = (0f64, 0f64);
+            for i in r * per..(r + 1) * per {
+                d += (a[i] as f64 - b[i] as f64).abs();
+                p += (b[i] as f64).abs();
+            }
+            (d, p)
+        })
+        .collect()
+}
+
 /// The op interface. All float math is at least f32-accurate; `Buffer` is whatever the backend
 /// stores (host `Vec<f32>`, a device slice in bf16/f16/f32...).
 pub trait Backend: Send + Sync + Sized + 'static {
@@ -375,6 +394,21 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn device_time_ms(&self, f: &mut dyn FnMut() -> BResult<()>) -> BResult<Option<f64>> {
         f()?;
         Ok(None)
+    }
+
+    /// Per row of dim 0 of two same-shaped tensors, `(Σ|a − b|, Σ|b|)` over the row, on the
+    /// host: the runtime cache policies' skip test (`mean|a − b| / mean|b|` is their ratio). A
+    /// device backend reduces on the device and reads back these 2·rows values only, which waits
+    /// for the queued work (a stream sync); it is refused while a graph is being recorded. The
+    /// default reads both tensors back and sums them with [`abs_diff_sums_host`] (f64, index
+    /// order), which is what the CPU backend computes.
+    fn abs_diff_sums(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> BResult<Vec<(f64, f64)>> {
+        let (rows, _) = check::abs_diff_sums(a, b)?;
+        Ok(abs_diff_sums_host(
+            &self.to_host(a)?,
+            &self.to_host(b)?,
+            rows,
+        ))
     }
 
     // ---- graphs ----------------------------------------------------------------------------

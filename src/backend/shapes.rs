@@ -49,6 +49,9 @@ impl Backend for ShapeOnly {
     fn to_host(&self, _t: &Tensor<Self>) -> BResult<Vec<f32>> {
         unsupported("to_host")
     }
+    fn abs_diff_sums(&self, _a: &Tensor<Self>, _b: &Tensor<Self>) -> BResult<Vec<(f64, f64)>> {
+        unsupported("abs_diff_sums")
+    }
 
     fn permute(&self, _x: &Tensor<Self>, _perm: &[usize]) -> BResult<Tensor<Self>> {
         unsupported("permute")

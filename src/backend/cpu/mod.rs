@@ -200,6 +200,14 @@ impl Backend for CpuBackend {
         Some(t.buffer().iter().all(|v| v.is_finite()))
     }
 
+    /// The reference sums ([`super::abs_diff_sums_host`]: f64, index order), on the buffers
+    /// themselves (no copy).
+    fn abs_diff_sums(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> BResult<Vec<(f64, f64)>> {
+        let _p = profile::op("abs_diff_sums");
+        let (rows, _) = check::abs_diff_sums(a, b)?;
+        Ok(super::abs_diff_sums_host(a.buffer(), b.buffer(), rows))
+    }
+
     fn permute(&self, x: &Tensor<Self>, perm: &[usize]) -> BResult<Tensor<Self>> {
         let _p = profile::op("permute");
         let nd = x.dims();

@@ -549,3 +549,44 @@ fn overflowing_shapes_are_refused_not_wrapped() {
     assert!(be.zeros(&[usize::MAX / 2, 3]).is_err());
     assert_eq!(be.zeros(&[2, 3]).unwrap().numel(), 6);
 }
+
+#[test]
+fn abs_diff_sums_per_row_and_shape_errors() {
+    let be = CpuBackend::new();
+    // Two rows of three: (Σ|a − b|, Σ|b|) each, exact in f64.
+    let a = be
+        .upload(vec![1.0, -2.0, 0.5, 3.0, 3.0, 3.0], &[2, 3])
+        .unwrap();
+    let b = be
+        .upload(vec![0.0, -1.0, 1.5, 3.0, -3.0, 1.0], &[2, 3])
+        .unwrap();
+    assert_eq!(
+        be.abs_diff_sums(&a, &b).unwrap(),
+        vec![(3.0, 2.5), (8.0, 7.0)]
+    );
+    // Random [B, N, D] rows against a naive f64 sum in another order (per token, then tokens).
+    let mut r = rng(9);
+    let (av, at) = t(&be, &mut r, &[3, 17, 40]);
+    let (bv, bt) = t(&be, &mut r, &[3, 17, 40]);
+    let got = be.abs_diff_sums(&at, &bt).unwrap();
+    for (row, &(d, p)) in got.iter().enumerate() {
+        let (mut wd, mut wp) = (0f64, 0f64);
+        for tok in 0..17 {
+            let o = (row * 17 + tok) * 40;
+            wd += (o..o + 40)
+                .map(|i| (av[i] as f64 - bv[i] as f64).abs())
+                .sum::<f64>();
+            wp += (o..o + 40).map(|i| (bv[i] as f64).abs()).sum::<f64>();
+        }
+        assert!((d - wd).abs() <= 1e-12 * wd && (p - wp).abs() <= 1e-12 * wp);
+    }
+    // Shapes that differ, or a scalar, are refused with the op named.
+    let c = be.upload(vec![0.0; 6], &[3, 2]).unwrap();
+    let e = be.abs_diff_sums(&a, &c).unwrap_err().to_string();
+    assert!(e.contains("abs_diff_sums") && e.contains("[2, 3]"), "{e}");
+    let s = be.upload(vec![1.0], &[]).unwrap();
+    assert!(be.abs_diff_sums(&s, &s).is_err());
+    // No rows: no sums.
+    let z = be.upload(Vec::new(), &[0, 4]).unwrap();
+    assert!(be.abs_diff_sums(&z, &z).unwrap().is_empty());
+}

@@ -25,7 +25,7 @@
 //! family to its submodule); the parts live in: `dtype` (storage dtypes), `memory`
 //! (buffers, the pool, uploads), `graph` (graph capture), `gemm` (cuBLASLt plans, `linear`,
 //! `conv2d`), `launch` (kernel loading and launch shapes), and the op families `layout`,
-//! `attention`, `norm` and `elementwise`.
+//! `attention`, `norm`, `elementwise` and `reduce`.
 
 mod attention;
 mod dtype;
@@ -36,6 +36,7 @@ mod launch;
 mod layout;
 mod memory;
 mod norm;
+mod reduce;
 
 pub use dtype::DType;
 pub use launch::ptx_entries;
@@ -211,6 +212,11 @@ impl Backend for CudaBackend {
         let mut v = b.dtype.decode(&bytes);
         v.truncate(t.numel());
         Ok(v)
+    }
+
+    /// Two kernels (kernels/reduce.cu) and one read-back of 2·rows f32 values.
+    fn abs_diff_sums(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> BResult<Vec<(f64, f64)>> {
+        reduce::abs_diff_sums(self, a, b)
     }
 
     fn zeros(&self, shape: &[usize]) -> BResult<Tensor<Self>> {

@@ -25,6 +25,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("layout.cu", include_str!("../../../kernels/layout.cu")),
     ("mma.cuh", include_str!("../../../kernels/mma.cuh")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
+    ("reduce.cu", include_str!("../../../kernels/reduce.cu")),
 ];
 
 include!(concat!(env!("OUT_DIR"), "/prebuilt_kernels.rs"));
