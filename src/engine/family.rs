@@ -292,7 +292,7 @@ pub trait FamilyModel<B: Backend>: Send + Sync {
     ) -> Result<BenchOutcome>;
     /// The sampling target and calibration samples of a search (with `--prompts-file`, the
     /// prompts encoded once by the pipeline's own text encoder(s), see
-    /// [`super::search::encode_prompts_file`]; with a pipeline, the image decoder an image
+    /// [`encode_prompts_file`]; with a pipeline, the image decoder an image
     /// quality objective uses). `&mut`: a family may free its text encoders and read its
     /// transformer here (FLUX's one-shot pipeline, as its generate does).
     fn search_target<'s>(
@@ -468,4 +468,70 @@ fn open<F: Family>(
         AnyBackend::CpuBf16(b) => boxed::<F, _>(b, source, info, options),
         AnyBackend::Cuda(b) => boxed::<F, _>(*b, source, info, options),
     }
+}
+
+/// Reads a prompts file (one prompt per line; a final newline ends the last one; an empty
+/// line is refused) and encodes every prompt once with `encode` (the family's own tokenizer(s)
+/// and text encoder(s), [`FamilyModel::encode_prompt`]), plus the empty
+/// negative prompt `generate` uses for CFG when `negative` (PixArt). The embeddings stay in
+/// the returned set for the whole search (no prompt is encoded twice); the texts are kept
+/// for an image objective's scorer. One code path for every family (`--prompts-file` of
+/// `search` and `bench`).
+pub(crate) fn encode_prompts_file(
+    path: &std::path::Path,
+    negative: bool,
+    encode: &mut dyn FnMut(&str) -> Result<EncodedPrompt>,
+) -> Result<crate::search::calibration::Calibration> {
+    let what = || format!("--prompts-file {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| Error::from(e).context(what()))?;
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    if lines.last() == Some(&"") {
+        lines.pop();
+    }
+    let mut texts = Vec::with_capacity(lines.len());
+    for (k, l) in lines.iter().enumerate() {
+        let l = l.trim_end_matches('\r');
+        if l.trim().is_empty() {
+            return Err(Error::invalid(format!(
+                "{}: line {} is empty; give one prompt per line",
+                what(),
+                k + 1
+            )));
+        }
+        texts.push(l.to_string());
+    }
+    if texts.is_empty() {
+        return Err(Error::invalid(format!("{}: no prompts", what())));
+    }
+    crate::util::limits::BATCH.check("prompts in --prompts-file", texts.len() as u128)?;
+    let mut embeds = Vec::with_capacity(texts.len());
+    let mut masks = Vec::with_capacity(texts.len());
+    let mut pooled = Vec::with_capacity(texts.len());
+    let mut text_len = 0;
+    for t in &texts {
+        let e = encode(t)?;
+        text_len = e.text_len;
+        embeds.push(e.embeds);
+        masks.push(e.mask);
+        if !e.pooled.is_empty() {
+            pooled.push(e.pooled);
+        }
+    }
+    let neg = if negative {
+        let n = encode("")?;
+        Some((n.embeds, n.mask))
+    } else {
+        None
+    };
+    let channels = embeds[0].len() / text_len.max(1);
+    Ok(crate::search::calibration::Calibration::from_prompts(
+        texts,
+        embeds,
+        masks,
+        neg,
+        pooled,
+        text_len,
+        channels,
+        &path.display().to_string(),
+    )?)
 }

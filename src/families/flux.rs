@@ -535,7 +535,7 @@ impl<B: Backend> FamilyModel<B> for FluxModel<B> {
                 let cal = {
                     let pipe: &FluxGeneratePipeline<B> = pipe;
                     // No negative prompt: FLUX.1 runs no classifier-free guidance.
-                    crate::engine::search::encode_prompts_file(f, false, &mut |t| {
+                    crate::engine::family::encode_prompts_file(f, false, &mut |t| {
                         encode(pipe, be, t)
                     })?
                 };

@@ -739,13 +739,13 @@ impl<B: Backend> FamilyModel<B> for PixArtModel<B> {
 }
 
 /// The prompts of `path` encoded once with the pipeline's own tokenizer and text encoder, with
-/// the empty negative prompt `generate` uses for CFG ([`crate::engine::search::encode_prompts_file`]).
+/// the empty negative prompt `generate` uses for CFG ([`crate::engine::family::encode_prompts_file`]).
 fn encode_prompts_file<B: Backend>(
     be: &B,
     pl: &GeneratePipeline<B>,
     path: &std::path::Path,
 ) -> Result<Calibration> {
-    crate::engine::search::encode_prompts_file(path, true, &mut |t| {
+    crate::engine::family::encode_prompts_file(path, true, &mut |t| {
         let e = pl.encode_text(be, t)?;
         Ok(EncodedPrompt {
             embeds: e.embeds,
