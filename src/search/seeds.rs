@@ -178,8 +178,8 @@ pub const MAX_SEED_ITEMS: usize = 4096;
 /// (a built-in paper schedule, a schedule file, a heuristic such as `fora:3` or `tgate:10`,
 /// `taylorseer:INTERVAL:ORDER[:WARMUP]` and `SPEC+taylorN`), their genomes in list order.
 ///
-/// A forecast is not part of a genome: a seed that forecasts (`taylorseer:…`, `+taylorN`)
-/// gives its bits, and must match the search's fixed `--forecast`. A runtime policy
+/// A forecast is not part of a genome: every seed gives its bits, and a seed that forecasts
+/// (`taylorseer:…`, `+taylorN`) must match the search's fixed `--forecast`. A runtime policy
 /// (`fbcache`, `dbcache`, `teacache`) is refused: it decides from the features while a run goes
 /// and has no bits before it runs. `forecast` is the search's `--forecast`.
 pub fn seed_source(
@@ -268,11 +268,11 @@ fn seed_genome(
                 .into(),
         ));
     }
-    if s.forecast != forecast {
+    if s.forecast.is_some() && s.forecast != forecast {
         let name = |f: Option<Forecast>| f.map_or("no forecast", |f| f.name());
         return Err(bad(format!(
             "the seed has {}, the search {} (a search's forecast is one fixed setting: give \
-             --forecast to match, or seed from the bits alone)",
+             --forecast to match)",
             name(s.forecast),
             name(forecast)
         )));
