@@ -737,7 +737,7 @@ fn named_seeds_enter_the_first_generation_and_runtime_policies_are_refused() {
     let names = ["pixart-alpha-256/fast", "fora:3", "taylorseer:5:1"];
     run_ok(&base(&names.join(","), Some("taylor1")));
     let ck = json(&out.join("checkpoint.json"));
-    let settings = &ck["settings"];
+    let settings = &ck["state"]["settings"];
     assert_eq!(settings["seed_from"], "list", "{settings}");
     assert_eq!(settings["forecast"], "taylor1");
     // Each named seed's genome (step 0 forced on, as the search repairs it) is in the archive.
